@@ -1,0 +1,59 @@
+"""Builds the policy's observation vector from named raw signals, exactly as the PolicySpec says."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deploy.arrays import concat, constant_like
+from deploy.spec import PolicySpec, SpecError
+
+
+class ObsBuilder:
+    """Scale, clip and stack history for a batch of robots: `(batch, obs_dim)` out.
+
+    Signals are arrays `(batch, term.size)` keyed by term name, in the term's units. `like` picks the
+    array kind (a numpy array, or a torch tensor for its dtype and device). History is term-major,
+    newest first; after `reset`, the next frame fills the whole history of the reset rows.
+    """
+
+    def __init__(self, spec: PolicySpec, batch: int = 1, like=None):
+        self.spec = spec
+        self.batch = batch
+        like = np.zeros(1, np.float32) if like is None else like
+        self._scale = {t.name: constant_like(t.scale, like) for t in spec.obs}
+        self._history = {
+            t.name: constant_like(np.zeros((batch, t.history, t.size)), like)
+            for t in spec.obs
+            if t.history > 1
+        }
+        self._fresh = constant_like(np.ones(batch), like) > 0  # (batch,) bool
+
+    def reset(self, env_ids=None) -> None:
+        if env_ids is None:
+            self._fresh[:] = True
+        else:
+            self._fresh[env_ids] = True
+
+    def __call__(self, signals: dict):
+        parts = []
+        for term in self.spec.obs:
+            x = signals.get(term.name)
+            if x is None:
+                raise SpecError(f"ObsBuilder: no signal '{term.name}' (have {sorted(signals)})")
+            if tuple(x.shape) != (self.batch, term.size):
+                raise SpecError(
+                    f"ObsBuilder: signal '{term.name}' has shape {tuple(x.shape)}, "
+                    f"spec says {(self.batch, term.size)}"
+                )
+            frame = x * self._scale[term.name]
+            if term.clip is not None:
+                frame = frame.clip(-term.clip, term.clip)
+            if term.history > 1:
+                hist = self._history[term.name]
+                hist[:, 1:] = hist[:, :-1].copy() if isinstance(hist, np.ndarray) else hist[:, :-1].clone()
+                hist[:, 0] = frame
+                hist[self._fresh] = frame[self._fresh][:, None]
+                frame = hist.reshape(self.batch, -1)
+            parts.append(frame)
+        self._fresh[:] = False
+        return concat(parts, axis=-1)

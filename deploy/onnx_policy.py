@@ -1,0 +1,79 @@
+"""An exported policy on onnxruntime, with the PolicySpec it carries in its metadata."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from deploy.spec import PolicySpec, SpecError
+
+SPEC_KEY = "s2r.policy_spec"
+INPUT_NAME, OUTPUT_NAME = "obs", "action"
+
+
+class PolicyLoadError(ValueError):
+    """The file is not an s2r policy, or its network disagrees with its PolicySpec."""
+
+
+def read_spec(path: str | Path) -> PolicySpec:
+    """The PolicySpec stored in an ONNX file's metadata."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # onnx raises DecodeError and others
+        raise PolicyLoadError(f"{path} is not a readable ONNX file: {e}") from e
+    props = {p.key: p.value for p in model.metadata_props}
+    if SPEC_KEY not in props:
+        raise PolicyLoadError(f"{path} has no '{SPEC_KEY}' metadata: not exported by s2r")
+    try:
+        return PolicySpec.from_json(props[SPEC_KEY])
+    except SpecError as e:
+        raise PolicyLoadError(f"{path}: {e}") from e
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+class OnnxPolicy:
+    """`obs (batch, obs_dim) float32 -> raw action (batch, action_dim)`; one intra-op thread, as a
+    control loop wants (no thread pool competing with it)."""
+
+    def __init__(self, path: str | Path, expected: PolicySpec | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise PolicyLoadError(f"policy file not found: {path}")
+        self.path = path
+        self.spec = read_spec(path)
+        if expected is not None:
+            self.spec.check_compatible(expected)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise PolicyLoadError(f"{path}: onnxruntime cannot load it: {e}") from e
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
+            raise PolicyLoadError(
+                f"{path}: expected one input '{INPUT_NAME}' and one output '{OUTPUT_NAME}', got "
+                f"{[i.name for i in inputs]} -> {[o.name for o in outputs]}"
+            )
+        obs_dim, act_dim = inputs[0].shape[-1], outputs[0].shape[-1]
+        if obs_dim != self.spec.obs_dim or act_dim != self.spec.action_dim:
+            raise PolicyLoadError(
+                f"{path}: network takes {obs_dim} obs and gives {act_dim} actions, but its PolicySpec "
+                f"says {self.spec.obs_dim} and {self.spec.action_dim}"
+            )
+        self.sha256 = file_sha256(path)
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        obs = np.ascontiguousarray(obs, dtype=np.float32)
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: obs})[0]

@@ -1,0 +1,116 @@
+"""Export the actor (with its observation normalizer) to ONNX, PolicySpec inside, and prove parity."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deploy.onnx_policy import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, OnnxPolicy
+from deploy.spec import PolicySpec
+from policies.checkpoint import atomic_write, load_checkpoint
+from policies.networks import ActorCritic, ExportedActor
+
+OPSET = 17
+PARITY_ATOL = 1e-5
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+def model_from_checkpoint(ckpt: dict) -> tuple[ActorCritic, PolicySpec, dict]:
+    config = json.loads(ckpt["config"])
+    spec = PolicySpec.from_json(ckpt["spec"])
+    ppo = config["train"]["ppo"]
+    sd = ckpt["model"]
+    model = ActorCritic(
+        spec.obs_dim, sd["critic_normalizer.mean"].shape[0], spec.action_dim,
+        tuple(ppo["actor_hidden"]), tuple(ppo["critic_hidden"]), ppo["activation"], ppo["init_std"],
+    )
+    model.load_state_dict(sd)
+    return model.eval(), spec, config
+
+
+def export_onnx(model: ActorCritic, spec: PolicySpec, out_path: str | Path, parity_obs: np.ndarray | None = None,
+                metadata: dict | None = None) -> dict:
+    """Write `out_path` (ONNX) and `out_path.with_suffix('.json')` (the PolicySpec); check parity.
+
+    Parity: onnxruntime against torch on random observations and on `parity_obs` (real rollout
+    observations); raises ExportError if the max abs difference exceeds 1e-5.
+    """
+    import onnx
+
+    out_path = Path(out_path)
+    actor = ExportedActor(model).eval()
+    dummy = torch.zeros(1, spec.obs_dim)
+    buf = io.BytesIO()
+    torch.onnx.export(
+        actor, (dummy,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        opset_version=OPSET, dynamo=False, dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+    )
+    proto = onnx.load_from_string(buf.getvalue())
+    meta = {
+        SPEC_KEY: spec.to_json(),
+        "s2r.obs_names": json.dumps(spec.obs_names),
+        "s2r.action_names": json.dumps(list(spec.action.names)),
+        "s2r.action_scale": json.dumps(list(spec.action.scale)),
+        "s2r.action_offset": json.dumps(list(spec.action.offset)),
+        "s2r.control_hz": str(spec.control_hz),
+        **(metadata or {}),
+    }
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(proto)
+    atomic_write(out_path, lambda f: f.write(proto.SerializeToString()))
+    atomic_write(out_path.with_suffix(".json"), lambda f: f.write(spec.to_json().encode()))
+
+    policy = OnnxPolicy(out_path)
+    rng = np.random.default_rng(0)
+    std = np.sqrt(model.policy_normalizer.var.numpy() + 1e-2)
+    random_obs = (model.policy_normalizer.mean.numpy() + 3 * std * rng.standard_normal((1024, spec.obs_dim))).astype(np.float32)
+    report = {}
+    for name, obs in (("random", random_obs), ("rollout", parity_obs)):
+        if obs is None:
+            continue
+        obs = np.asarray(obs, dtype=np.float32)
+        with torch.no_grad():
+            expected = actor(torch.from_numpy(obs)).numpy()
+        diff = float(np.abs(policy(obs) - expected).max())
+        report[f"parity_max_abs_diff_{name}"] = diff
+        if not diff <= PARITY_ATOL:
+            raise ExportError(f"ONNX/torch parity failed on {name} observations: max abs diff {diff:.3g} > {PARITY_ATOL}")
+    return report
+
+
+def rollout_observations(model: ActorCritic, task: str, task_cfg, steps: int = 100, num_envs: int = 32, seed: int = 123) -> np.ndarray:
+    """Policy observations from a short rollout of the deterministic policy in the training env."""
+    from sim.tasks import make_env
+
+    env = make_env(task, num_envs, task_cfg, seed=seed)
+    obs = env.reset()
+    frames = []
+    with torch.no_grad():
+        for _ in range(steps):
+            frames.append(obs["policy"].clone())
+            obs, *_ = env.step(model.action_mean(obs["policy"]))
+    env.close()
+    return torch.cat(frames).numpy()
+
+
+def export_checkpoint(ckpt_path: str | Path, out_path: str | Path | None = None) -> tuple[Path, dict]:
+    from sim import config as C
+    from sim.tasks import task_entry
+
+    ckpt_path = Path(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path)
+    model, spec, config = model_from_checkpoint(ckpt)
+    task = config["train"]["task"]
+    task_cfg = C.from_dict(task_entry(task)[0], config["task"])
+    out_path = Path(out_path) if out_path else ckpt_path.parent / "policy.onnx"
+    obs = rollout_observations(model, task, task_cfg)
+    report = export_onnx(model, spec, out_path, obs, metadata={"s2r.checkpoint": ckpt_path.name, "s2r.iteration": str(ckpt["iteration"])})
+    return out_path, report

@@ -1,0 +1,96 @@
+"""Actor and critic networks with per-group empirical observation normalization."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"elu": nn.ELU, "silu": nn.SiLU, "tanh": nn.Tanh, "relu": nn.ReLU}
+
+
+class EmpiricalNormalization(nn.Module):
+    """(x - running mean) / running std, statistics from every batch seen while training.
+
+    Stored as buffers so the exported ONNX carries them; frozen in eval mode.
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-2):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / torch.sqrt(self.var + self.eps)
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Merge the batch `(n, dim)` into the running statistics (Chan et al. parallel update)."""
+        n = x.shape[0]
+        total = self.count + n
+        batch_mean = x.mean(0)
+        delta = batch_mean - self.mean
+        w = float(n / total)
+        self.mean += w * delta
+        self.var.mul_(1 - w).add_(w * x.var(0, unbiased=False) + w * (1 - w) * delta.square())
+        self.count.fill_(total)
+
+
+def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, activation: str) -> nn.Sequential:
+    layers, d = [], in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), ACTIVATIONS[activation]()]
+        d = h
+    layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)
+
+
+class ActorCritic(nn.Module):
+    """Separate actor (policy obs) and critic (critic obs) MLPs; Gaussian policy, state-independent std."""
+
+    def __init__(
+        self,
+        policy_obs_dim: int,
+        critic_obs_dim: int,
+        action_dim: int,
+        actor_hidden: tuple[int, ...] = (64, 64),
+        critic_hidden: tuple[int, ...] = (128, 128),
+        activation: str = "silu",
+        init_std: float = 0.3,
+    ):
+        super().__init__()
+        self.policy_normalizer = EmpiricalNormalization(policy_obs_dim)
+        self.critic_normalizer = EmpiricalNormalization(critic_obs_dim)
+        self.actor = mlp(policy_obs_dim, actor_hidden, action_dim, activation)
+        self.critic = mlp(critic_obs_dim, critic_hidden, 1, activation)
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(init_std)).log())
+        # Small last-layer weights: the first actions stay near the nominal (hover, default pose).
+        nn.init.uniform_(self.actor[-1].weight, -1e-3, 1e-3)
+        nn.init.zeros_(self.actor[-1].bias)
+
+    def action_mean(self, policy_obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(self.policy_normalizer(policy_obs))
+
+    def value(self, critic_obs: torch.Tensor) -> torch.Tensor:
+        return self.critic(self.critic_normalizer(critic_obs)).squeeze(-1)
+
+    def distribution(self, policy_obs: torch.Tensor) -> torch.distributions.Normal:
+        mean = self.action_mean(policy_obs)
+        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+
+    def update_normalizers(self, obs: dict[str, torch.Tensor]) -> None:
+        self.policy_normalizer.update(obs["policy"])
+        self.critic_normalizer.update(obs["critic"])
+
+
+class ExportedActor(nn.Module):
+    """What ships to the robot: normalizer + actor, `obs (batch, obs_dim) -> action (batch, action_dim)`."""
+
+    def __init__(self, model: ActorCritic):
+        super().__init__()
+        self.normalizer = model.policy_normalizer
+        self.actor = model.actor
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(self.normalizer(obs))

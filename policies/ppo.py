@@ -1,0 +1,119 @@
+"""Asymmetric PPO (Schulman et al. 2017): the actor sees the "policy" group, the critic the "critic" group.
+
+Clipped surrogate, clipped value loss, entropy bonus, GAE, and a learning rate adapted to keep the
+KL divergence between successive policies near `desired_kl` (as in rsl_rl).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from policies.networks import ActorCritic
+from policies.storage import RolloutStorage
+from sim.config import nonnegative, positive
+
+
+@dataclass(frozen=True)
+class PPOCfg:
+    num_steps: int = field(default=16, metadata=positive())  # per env per iteration
+    num_epochs: int = field(default=4, metadata=positive())
+    num_minibatches: int = field(default=4, metadata=positive())
+    gamma: float = 0.99
+    lam: float = 0.95
+    clip_ratio: float = field(default=0.2, metadata=positive())
+    value_clip: float = field(default=0.2, metadata=positive())
+    value_loss_coef: float = field(default=1.0, metadata=nonnegative())
+    entropy_coef: float = field(default=0.0, metadata=nonnegative())
+    learning_rate: float = field(default=1e-3, metadata=positive())
+    desired_kl: float = field(default=0.01, metadata=positive())
+    max_grad_norm: float = field(default=1.0, metadata=positive())
+    actor_hidden: tuple[int, ...] = (64, 64)
+    critic_hidden: tuple[int, ...] = (64, 64)
+    activation: str = field(default="silu", metadata={"check": (lambda v: v in ("elu", "silu", "tanh", "relu"), "must be elu, silu, tanh or relu")})
+    init_std: float = field(default=0.3, metadata=positive())
+
+
+class PPO:
+    def __init__(self, model: ActorCritic, storage: RolloutStorage, cfg: PPOCfg, generator: torch.Generator):
+        self.model = model
+        self.storage = storage
+        self.cfg = cfg
+        self.generator = generator
+        self.learning_rate = cfg.learning_rate
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, torch.Tensor]):
+        """Sample actions for a batch of envs; returns (actions, what the storage needs of this step)."""
+        self.model.update_normalizers(obs)
+        dist = self.model.distribution(obs["policy"])
+        actions = dist.sample()
+        record = (obs, actions, dist.mean, dist.stddev, dist.log_prob(actions).sum(-1), self.model.value(obs["critic"]))
+        return actions, record
+
+    @torch.no_grad()
+    def record(self, record, rewards, terminated, truncated, next_obs) -> None:
+        obs, actions, mean, std, log_prob, values = record
+        if truncated.any():
+            # A time limit is not a failure: bootstrap the value of where the episode was cut.
+            # (next_obs of a reset env is its new first obs; the critic's estimate there stands in.)
+            rewards = rewards + self.cfg.gamma * self.model.value(next_obs["critic"]) * truncated
+        self.storage.add(obs, actions, mean, std, log_prob, values, rewards, (terminated | truncated).float())
+
+    @torch.no_grad()
+    def compute_returns(self, last_obs: dict[str, torch.Tensor]) -> None:
+        self.storage.compute_returns(self.model.value(last_obs["critic"]), self.cfg.gamma, self.cfg.lam)
+
+    def update(self) -> dict[str, float]:
+        cfg, model = self.cfg, self.model
+        sums = {"loss/surrogate": 0.0, "loss/value": 0.0, "loss/entropy": 0.0, "kl": 0.0}
+        n = 0
+        for batch in self.storage.minibatches(cfg.num_minibatches, cfg.num_epochs, self.generator):
+            dist = model.distribution(batch["obs/policy"])
+            log_prob = dist.log_prob(batch["actions"]).sum(-1)
+            entropy = dist.entropy().sum(-1).mean()
+            values = model.value(batch["obs/critic"])
+
+            # KL(old || new) between diagonal Gaussians, then adapt the learning rate.
+            with torch.no_grad():
+                old_mu, old_sigma = batch["action_mean"], batch["action_std"]
+                kl = (
+                    torch.log(dist.stddev / old_sigma)
+                    + (old_sigma.square() + (old_mu - dist.mean).square()) / (2 * dist.stddev.square())
+                    - 0.5
+                ).sum(-1).mean()
+                if kl > 2 * cfg.desired_kl:
+                    self.learning_rate = max(1e-5, self.learning_rate / 1.5)
+                elif 0 < kl < cfg.desired_kl / 2:
+                    self.learning_rate = min(1e-2, self.learning_rate * 1.5)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self.learning_rate
+
+            # Clipped surrogate objective.
+            ratio = torch.exp(log_prob - batch["log_prob"])
+            adv = batch["advantages"]
+            surrogate = -torch.min(ratio * adv, ratio.clamp(1 - cfg.clip_ratio, 1 + cfg.clip_ratio) * adv).mean()
+
+            # Clipped value loss.
+            old_values = batch["values"]
+            clipped = old_values + (values - old_values).clamp(-cfg.value_clip, cfg.value_clip)
+            value_loss = torch.max((values - batch["returns"]).square(), (clipped - batch["returns"]).square()).mean()
+
+            loss = surrogate + cfg.value_loss_coef * value_loss - cfg.entropy_coef * entropy
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+
+            sums["loss/surrogate"] += surrogate.item()
+            sums["loss/value"] += value_loss.item()
+            sums["loss/entropy"] += entropy.item()
+            sums["kl"] += kl.item()
+            n += 1
+        self.storage.clear()
+        stats = {k: v / n for k, v in sums.items()}
+        stats["learning_rate"] = self.learning_rate
+        stats["action_std"] = model.log_std.detach().exp().mean().item()
+        return stats

@@ -1,0 +1,283 @@
+"""Headless on-policy training: collect, update, log, checkpoint. One loop, top to bottom."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from policies.checkpoint import CheckpointError, atomic_write, save_checkpoint
+from policies.networks import ActorCritic
+from policies.ppo import PPO, PPOCfg
+from policies.storage import RolloutStorage
+from sim import config as C
+from sim.tasks import make_env, task_entry
+
+
+@dataclass(frozen=True)
+class TrainCfg:
+    task: str = "quadrotor-hover"
+    num_envs: int = field(default=4096, metadata=C.positive())
+    seed: int = 0
+    device: str = "cpu"
+    max_iterations: int = field(default=300, metadata=C.positive())
+    time_limit_s: float | None = None
+    save_interval: int = field(default=50, metadata=C.positive())  # iterations between checkpoints
+    ppo: PPOCfg = PPOCfg()
+
+
+def check_device(device: str) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise C.ConfigError(f"device: '{device}' is not a torch device ({e})") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise C.ConfigError(f"device: '{device}' requested but CUDA is not available on this machine")
+    return dev
+
+
+def check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise C.ConfigError(f"run directory {run_dir} is not writable: {e}") from e
+
+
+class Runner:
+    """Trains `cfg.task` into `run_dir`: config.json, metrics.csv, TensorBoard events, checkpoints
+    (`model_<iteration>.pt`, `model_last.pt`), learning_curve.png."""
+
+    def __init__(self, cfg: TrainCfg, task_cfg, run_dir: str | Path, resume: dict | None = None):
+        C.validate(cfg, prefix="train.")
+        task_entry(cfg.task)
+        self.device = check_device(cfg.device)
+        self.run_dir = Path(run_dir)
+        check_writable(self.run_dir)
+        self.cfg, self.task_cfg = cfg, task_cfg
+
+        torch.manual_seed(cfg.seed)
+        self.env = make_env(cfg.task, cfg.num_envs, task_cfg, device=self.device, seed=cfg.seed)
+        dims = self.env.obs_dims
+        p = cfg.ppo
+        self.model = ActorCritic(
+            dims["policy"], dims["critic"], self.env.spec.action_dim,
+            p.actor_hidden, p.critic_hidden, p.activation, p.init_std,
+        ).to(self.device)
+        self.storage = RolloutStorage(p.num_steps, cfg.num_envs, dims, self.env.spec.action_dim, self.device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(cfg.seed + 1)
+        self.ppo = PPO(self.model, self.storage, p, self.generator)
+        self.iteration = 0
+        self.env_steps = 0
+        self.elapsed_s = 0.0
+        if resume is not None:
+            self._restore(resume)
+
+    # --- checkpoints -----------------------------------------------------------------------------
+    def config_dict(self) -> dict:
+        return {"train": C.to_dict(self.cfg), "task": C.to_dict(self.task_cfg)}
+
+    def checkpoint(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "env_steps": self.env_steps,
+            "elapsed_s": self.elapsed_s,
+            "model": self.model.state_dict(),
+            "optimizer": self.ppo.optimizer.state_dict(),
+            "learning_rate": self.ppo.learning_rate,
+            "curriculum_level": float(getattr(self.env, "curriculum_level", 1.0)),
+            "config": json.dumps(self.config_dict()),
+            "spec": self.env.spec.to_json(),
+            "rng": {"env": self.env.generator.get_state(), "ppo": self.generator.get_state()},
+        }
+
+    def save(self, name: str) -> Path:
+        path = self.run_dir / name
+        save_checkpoint(path, self.checkpoint())
+        save_checkpoint(self.run_dir / "model_last.pt", self.checkpoint()) if name != "model_last.pt" else None
+        return path
+
+    def _restore(self, ckpt: dict) -> None:
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            self.ppo.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"checkpoint does not match this task and network: {e}") from e
+        self.ppo.learning_rate = ckpt["learning_rate"]
+        self.iteration = ckpt["iteration"]
+        self.env_steps = ckpt["env_steps"]
+        self.elapsed_s = ckpt["elapsed_s"]
+        if hasattr(self.env, "curriculum_level"):
+            self.env.curriculum_level = ckpt["curriculum_level"]
+        self.env.generator.set_state(ckpt["rng"]["env"])
+        self.generator.set_state(ckpt["rng"]["ppo"])
+
+    # --- the loop --------------------------------------------------------------------------------
+    def learn(self, progress: bool = True) -> Path:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        cfg, env, ppo = self.cfg, self.env, self.ppo
+        (self.run_dir / "config.json").write_text(json.dumps(self.config_dict(), indent=2))
+        (self.run_dir / "policy_spec.json").write_text(env.spec.to_json())
+        writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+        metrics = MetricsCsv(self.run_dir / "metrics.csv")
+        train_threads = torch.get_num_threads()
+
+        interrupted = []
+        previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        start = time.perf_counter() - self.elapsed_s
+        bar = tqdm(total=cfg.max_iterations, initial=self.iteration, disable=not progress, unit="it", dynamic_ncols=True)
+        obs = env.reset()
+        try:
+            while self.iteration < cfg.max_iterations and not interrupted:
+                t0 = time.perf_counter()
+                # Collect: env tensors are small, so one torch thread is fastest and leaves
+                # the cores to MuJoCo's threads.
+                torch.set_num_threads(1)
+                episodes = EpisodeStats()
+                self.model.eval()
+                for _ in range(cfg.ppo.num_steps):
+                    actions, record = ppo.act(obs)
+                    obs, rewards, terminated, truncated, extras = env.step(actions)
+                    ppo.record(record, rewards, terminated, truncated, obs)
+                    if "episode" in extras:
+                        episodes.add(extras["episode"])
+                ppo.compute_returns(obs)
+                collect_s = time.perf_counter() - t0
+
+                torch.set_num_threads(train_threads)
+                self.model.train()
+                stats = ppo.update()
+                self.iteration += 1
+                self.env_steps += cfg.num_envs * cfg.ppo.num_steps
+                self.elapsed_s = time.perf_counter() - start
+
+                ep = episodes.means()
+                env._after_iteration(ep)
+                iter_s = time.perf_counter() - t0
+                row = {
+                    "iteration": self.iteration,
+                    "env_steps": self.env_steps,
+                    "time_s": round(self.elapsed_s, 3),
+                    "steps_per_s": round(cfg.num_envs * cfg.ppo.num_steps / iter_s),
+                    "collect_s": round(collect_s, 4),
+                    "update_s": round(iter_s - collect_s, 4),
+                    **{f"episode/{k}": v for k, v in ep.items()},
+                    **stats,
+                    "nan_resets": env.nan_resets,
+                }
+                metrics.write(row)
+                for k, v in row.items():
+                    if k != "iteration":
+                        writer.add_scalar(k, v, self.env_steps)
+                bar.update(1)
+                bar.set_postfix(
+                    steps_per_s=row["steps_per_s"],
+                    ret=f"{ep.get('return', float('nan')):.1f}",
+                    survive=f"{ep.get('end/timeout', float('nan')):.2f}",
+                )
+                if self.iteration % cfg.save_interval == 0:
+                    self.save(f"model_{self.iteration}.pt")
+                    # Periodic checkpoints begin fresh episodes, so resuming from one continues exactly.
+                    obs = env.reset()
+                if cfg.time_limit_s is not None and self.elapsed_s >= cfg.time_limit_s:
+                    break
+        finally:
+            signal.signal(signal.SIGINT, previous_handler)
+            bar.close()
+            writer.close()
+            torch.set_num_threads(train_threads)
+        final = self.save("model_last.pt")
+        plot_learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png")
+        if interrupted:
+            print(f"interrupted: checkpoint saved to {final}")
+        return final
+
+
+class EpisodeStats:
+    """Count-weighted means of the per-step episode summaries the env reports."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def add(self, stats: dict) -> None:
+        n = stats["count"]
+        self.count += n
+        for k, v in stats.items():
+            if k != "count":
+                self.sums[k] = self.sums.get(k, 0.0) + v * n
+        self.sums["return"] = self.sums.get("return", 0.0) + n * sum(
+            v for k, v in stats.items() if k.startswith("reward/")
+        )
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.count for k, v in self.sums.items()} if self.count else {}
+
+
+class MetricsCsv:
+    """Append-only CSV, one row per iteration. A row with new keys rewrites the file (atomically)
+    with the wider header; a killed run keeps every row it had written."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.columns: list[str] = []
+        if path.exists() and path.stat().st_size:
+            with open(path, newline="") as f:
+                self.columns = next(csv.reader(f), [])
+
+    def write(self, row: dict) -> None:
+        new_columns = [k for k in row if k not in self.columns]
+        if new_columns:
+            old_rows = []
+            if self.columns:
+                with open(self.path, newline="") as f:
+                    old_rows = list(csv.DictReader(f))
+            self.columns += new_columns
+            text = io.StringIO()
+            w = csv.DictWriter(text, fieldnames=self.columns)
+            w.writeheader()
+            w.writerows(old_rows)
+            atomic_write(self.path, lambda f: f.write(text.getvalue().encode()))
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.columns).writerow({k: row.get(k, "") for k in self.columns})
+
+
+def plot_learning_curve(metrics_csv: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(metrics_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return
+
+    def col(name):
+        return [float(r[name]) if r.get(name) not in (None, "") else math.nan for r in rows]
+
+    t = col("time_s")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].plot(t, col("episode/return"))
+    axes[0].set(xlabel="wall time (s)", ylabel="episode return", title="return")
+    axes[1].plot(t, col("episode/end/timeout"), label="survived to time limit")
+    if "curriculum_level" in rows[0]:
+        axes[1].plot(t, col("curriculum_level"), label="curriculum level")
+    axes[1].set(xlabel="wall time (s)", ylim=(0, 1.05), title="episodes")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,74 @@
+"""Rollout storage for on-policy learning: fixed-size tensors on the training device."""
+
+from __future__ import annotations
+
+import torch
+
+
+class RolloutStorage:
+    """`num_steps` transitions of `num_envs` envs; every tensor is `(num_steps, num_envs, ...)`."""
+
+    def __init__(self, num_steps: int, num_envs: int, obs_dims: dict[str, int], action_dim: int, device):
+        def zeros(*shape):
+            return torch.zeros(num_steps, num_envs, *shape, device=device)
+
+        self.num_steps, self.num_envs = num_steps, num_envs
+        self.obs = {k: zeros(d) for k, d in obs_dims.items()}
+        self.actions = zeros(action_dim)
+        self.action_mean = zeros(action_dim)
+        self.action_std = zeros(action_dim)
+        self.log_prob = zeros()
+        self.rewards = zeros()
+        self.dones = zeros()
+        self.values = zeros()
+        self.returns = zeros()
+        self.advantages = zeros()
+        self.step = 0
+
+    def add(self, obs, actions, action_mean, action_std, log_prob, values, rewards, dones) -> None:
+        t = self.step
+        for k, v in obs.items():
+            self.obs[k][t] = v
+        self.actions[t] = actions
+        self.action_mean[t] = action_mean
+        self.action_std[t] = action_std
+        self.log_prob[t] = log_prob
+        self.values[t] = values
+        self.rewards[t] = rewards
+        self.dones[t] = dones
+        self.step += 1
+
+    def compute_returns(self, last_values: torch.Tensor, gamma: float, lam: float) -> None:
+        """Generalized advantage estimation (Schulman et al. 2016), backwards over the rollout."""
+        advantage = torch.zeros_like(last_values)
+        for t in reversed(range(self.num_steps)):
+            next_values = last_values if t == self.num_steps - 1 else self.values[t + 1]
+            not_done = 1.0 - self.dones[t]
+            delta = self.rewards[t] + gamma * next_values * not_done - self.values[t]
+            advantage = delta + gamma * lam * not_done * advantage
+            self.advantages[t] = advantage
+        self.returns = self.advantages + self.values
+        self.advantages = (self.advantages - self.advantages.mean()) / (self.advantages.std() + 1e-8)
+
+    def minibatches(self, num_minibatches: int, num_epochs: int, generator: torch.Generator):
+        """Yield dicts of flat `(batch, ...)` tensors: shuffled, each sample once per epoch."""
+        n = self.num_steps * self.num_envs
+        size = n // num_minibatches
+        flat = {
+            **{f"obs/{k}": v.flatten(0, 1) for k, v in self.obs.items()},
+            "actions": self.actions.flatten(0, 1),
+            "action_mean": self.action_mean.flatten(0, 1),
+            "action_std": self.action_std.flatten(0, 1),
+            "log_prob": self.log_prob.flatten(0, 1),
+            "values": self.values.flatten(0, 1),
+            "returns": self.returns.flatten(0, 1),
+            "advantages": self.advantages.flatten(0, 1),
+        }
+        for _ in range(num_epochs):
+            perm = torch.randperm(n, generator=generator, device=self.actions.device)
+            for i in range(num_minibatches):
+                idx = perm[i * size : (i + 1) * size]
+                yield {k: v[idx] for k, v in flat.items()}
+
+    def clear(self) -> None:
+        self.step = 0

@@ -1,0 +1,1 @@
+"""Batched MuJoCo simulation: robot models, backends, and training tasks."""

@@ -1,0 +1,117 @@
+"""CPU backend: native MuJoCo, all envs stepped by `mujoco.rollout` on a persistent thread pool.
+
+Measured (bench_threading in `s2r bench sim`): one `rollout` call over all envs runs at the speed of
+raw `mj_step` in C, while a Python thread pool calling `mj_step` per env is bound by the GIL and
+per-call overhead. Per-env model copies passed to `rollout` cost ~3x at one step per call (every
+env reads its own model from memory), so envs share one MjModel and per-env physical parameters
+enter through per-env inputs (controls, applied forces) computed by the task.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mujoco
+import numpy as np
+import torch
+from mujoco import rollout
+
+STATE_SPEC = mujoco.mjtState.mjSTATE_FULLPHYSICS
+CONTROL_SPEC = mujoco.mjtState.mjSTATE_CTRL | mujoco.mjtState.mjSTATE_XFRC_APPLIED
+
+
+class ModelError(ValueError):
+    """A robot model file is missing, does not compile, or lacks what a task needs."""
+
+
+def load_model(path: str | Path) -> mujoco.MjModel:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        return mujoco.MjModel.from_xml_path(str(path))
+    except ValueError as e:
+        raise ModelError(f"model {path} does not compile: {e}") from e
+
+
+def physics_substeps(model: mujoco.MjModel, control_dt_s: float | None) -> int:
+    """Physics steps per control step; the control period must be a whole number of them."""
+    if control_dt_s is None:
+        return 1
+    steps = round(control_dt_s / model.opt.timestep)
+    if steps < 1 or abs(steps * model.opt.timestep - control_dt_s) > 1e-9:
+        raise ModelError(
+            f"control period {control_dt_s} s is not a whole multiple of the model timestep "
+            f"{model.opt.timestep} s"
+        )
+    return steps
+
+
+class MujocoCpuBackend:
+    """`num_envs` worlds of one model. State and inputs are zero-copy torch views of numpy buffers.
+
+    qpos `(num_envs, nq)`, qvel `(num_envs, nv)`, act `(num_envs, na)`: current state.
+    ctrl `(num_envs, nu)`, xfrc_applied `(num_envs, nbody, 6)`: inputs for the next step.
+    """
+
+    def __init__(self, model_path: str | Path, num_envs: int, control_dt_s: float | None = None, nthread: int = 0):
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.model = load_model(model_path)
+        self.num_envs = num_envs
+        self.substeps = substeps = physics_substeps(self.model, control_dt_s)
+        self.nthread = nthread or os.cpu_count() or 1
+        m = self.model
+        self._datas = [mujoco.MjData(m) for _ in range(self.nthread)]
+        self._models = [m] * num_envs
+        self._pool = rollout.Rollout(nthread=self.nthread)
+
+        nstate = mujoco.mj_stateSize(m, STATE_SPEC)
+        data0 = mujoco.MjData(m)
+        mujoco.mj_forward(m, data0)
+        self.default_state = np.zeros(nstate)
+        mujoco.mj_getState(m, data0, self.default_state, STATE_SPEC)
+
+        self._state = np.tile(self.default_state, (num_envs, 1))
+        self._state_out = np.zeros((num_envs, substeps, nstate))
+        self._sensor_out = np.zeros((num_envs, substeps, m.nsensordata))
+        self._control = np.zeros((num_envs, 1, m.nu + 6 * m.nbody))
+
+        state = self._state_tensor = torch.from_numpy(self._state)
+        i = 1  # state layout: time, qpos, qvel, act, ...
+        self.qpos = state[:, i : i + m.nq]
+        self.qvel = state[:, i + m.nq : i + m.nq + m.nv]
+        self.act = state[:, i + m.nq + m.nv : i + m.nq + m.nv + m.na]
+        control = torch.from_numpy(self._control)[:, 0]
+        self.ctrl = control[:, : m.nu]
+        self.xfrc_applied = control[:, m.nu :].view(num_envs, m.nbody, 6)
+        self.sensordata = torch.from_numpy(self._sensor_out)[:, -1]
+
+    @property
+    def dt(self) -> float:
+        """Seconds advanced by one `step`."""
+        return self.model.opt.timestep * self.substeps
+
+    def step(self) -> None:
+        """Advance every env by `substeps` physics steps with the current inputs held."""
+        self._pool.rollout(
+            self._models, self._datas, self._state, self._control,
+            control_spec=CONTROL_SPEC, skip_checks=True, nstep=self.substeps,
+            state=self._state_out, sensordata=self._sensor_out,
+        )
+        self._state[:] = self._state_out[:, -1]
+
+    def state_finite(self) -> torch.Tensor:
+        """`(num_envs,)` True where the whole physics state is finite."""
+        return torch.isfinite(self._state_tensor).all(-1)
+
+    def reset(self, env_ids: torch.Tensor, qpos: torch.Tensor, qvel: torch.Tensor) -> None:
+        """Put `env_ids` at (qpos, qvel) with the model's default for everything else."""
+        ids = env_ids.cpu().numpy()
+        self._state[ids] = self.default_state
+        self.qpos[env_ids] = qpos.to(self.qpos)
+        self.qvel[env_ids] = qvel.to(self.qvel)
+
+    def close(self) -> None:
+        self._pool.close()

@@ -1,0 +1,162 @@
+"""The batched training environment: what every task shares.
+
+A task subclasses `BatchedEnv` and supplies the robot-specific pieces: its PolicySpec, how it resets
+and randomizes envs, how a command reaches the physics, the raw signals its observations are built
+from, privileged critic inputs, reward terms and terminations. Observations are built by deploy's
+ObsBuilder and actions mapped by deploy's ActionMapper, the same code the robot runs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import torch
+
+from deploy.action_mapper import ActionMapper
+from deploy.obs_builder import ObsBuilder
+from deploy.spec import PolicySpec
+
+
+class BatchedEnv(ABC):
+    """`num_envs` envs stepped together. All tensors are `(num_envs, ...)` on `device`.
+
+    step(action) -> obs {"policy", "critic"}, reward, terminated, truncated, extras.
+    Envs that end are reset inside `step`; the obs returned for them are their first obs.
+    """
+
+    spec: PolicySpec
+    max_episode_steps: int
+    max_latency_steps: int = 0
+    reward_weights: dict[str, float]
+    param_names: tuple[str, ...]  # names of the columns of `self.params`
+
+    def __init__(self, num_envs: int, device: str | torch.device, seed: int):
+        self.num_envs = num_envs
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self.env_ids = torch.arange(num_envs, device=self.device)
+        like = torch.zeros(1, device=self.device)
+        self.action_mapper = ActionMapper(self.spec, like)
+        self.policy_obs = ObsBuilder(self.spec, num_envs, like)
+        self.clean_obs = ObsBuilder(self.spec, num_envs, like)
+        n_act = self.spec.action_dim
+        self.action = torch.zeros(num_envs, n_act, device=self.device)  # last raw policy action
+        self.prev_action = self.action.clone()
+        self.latency_steps = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self._command_queue = torch.zeros(num_envs, self.max_latency_steps + 1, n_act, device=self.device)
+        self.params = torch.zeros(num_envs, len(self.param_names), device=self.device)
+        self.episode_step = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.reward_terms: dict[str, Callable[[], torch.Tensor]] = {
+            name: getattr(self, f"_reward_{name}") for name, w in self.reward_weights.items() if w != 0
+        }
+        self._episode_sums = {n: torch.zeros(num_envs, device=self.device) for n in self.reward_terms}
+        self.nan_resets = 0  # envs reset because the physics produced NaN/inf
+        self.record_metrics = False  # evaluation sets it: extras["metrics"] every step
+
+    # --- what a task supplies ------------------------------------------------------------------
+    @abstractmethod
+    def _reset_envs(self, env_ids: torch.Tensor) -> None:
+        """Sample initial state and randomized parameters (into `self.params`) for `env_ids`."""
+
+    @abstractmethod
+    def _apply_command(self, command: torch.Tensor) -> None:
+        """Send a (latency-delayed) command in spec units to the physics and step it."""
+
+    @abstractmethod
+    def _signals(self, noisy: bool) -> dict[str, torch.Tensor]:
+        """Raw signals keyed by PolicySpec term name; with sensor noise and bias when `noisy`."""
+
+    @abstractmethod
+    def _privileged(self) -> torch.Tensor:
+        """`(num_envs, k)` critic-only inputs: true state the robot cannot sense, and `self.params`."""
+
+    @abstractmethod
+    def _terminations(self) -> dict[str, torch.Tensor]:
+        """Boolean `(num_envs,)` per termination reason (e.g. crash, out of bounds)."""
+
+    def _physics_ok(self) -> torch.Tensor:
+        """`(num_envs,)` False where the simulation state went NaN/inf."""
+        return torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+
+    def _step_metrics(self) -> dict[str, torch.Tensor]:
+        """`(num_envs,)` task measures for evaluation, taken after each step before any reset."""
+        return {}
+
+    def _after_iteration(self, stats: dict) -> None:
+        """Curriculum hook, called by the runner once per training iteration."""
+
+    # --- the shared loop -----------------------------------------------------------------------
+    def reset(self) -> dict[str, torch.Tensor]:
+        self._reset(self.env_ids)
+        return self._observations()
+
+    def step(self, action: torch.Tensor):
+        self.prev_action = self.action
+        self.action = action.detach().clone()
+        command = self.action_mapper(self.action)
+        queue = self._command_queue
+        queue[:, 1:] = queue[:, :-1].clone()
+        queue[:, 0] = command
+        self._apply_command(queue[self.env_ids, self.latency_steps])
+        self.episode_step += 1
+
+        ok = self._physics_ok()
+        reasons = self._terminations()
+        reasons["nan"] = ~ok
+        terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        for mask in reasons.values():
+            terminated |= mask
+        truncated = (self.episode_step >= self.max_episode_steps) & ~terminated
+
+        # Weights are per second of simulated time, so they do not depend on the control rate.
+        dt = 1.0 / self.spec.control_hz
+        reward = torch.zeros(self.num_envs, device=self.device)
+        for name, term in self.reward_terms.items():
+            r = (self.reward_weights[name] * dt) * term()
+            self._episode_sums[name] += r
+            reward += r
+        reward = torch.where(ok, reward, torch.zeros_like(reward))
+
+        extras = {"metrics": self._step_metrics()} if self.record_metrics else {}
+        done_ids = (terminated | truncated).nonzero().squeeze(-1)
+        if self.record_metrics:
+            extras["reasons"] = reasons
+        if done_ids.numel():
+            extras["episode"] = self._episode_stats(done_ids, reasons, truncated)
+            self.nan_resets += int(reasons["nan"].sum())
+            self._reset(done_ids)
+        return self._observations(), reward, terminated, truncated, extras
+
+    def _reset(self, env_ids: torch.Tensor) -> None:
+        self._reset_envs(env_ids)
+        self.episode_step[env_ids] = 0
+        self.action[env_ids] = 0.0
+        self.prev_action[env_ids] = 0.0
+        self._command_queue[env_ids] = self.action_mapper(self.action[env_ids])[:, None]
+        self.policy_obs.reset(env_ids)
+        self.clean_obs.reset(env_ids)
+        for s in self._episode_sums.values():
+            s[env_ids] = 0.0
+
+    def _observations(self) -> dict[str, torch.Tensor]:
+        policy = self.policy_obs(self._signals(noisy=True))
+        clean = self.clean_obs(self._signals(noisy=False))
+        return {"policy": policy, "critic": torch.cat((clean, self._privileged()), dim=-1)}
+
+    def _episode_stats(self, done_ids, reasons, truncated) -> dict[str, float]:
+        """Means over the episodes that just ended, and their count."""
+        names = [f"reward/{n}" for n in self._episode_sums] + [f"end/{n}" for n in reasons]
+        names += ["end/timeout", "length_s"]
+        columns = list(self._episode_sums.values()) + [m.float() for m in reasons.values()]
+        columns += [truncated.float(), self.episode_step.float() / self.spec.control_hz]
+        means = torch.stack(columns, dim=-1)[done_ids].mean(0).tolist()
+        return dict(zip(names, means), count=int(done_ids.numel()))
+
+    @property
+    def obs_dims(self) -> dict[str, int]:
+        return {"policy": self.spec.obs_dim, "critic": self.spec.obs_dim + self._privileged().shape[-1]}
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,90 @@
+"""`s2r eval`: an exported policy, run through deploy's code, in the randomized training simulation.
+
+The env builds observations with deploy's ObsBuilder and maps actions with deploy's ActionMapper; the
+network runs on onnxruntime from the exported file. So this measures what the robot will run.
+Every env runs exactly one episode from the full initial-state ranges (curriculum level 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deploy.onnx_policy import OnnxPolicy
+from sim.tasks import default_cfg, make_env
+
+
+def quadrotor_hover_summary(cfg, pos_error_m: np.ndarray, alive: np.ndarray, crashed: np.ndarray) -> dict:
+    """pos_error_m, alive: (steps, episodes). Success: no termination, and within `success_radius_m`
+    of the target at every step from `success_after_s` until the episode ends."""
+    settle = int(round(cfg.success_after_s * cfg.control_hz))
+    late_err = np.where(alive[settle:], pos_error_m[settle:], np.nan)
+    survived = ~crashed
+    within = np.nanmax(late_err, axis=0) <= cfg.success_radius_m
+    success = survived & within
+    mean_err = float(np.nanmean(late_err[:, survived])) if survived.any() else float("nan")
+    return {
+        "success_rate": float(success.mean()),
+        "crash_rate": float(crashed.mean()),
+        "mean_pos_error_m": mean_err,
+        "final_pos_error_m": float(np.nanmean(np.where(survived, pos_error_m[-1], np.nan))) if survived.any() else float("nan"),
+        "success_definition": f"within {cfg.success_radius_m} m of the target at every step from "
+        f"{cfg.success_after_s} s after start until the {cfg.episode_s} s episode ends, without a crash",
+    }
+
+
+SUMMARIES = {"quadrotor-hover": quadrotor_hover_summary}
+
+
+def evaluate(policy_path: str | Path, episodes: int = 200, seed: int = 1, task_cfg=None) -> dict:
+    policy = OnnxPolicy(policy_path)
+    task = policy.spec.task
+    cfg = task_cfg or default_cfg(task)
+    if hasattr(cfg, "curriculum"):
+        cfg = dataclasses.replace(cfg, curriculum=dataclasses.replace(cfg.curriculum, enabled=False))
+    torch.set_num_threads(1)
+    env = make_env(task, episodes, cfg, seed=seed)
+    policy.spec.check_compatible(env.spec)
+    env.record_metrics = True
+    obs = env.reset()
+    steps = env.max_episode_steps
+    alive = np.ones(episodes, bool)
+    crashed = np.zeros(episodes, bool)
+    reasons_count: dict[str, int] = {}
+    series: dict[str, list] = {}
+    alive_log = []
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        action = policy(obs["policy"].cpu().numpy())
+        obs, _, terminated, truncated, extras = env.step(torch.from_numpy(action).to(env.device))
+        alive_log.append(alive.copy())
+        for k, v in extras["metrics"].items():
+            series.setdefault(k, []).append(v.cpu().numpy())
+        term = terminated.cpu().numpy() & alive
+        for name, mask in extras["reasons"].items():
+            reasons_count[name] = reasons_count.get(name, 0) + int((mask.cpu().numpy() & alive).sum())
+        crashed |= term
+        alive &= ~(term | truncated.cpu().numpy())
+    wall_s = time.perf_counter() - t0
+    env.close()
+    metrics = SUMMARIES[task](cfg, **{k: np.stack(v) for k, v in series.items()}, alive=np.stack(alive_log), crashed=crashed)
+    return {
+        "policy": str(policy_path),
+        "policy_sha256": policy.sha256,
+        "task": task,
+        "episodes": episodes,
+        "seed": seed,
+        "randomization": "full training ranges, full initial-state ranges",
+        **metrics,
+        "terminations": reasons_count,
+        "eval_wall_s": round(wall_s, 2),
+    }
+
+
+def write_eval(result: dict, out_path: Path) -> None:
+    out_path.write_text(json.dumps(result, indent=2))

@@ -1,0 +1,306 @@
+"""quadrotor-hover: fly to and hold a target position from a random position, velocity and attitude.
+
+Actor: noisy position error, rotation matrix, linear and angular velocity, recent actions.
+Critic: the same without noise, plus rotor thrusts, the disturbance and every randomized parameter.
+Mass is randomized by scaling every applied force by 1/mass_scale: for a free-flying rigid body with
+uniformly scaled inertia this is exactly the dynamics of the heavier body, and keeps one shared
+MjModel (see sim/backends/mujoco_cpu.py for why).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from deploy.spec import ActionSpec, ObsTerm, PolicySpec
+from sim.actuators import RotorModel
+from sim.backends import make_backend
+from sim.config import nonnegative, positive
+from sim.env import BatchedEnv
+from sim.math import quat_to_rotmat, random_tilt_quat
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+GRAVITY_MPS2 = 9.81
+
+
+@dataclass(frozen=True)
+class InitCfg:
+    """Initial-state ranges at full curriculum level (uniform, symmetric)."""
+
+    pos_m: float = field(default=0.5, metadata=nonnegative())
+    lin_vel_mps: float = field(default=0.5, metadata=nonnegative())
+    tilt_rad: float = field(default=0.5, metadata=nonnegative())
+    ang_vel_radps: float = field(default=1.0, metadata=nonnegative())
+
+
+@dataclass(frozen=True)
+class CurriculumCfg:
+    """Initial-state ranges scale with `level`, raised while most episodes survive to the time limit."""
+
+    enabled: bool = True
+    start_level: float = field(default=0.3, metadata=nonnegative())
+    step: float = field(default=0.1, metadata=positive())
+    promote_timeout_rate: float = 0.8
+    demote_timeout_rate: float = 0.4
+
+
+@dataclass(frozen=True)
+class RandomizationCfg:
+    """Per-env parameters, resampled at every reset. Ranges are (low, high)."""
+
+    mass_scale: tuple[float, float] = (0.85, 1.15)
+    thrust_scale: tuple[float, float] = (0.9, 1.1)
+    motor_tau_s: tuple[float, float] = (0.02, 0.08)
+    latency_steps: tuple[int, int] = (0, 2)
+    pos_bias_m: float = field(default=0.01, metadata=nonnegative())
+    gyro_bias_radps: float = field(default=0.02, metadata=nonnegative())
+    disturbance_N: float = field(default=0.02, metadata=nonnegative())  # per axis, world frame
+
+
+@dataclass(frozen=True)
+class NoiseCfg:
+    """Gaussian sensor noise standard deviations, per step."""
+
+    pos_m: float = field(default=0.005, metadata=nonnegative())
+    rot: float = field(default=0.01, metadata=nonnegative())
+    lin_vel_mps: float = field(default=0.02, metadata=nonnegative())
+    ang_vel_radps: float = field(default=0.05, metadata=nonnegative())
+
+
+@dataclass(frozen=True)
+class QuadrotorHoverCfg:
+    model: str = "quadrotor.xml"
+    control_hz: float = field(default=100.0, metadata=positive())
+    episode_s: float = field(default=5.0, metadata=positive())
+    target_pos_m: tuple[float, float, float] = (0.0, 0.0, 1.0)
+    max_thrust_N: float = field(default=0.15, metadata=positive())  # per rotor
+    action_history: int = field(default=8, metadata=positive())
+    crash_height_m: float = 0.05
+    max_pos_error_m: float = field(default=1.0, metadata=positive())  # per axis
+    success_radius_m: float = field(default=0.1, metadata=positive())
+    success_after_s: float = field(default=2.0, metadata=nonnegative())
+    init: InitCfg = InitCfg()
+    curriculum: CurriculumCfg = CurriculumCfg()
+    randomization: RandomizationCfg = RandomizationCfg()
+    noise: NoiseCfg = NoiseCfg()
+    reward: dict[str, float] = field(
+        default_factory=lambda: {
+            "alive": 1.0,
+            "pos_error": -0.5,
+            "lin_vel": -0.05,
+            "ang_vel": -0.02,
+            "tilt": -0.1,
+            "action": -0.01,
+            "action_rate": -0.02,
+        }
+    )
+
+
+ROTORS = ("m1", "m2", "m3", "m4")
+PARAM_NAMES = (
+    "mass_scale", "thrust_scale", "motor_tau_s", "latency_steps",
+    "pos_bias_x_m", "pos_bias_y_m", "pos_bias_z_m",
+    "gyro_bias_x_radps", "gyro_bias_y_radps", "gyro_bias_z_radps",
+    "disturbance_x_N", "disturbance_y_N", "disturbance_z_N",
+)
+
+
+def make_spec(cfg: QuadrotorHoverCfg, mass_kg: float) -> PolicySpec:
+    hover_N = mass_kg * GRAVITY_MPS2 / len(ROTORS)
+    n = len(ROTORS)
+    xyz = ("x", "y", "z")
+    return PolicySpec(
+        robot="crazyflie",
+        task="quadrotor-hover",
+        control_hz=cfg.control_hz,
+        obs=(
+            ObsTerm("pos_error_w", xyz, (1.0,) * 3, clip=5.0, unit="m"),
+            ObsTerm("rot_mat", tuple(f"r{i}{j}" for i in range(3) for j in range(3)), (1.0,) * 9, unit=""),
+            ObsTerm("lin_vel_w", xyz, (0.5,) * 3, clip=5.0, unit="m/s"),
+            ObsTerm("ang_vel_b", xyz, (0.2,) * 3, clip=5.0, unit="rad/s"),
+            ObsTerm("last_action", ROTORS, (1.0,) * n, history=cfg.action_history),
+        ),
+        action=ActionSpec(
+            type="motor_thrust",
+            names=ROTORS,
+            scale=(cfg.max_thrust_N - hover_N,) * n,
+            offset=(hover_N,) * n,
+            clip=1.0,
+            low=(0.0,) * n,
+            high=(cfg.max_thrust_N,) * n,
+            unit="N",
+        ),
+        extra={
+            "target_pos_m": list(cfg.target_pos_m),
+            "success": f"within {cfg.success_radius_m} m of the target from {cfg.success_after_s} s "
+            "after start until the episode ends",
+        },
+    )
+
+
+class QuadrotorHoverEnv(BatchedEnv):
+    param_names = PARAM_NAMES
+
+    def __init__(self, cfg: QuadrotorHoverCfg, num_envs: int, device="cpu", seed: int = 0, backend="mujoco"):
+        self.cfg = cfg
+        self.backend = make_backend(backend, MODELS_DIR / cfg.model, num_envs, 1.0 / cfg.control_hz)
+        model = self.backend.model
+        self.base_body = model.body("base").id
+        self.mass_kg = float(model.body_subtreemass[self.base_body])
+        self.spec = make_spec(cfg, self.mass_kg)
+        self.reward_weights = dict(cfg.reward)
+        self.max_episode_steps = round(cfg.episode_s * cfg.control_hz)
+        self.max_latency_steps = cfg.randomization.latency_steps[1]
+        super().__init__(num_envs, device, seed)
+        self.target_pos_m = torch.tensor(cfg.target_pos_m, device=self.device)
+        self.rotors = RotorModel(num_envs, len(ROTORS), 1.0 / cfg.control_hz, cfg.max_thrust_N, self.device)
+        self.curriculum_level = cfg.curriculum.start_level if cfg.curriculum.enabled else 1.0
+        self._update_state()
+        self._noise_std = torch.tensor(
+            (cfg.noise.pos_m,) * 3 + (cfg.noise.rot,) * 9 + (cfg.noise.lin_vel_mps,) * 3 + (cfg.noise.ang_vel_radps,) * 3,
+            device=self.device,
+        )
+
+    # --- state -----------------------------------------------------------------------------------
+    def _update_state(self, env_ids: torch.Tensor | None = None) -> None:
+        """Derived float32 state from the backend: all envs, or just `env_ids` after their reset."""
+        qpos, qvel = self.backend.qpos, self.backend.qvel
+        if env_ids is None:
+            qpos = qpos.to(self.device, torch.float32)
+            qvel = qvel.to(self.device, torch.float32)
+            self.pos_m = qpos[:, :3]
+            self.rot = quat_to_rotmat(qpos[:, 3:7])  # (n, 3, 3) body to world
+            self.lin_vel_mps = qvel[:, :3]  # world frame
+            self.ang_vel_radps = qvel[:, 3:6]  # body frame
+            self.pos_error_m = self.pos_m - self.target_pos_m
+            return
+        cpu_ids = env_ids.to(qpos.device)
+        qpos = qpos[cpu_ids].to(self.device, torch.float32)
+        qvel = qvel[cpu_ids].to(self.device, torch.float32)
+        self.pos_m[env_ids] = qpos[:, :3]
+        self.rot[env_ids] = quat_to_rotmat(qpos[:, 3:7])
+        self.lin_vel_mps[env_ids] = qvel[:, :3]
+        self.ang_vel_radps[env_ids] = qvel[:, 3:6]
+        self.pos_error_m[env_ids] = qpos[:, :3] - self.target_pos_m
+
+    def _physics_ok(self) -> torch.Tensor:
+        return self.backend.state_finite()
+
+    # --- task pieces -----------------------------------------------------------------------------
+    def _param(self, name: str) -> torch.Tensor:
+        i = PARAM_NAMES.index(name)
+        return self.params[:, i]
+
+    def _reset_envs(self, env_ids: torch.Tensor) -> None:
+        n, g, dev = len(env_ids), self.generator, self.device
+        level = self.curriculum_level
+        init, dr = self.cfg.init, self.cfg.randomization
+
+        def uniform(shape, half_range):
+            return (torch.rand(shape, generator=g, device=dev) * 2 - 1) * half_range
+
+        def between(lo, hi):
+            return lo + torch.rand(n, generator=g, device=dev) * (hi - lo)
+
+        qpos = torch.zeros(n, 7, device=dev)
+        qpos[:, :3] = self.target_pos_m + uniform((n, 3), init.pos_m * level)
+        qpos[:, 3:7] = random_tilt_quat(n, init.tilt_rad * level, g, dev)
+        qvel = torch.cat((uniform((n, 3), init.lin_vel_mps * level), uniform((n, 3), init.ang_vel_radps * level)), -1)
+        self.backend.reset(env_ids, qpos, qvel)
+
+        p = torch.stack(
+            (
+                between(*dr.mass_scale),
+                between(*dr.thrust_scale),
+                between(*dr.motor_tau_s),
+                torch.randint(dr.latency_steps[0], dr.latency_steps[1] + 1, (n,), generator=g, device=dev).float(),
+            ),
+            dim=-1,
+        )
+        p = torch.cat(
+            (p, uniform((n, 3), dr.pos_bias_m), uniform((n, 3), dr.gyro_bias_radps), uniform((n, 3), dr.disturbance_N)),
+            dim=-1,
+        )
+        self.params[env_ids] = p
+        self.latency_steps[env_ids] = p[:, 3].long()
+        self.rotors.set_params(env_ids, tau_s=p[:, 2], thrust_scale=p[:, 1])
+        hover_N = self.mass_kg * GRAVITY_MPS2 / len(ROTORS) * p[:, 0] / p[:, 1]
+        self.rotors.reset(env_ids, hover_N[:, None].expand(n, len(ROTORS)))
+        self._update_state(env_ids)
+
+    def _apply_command(self, command: torch.Tensor) -> None:
+        # Every applied force is divided by mass_scale: the dynamics of the heavier body.
+        inv_mass_scale = 1.0 / self._param("mass_scale")[:, None]
+        thrust_N = self.rotors.step(command)
+        self.backend.ctrl.copy_(thrust_N * inv_mass_scale)
+        disturbance_N = self.params[:, 10:13]
+        self.backend.xfrc_applied[:, self.base_body, :3].copy_(disturbance_N * inv_mass_scale)
+        self.backend.step()
+        self._update_state()
+
+    def _signals(self, noisy: bool) -> dict[str, torch.Tensor]:
+        s = {
+            "pos_error_w": self.pos_error_m,
+            "rot_mat": self.rot.reshape(self.num_envs, 9),
+            "lin_vel_w": self.lin_vel_mps,
+            "ang_vel_b": self.ang_vel_radps,
+            "last_action": self.action,
+        }
+        if noisy:
+            noise = torch.randn(self.num_envs, 18, generator=self.generator, device=self.device) * self._noise_std
+            s["pos_error_w"] = s["pos_error_w"] + self.params[:, 4:7] + noise[:, :3]
+            s["rot_mat"] = s["rot_mat"] + noise[:, 3:12]
+            s["lin_vel_w"] = s["lin_vel_w"] + noise[:, 12:15]
+            s["ang_vel_b"] = s["ang_vel_b"] + self.params[:, 7:10] + noise[:, 15:18]
+        return s
+
+    def _privileged(self) -> torch.Tensor:
+        thrust_frac = self.rotors.thrust_N / self.cfg.max_thrust_N
+        return torch.cat((thrust_frac, self.params), dim=-1)
+
+    def _terminations(self) -> dict[str, torch.Tensor]:
+        return {
+            "crash": self.pos_m[:, 2] < self.cfg.crash_height_m,
+            "out_of_bounds": self.pos_error_m.abs().amax(-1) > self.cfg.max_pos_error_m,
+        }
+
+    # --- reward terms (weights in cfg.reward) -------------------------------------------------
+    def _reward_alive(self):
+        return torch.ones(self.num_envs, device=self.device)
+
+    def _reward_pos_error(self):
+        return self.pos_error_m.norm(dim=-1)
+
+    def _reward_lin_vel(self):
+        return self.lin_vel_mps.square().sum(-1)
+
+    def _reward_ang_vel(self):
+        return self.ang_vel_radps.square().sum(-1)
+
+    def _reward_tilt(self):
+        return 1.0 - self.rot[:, 2, 2]
+
+    def _reward_action(self):
+        return self.action.square().sum(-1)
+
+    def _reward_action_rate(self):
+        return (self.action - self.prev_action).square().sum(-1)
+
+    def _step_metrics(self) -> dict[str, torch.Tensor]:
+        return {"pos_error_m": self.pos_error_m.norm(dim=-1)}
+
+    # --- curriculum ------------------------------------------------------------------------------
+    def _after_iteration(self, stats: dict) -> None:
+        c = self.cfg.curriculum
+        if not c.enabled or "end/timeout" not in stats:
+            return
+        if stats["end/timeout"] >= c.promote_timeout_rate:
+            self.curriculum_level = min(1.0, self.curriculum_level + c.step)
+        elif stats["end/timeout"] < c.demote_timeout_rate:
+            self.curriculum_level = max(c.start_level, self.curriculum_level - c.step)
+        stats["curriculum_level"] = self.curriculum_level
+
+    def close(self) -> None:
+        self.backend.close()
