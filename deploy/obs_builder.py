@@ -28,6 +28,15 @@ class ObsBuilder:
         }
         self._fresh = constant_like(np.ones(batch), like) > 0  # (batch,) bool
 
+    def state_dict(self) -> dict:
+        """History buffers and reset flags (arrays of the builder's kind), to save and restore a run."""
+        return {"fresh": self._fresh, **{f"history/{k}": v for k, v in self._history.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._fresh[...] = state["fresh"]
+        for k, v in self._history.items():
+            v[...] = state[f"history/{k}"]
+
     def reset(self, env_ids=None) -> None:
         if env_ids is None:
             self._fresh[:] = True

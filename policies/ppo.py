@@ -49,7 +49,7 @@ class PPO:
         """Sample actions for a batch of envs; returns (actions, what the storage needs of this step)."""
         self.model.update_normalizers(obs)
         dist = self.model.distribution(obs["policy"])
-        actions = dist.sample()
+        actions = torch.normal(dist.mean, dist.stddev, generator=self.generator)
         record = (obs, actions, dist.mean, dist.stddev, dist.log_prob(actions).sum(-1), self.model.value(obs["critic"]))
         return actions, record
 

@@ -79,6 +79,7 @@ class Runner:
         self.generator.manual_seed(cfg.seed + 1)
         self.ppo = PPO(self.model, self.storage, p, self.generator)
         self.iteration = 0
+        self.obs = None  # the envs' current observations, between iterations
         self.env_steps = 0
         self.elapsed_s = 0.0
         if resume is not None:
@@ -96,10 +97,11 @@ class Runner:
             "model": self.model.state_dict(),
             "optimizer": self.ppo.optimizer.state_dict(),
             "learning_rate": self.ppo.learning_rate,
-            "curriculum_level": float(getattr(self.env, "curriculum_level", 1.0)),
             "config": json.dumps(self.config_dict()),
             "spec": self.env.spec.to_json(),
-            "rng": {"env": self.env.generator.get_state(), "ppo": self.generator.get_state()},
+            "rng": {"ppo": self.generator.get_state()},
+            "env": self.env.state_dict(),
+            "obs": {k: v.clone() for k, v in self.obs.items()} if self.obs is not None else {},
         }
 
     def save(self, name: str) -> Path:
@@ -118,10 +120,10 @@ class Runner:
         self.iteration = ckpt["iteration"]
         self.env_steps = ckpt["env_steps"]
         self.elapsed_s = ckpt["elapsed_s"]
-        if hasattr(self.env, "curriculum_level"):
-            self.env.curriculum_level = ckpt["curriculum_level"]
-        self.env.generator.set_state(ckpt["rng"]["env"])
         self.generator.set_state(ckpt["rng"]["ppo"])
+        if ckpt["obs"]:
+            self.env.load_state_dict(ckpt["env"])
+            self.obs = ckpt["obs"]
 
     # --- the loop --------------------------------------------------------------------------------
     def learn(self, progress: bool = True) -> Path:
@@ -139,7 +141,7 @@ class Runner:
         previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
         start = time.perf_counter() - self.elapsed_s
         bar = tqdm(total=cfg.max_iterations, initial=self.iteration, disable=not progress, unit="it", dynamic_ncols=True)
-        obs = env.reset()
+        obs = self.obs if self.obs is not None else env.reset()
         try:
             while self.iteration < cfg.max_iterations and not interrupted:
                 t0 = time.perf_counter()
@@ -155,6 +157,7 @@ class Runner:
                     if "episode" in extras:
                         episodes.add(extras["episode"])
                 ppo.compute_returns(obs)
+                self.obs = obs
                 collect_s = time.perf_counter() - t0
 
                 torch.set_num_threads(train_threads)
@@ -165,7 +168,7 @@ class Runner:
                 self.elapsed_s = time.perf_counter() - start
 
                 ep = episodes.means()
-                env._after_iteration(ep)
+                env_stats = env._after_iteration(ep)
                 iter_s = time.perf_counter() - t0
                 row = {
                     "iteration": self.iteration,
@@ -176,6 +179,7 @@ class Runner:
                     "update_s": round(iter_s - collect_s, 4),
                     **{f"episode/{k}": v for k, v in ep.items()},
                     **stats,
+                    **env_stats,
                     "nan_resets": env.nan_resets,
                 }
                 metrics.write(row)
@@ -190,8 +194,6 @@ class Runner:
                 )
                 if self.iteration % cfg.save_interval == 0:
                     self.save(f"model_{self.iteration}.pt")
-                    # Periodic checkpoints begin fresh episodes, so resuming from one continues exactly.
-                    obs = env.reset()
                 if cfg.time_limit_s is not None and self.elapsed_s >= cfg.time_limit_s:
                     break
         finally:
@@ -224,7 +226,9 @@ class EpisodeStats:
         )
 
     def means(self) -> dict[str, float]:
-        return {k: v / self.count for k, v in self.sums.items()} if self.count else {}
+        if not self.count:
+            return {}
+        return {"count": self.count, **{k: v / self.count for k, v in self.sums.items()}}
 
 
 class MetricsCsv:

@@ -80,12 +80,21 @@ class BatchedEnv(ABC):
         """`(num_envs,)` False where the simulation state went NaN/inf."""
         return torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
 
+    def _task_state(self) -> dict[str, torch.Tensor]:
+        """Task-specific tensors to save with the env (actuator states, curriculum)."""
+        return {}
+
+    def _load_task_state(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
     def _step_metrics(self) -> dict[str, torch.Tensor]:
         """`(num_envs,)` task measures for evaluation, taken after each step before any reset."""
         return {}
 
-    def _after_iteration(self, stats: dict) -> None:
-        """Curriculum hook, called by the runner once per training iteration."""
+    def _after_iteration(self, episode_stats: dict) -> dict[str, float]:
+        """Curriculum hook, called by the runner once per training iteration with the means over the
+        episodes that ended in it; returns figures to log (e.g. the curriculum level)."""
+        return {}
 
     # --- the shared loop -----------------------------------------------------------------------
     def reset(self) -> dict[str, torch.Tensor]:
@@ -153,6 +162,36 @@ class BatchedEnv(ABC):
         columns += [truncated.float(), self.episode_step.float() / self.spec.control_hz]
         means = torch.stack(columns, dim=-1)[done_ids].mean(0).tolist()
         return dict(zip(names, means), count=int(done_ids.numel()))
+
+    # --- save and restore, so a resumed run continues exactly --------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state = {
+            "action": self.action, "prev_action": self.prev_action, "latency_steps": self.latency_steps,
+            "command_queue": self._command_queue, "params": self.params, "episode_step": self.episode_step,
+            "nan_resets": torch.tensor(self.nan_resets), "generator": self.generator.get_state(),
+            **{f"episode_sum/{k}": v for k, v in self._episode_sums.items()},
+            **{f"policy_obs/{k}": v for k, v in self.policy_obs.state_dict().items()},
+            **{f"clean_obs/{k}": v for k, v in self.clean_obs.state_dict().items()},
+            **{f"backend/{k}": v for k, v in self.backend.state_dict().items()},
+            **{f"task/{k}": v for k, v in self._task_state().items()},
+        }
+        return {k: v.clone() for k, v in state.items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        def sub(prefix):
+            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+        for name in ("action", "prev_action", "latency_steps", "params", "episode_step"):
+            getattr(self, name).copy_(state[name])
+        self._command_queue.copy_(state["command_queue"])
+        self.nan_resets = int(state["nan_resets"])
+        self.generator.set_state(state["generator"])
+        for k, v in sub("episode_sum/").items():
+            self._episode_sums[k].copy_(v)
+        self.policy_obs.load_state_dict(sub("policy_obs/"))
+        self.clean_obs.load_state_dict(sub("clean_obs/"))
+        self.backend.load_state_dict(sub("backend/"))
+        self._load_task_state(sub("task/"))
 
     @property
     def obs_dims(self) -> dict[str, int]:

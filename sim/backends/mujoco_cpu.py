@@ -55,10 +55,16 @@ class MujocoCpuBackend:
     ctrl `(num_envs, nu)`, xfrc_applied `(num_envs, nbody, 6)`: inputs for the next step.
     """
 
-    def __init__(self, model_path: str | Path, num_envs: int, control_dt_s: float | None = None, nthread: int = 0):
+    def __init__(
+        self, model_path: str | Path, num_envs: int, control_dt_s: float | None = None, nthread: int = 0,
+        sensors: bool = False,
+    ):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.model = load_model(model_path)
+        self.model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_AUTORESET
+        if not sensors:  # training reads state, not sensors: skip computing them
+            self.model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_SENSOR
         self.num_envs = num_envs
         self.substeps = substeps = physics_substeps(self.model, control_dt_s)
         self.nthread = nthread or os.cpu_count() or 1
@@ -74,8 +80,9 @@ class MujocoCpuBackend:
         mujoco.mj_getState(m, data0, self.default_state, STATE_SPEC)
 
         self._state = np.tile(self.default_state, (num_envs, 1))
-        self._state_out = np.zeros((num_envs, substeps, nstate))
-        self._sensor_out = np.zeros((num_envs, substeps, m.nsensordata))
+        # One step per call writes straight into the state (each env reads its row before writing it).
+        self._state_out = self._state[:, None] if substeps == 1 else np.zeros((num_envs, substeps, nstate))
+        self._sensor_out = np.zeros((num_envs, substeps, m.nsensordata)) if sensors else None
         self._control = np.zeros((num_envs, 1, m.nu + 6 * m.nbody))
 
         state = self._state_tensor = torch.from_numpy(self._state)
@@ -86,7 +93,8 @@ class MujocoCpuBackend:
         control = torch.from_numpy(self._control)[:, 0]
         self.ctrl = control[:, : m.nu]
         self.xfrc_applied = control[:, m.nu :].view(num_envs, m.nbody, 6)
-        self.sensordata = torch.from_numpy(self._sensor_out)[:, -1]
+        self.sensordata = torch.from_numpy(self._sensor_out)[:, -1] if sensors else None
+        self._ok = torch.ones(num_envs, dtype=torch.bool)
 
     @property
     def dt(self) -> float:
@@ -94,17 +102,30 @@ class MujocoCpuBackend:
         return self.model.opt.timestep * self.substeps
 
     def step(self) -> None:
-        """Advance every env by `substeps` physics steps with the current inputs held."""
+        """Advance every env by `substeps` physics steps with the current inputs held.
+
+        MuJoCo's automatic reset of unstable worlds is disabled, so divergence stays visible as
+        NaN/inf for `physics_ok` and the task resets (and counts) that env.
+        """
         self._pool.rollout(
             self._models, self._datas, self._state, self._control,
             control_spec=CONTROL_SPEC, skip_checks=True, nstep=self.substeps,
             state=self._state_out, sensordata=self._sensor_out,
         )
-        self._state[:] = self._state_out[:, -1]
+        if self.substeps > 1:
+            self._state[:] = self._state_out[:, -1]
+        self._ok[:] = torch.from_numpy(np.isfinite(self._state.sum(axis=1)))
 
-    def state_finite(self) -> torch.Tensor:
-        """`(num_envs,)` True where the whole physics state is finite."""
-        return torch.isfinite(self._state_tensor).all(-1)
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"state": self._state_tensor.clone(), "control": torch.from_numpy(self._control).clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self._state[:] = state["state"].numpy()
+        self._control[:] = state["control"].numpy()
+
+    def physics_ok(self) -> torch.Tensor:
+        """`(num_envs,)` False where the last step diverged (NaN/inf or MuJoCo's instability reset)."""
+        return self._ok
 
     def reset(self, env_ids: torch.Tensor, qpos: torch.Tensor, qvel: torch.Tensor) -> None:
         """Put `env_ids` at (qpos, qvel) with the model's default for everything else."""

@@ -1,6 +1,7 @@
 """quadrotor-hover: fly to and hold a target position from a random position, velocity and attitude.
 
-Actor: noisy position error, rotation matrix, linear and angular velocity, recent actions.
+Actor: noisy position error and linear velocity (body frame), rotation matrix, angular velocity, recent
+actions. Body-frame errors make the map from observation to rotor commands independent of yaw.
 Critic: the same without noise, plus rotor thrusts, the disturbance and every randomized parameter.
 Mass is randomized by scaling every applied force by 1/mass_scale: for a free-flying rigid body with
 uniformly scaled inertia this is exactly the dynamics of the heavier body, and keeps one shared
@@ -80,6 +81,7 @@ class QuadrotorHoverCfg:
     crash_height_m: float = 0.05
     max_pos_error_m: float = field(default=1.0, metadata=positive())  # per axis
     success_radius_m: float = field(default=0.1, metadata=positive())
+    precision_radius_m: float = field(default=0.1, metadata=positive())
     success_after_s: float = field(default=2.0, metadata=nonnegative())
     init: InitCfg = InitCfg()
     curriculum: CurriculumCfg = CurriculumCfg()
@@ -89,6 +91,7 @@ class QuadrotorHoverCfg:
         default_factory=lambda: {
             "alive": 1.0,
             "pos_error": -0.5,
+            "pos_precision": 1.0,
             "lin_vel": -0.05,
             "ang_vel": -0.02,
             "tilt": -0.1,
@@ -116,9 +119,9 @@ def make_spec(cfg: QuadrotorHoverCfg, mass_kg: float) -> PolicySpec:
         task="quadrotor-hover",
         control_hz=cfg.control_hz,
         obs=(
-            ObsTerm("pos_error_w", xyz, (1.0,) * 3, clip=5.0, unit="m"),
+            ObsTerm("pos_error_b", xyz, (1.0,) * 3, clip=5.0, unit="m"),
             ObsTerm("rot_mat", tuple(f"r{i}{j}" for i in range(3) for j in range(3)), (1.0,) * 9, unit=""),
-            ObsTerm("lin_vel_w", xyz, (0.5,) * 3, clip=5.0, unit="m/s"),
+            ObsTerm("lin_vel_b", xyz, (0.5,) * 3, clip=5.0, unit="m/s"),
             ObsTerm("ang_vel_b", xyz, (0.2,) * 3, clip=5.0, unit="rad/s"),
             ObsTerm("last_action", ROTORS, (1.0,) * n, history=cfg.action_history),
         ),
@@ -157,6 +160,7 @@ class QuadrotorHoverEnv(BatchedEnv):
         self.target_pos_m = torch.tensor(cfg.target_pos_m, device=self.device)
         self.rotors = RotorModel(num_envs, len(ROTORS), 1.0 / cfg.control_hz, cfg.max_thrust_N, self.device)
         self.curriculum_level = cfg.curriculum.start_level if cfg.curriculum.enabled else 1.0
+        self._window = torch.zeros(2, dtype=torch.float64)  # (timeouts, episodes) since the last level move
         self._update_state()
         self._noise_std = torch.tensor(
             (cfg.noise.pos_m,) * 3 + (cfg.noise.rot,) * 9 + (cfg.noise.lin_vel_mps,) * 3 + (cfg.noise.ang_vel_radps,) * 3,
@@ -186,7 +190,7 @@ class QuadrotorHoverEnv(BatchedEnv):
         self.pos_error_m[env_ids] = qpos[:, :3] - self.target_pos_m
 
     def _physics_ok(self) -> torch.Tensor:
-        return self.backend.state_finite()
+        return self.backend.physics_ok().to(self.device)
 
     # --- task pieces -----------------------------------------------------------------------------
     def _param(self, name: str) -> torch.Tensor:
@@ -241,20 +245,23 @@ class QuadrotorHoverEnv(BatchedEnv):
         self._update_state()
 
     def _signals(self, noisy: bool) -> dict[str, torch.Tensor]:
-        s = {
-            "pos_error_w": self.pos_error_m,
-            "rot_mat": self.rot.reshape(self.num_envs, 9),
-            "lin_vel_w": self.lin_vel_mps,
-            "ang_vel_b": self.ang_vel_radps,
-            "last_action": self.action,
-        }
+        """Position error and velocity are measured in the world (motion capture) and expressed in the
+        body frame with the measured attitude, as the robot's estimator does."""
+        pos_error, rot, lin_vel, ang_vel = self.pos_error_m, self.rot, self.lin_vel_mps, self.ang_vel_radps
         if noisy:
             noise = torch.randn(self.num_envs, 18, generator=self.generator, device=self.device) * self._noise_std
-            s["pos_error_w"] = s["pos_error_w"] + self.params[:, 4:7] + noise[:, :3]
-            s["rot_mat"] = s["rot_mat"] + noise[:, 3:12]
-            s["lin_vel_w"] = s["lin_vel_w"] + noise[:, 12:15]
-            s["ang_vel_b"] = s["ang_vel_b"] + self.params[:, 7:10] + noise[:, 15:18]
-        return s
+            pos_error = pos_error + self.params[:, 4:7] + noise[:, :3]
+            rot = rot + noise[:, 3:12].view(-1, 3, 3)
+            lin_vel = lin_vel + noise[:, 12:15]
+            ang_vel = ang_vel + self.params[:, 7:10] + noise[:, 15:18]
+        world_to_body = rot.transpose(1, 2)
+        return {
+            "pos_error_b": (world_to_body @ pos_error.unsqueeze(-1)).squeeze(-1),
+            "rot_mat": rot.reshape(self.num_envs, 9),
+            "lin_vel_b": (world_to_body @ lin_vel.unsqueeze(-1)).squeeze(-1),
+            "ang_vel_b": ang_vel,
+            "last_action": self.action,
+        }
 
     def _privileged(self) -> torch.Tensor:
         thrust_frac = self.rotors.thrust_N / self.cfg.max_thrust_N
@@ -272,6 +279,10 @@ class QuadrotorHoverEnv(BatchedEnv):
 
     def _reward_pos_error(self):
         return self.pos_error_m.norm(dim=-1)
+
+    def _reward_pos_precision(self):
+        """1 at the target, falling off within `precision_radius_m`: rewards holding position closely."""
+        return torch.exp(-(self.pos_error_m.square().sum(-1) / self.cfg.precision_radius_m**2))
 
     def _reward_lin_vel(self):
         return self.lin_vel_mps.square().sum(-1)
@@ -292,7 +303,7 @@ class QuadrotorHoverEnv(BatchedEnv):
         return {"pos_error_m": self.pos_error_m.norm(dim=-1)}
 
     # --- curriculum ------------------------------------------------------------------------------
-    def _after_iteration(self, stats: dict) -> None:
+    def _after_iteration(self, stats: dict) -> dict[str, float]:
         c = self.cfg.curriculum
         if not c.enabled or "end/timeout" not in stats:
             return

@@ -1,0 +1,209 @@
+"""The `s2r` command: train, export, eval, bench, tasks."""
+
+from __future__ import annotations
+
+import os
+
+# Torch's OpenMP workers would otherwise spin after each op and steal the cores MuJoCo's threads need.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+
+
+def _known_errors():
+    from deploy.onnx_policy import PolicyLoadError
+    from deploy.spec import SpecError
+    from policies.checkpoint import CheckpointError
+    from policies.export import ExportError
+    from sim.backends.mujoco_cpu import ModelError
+    from sim.config import ConfigError
+    from sim.tasks import UnknownTaskError
+
+    return (ConfigError, UnknownTaskError, CheckpointError, PolicyLoadError, SpecError, ModelError, ExportError)
+
+
+def _apply_sets(train_cfg, task_cfg, sets: list[str]):
+    from sim.config import ConfigError, override
+
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        if key.startswith("task."):
+            task_cfg = override(task_cfg, key[len("task."):], value)
+        else:
+            train_cfg = override(train_cfg, key, value)
+    return train_cfg, task_cfg
+
+
+def _find_checkpoint(path: Path) -> Path:
+    from policies.checkpoint import CheckpointError
+
+    if path.is_dir():
+        path = path / "model_last.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    return path
+
+
+def cmd_train(args) -> None:
+    import dataclasses
+
+    from policies.checkpoint import load_checkpoint
+    from policies.export import export_checkpoint
+    from policies.runner import Runner, TrainCfg
+    from sim import config as C
+    from sim.tasks import default_cfg, task_entry
+
+    resume = None
+    if args.resume:
+        ckpt_path = _find_checkpoint(Path(args.resume))
+        resume = load_checkpoint(ckpt_path)
+        saved = json.loads(resume["config"])
+        train_cfg = C.from_dict(TrainCfg, saved["train"])
+        task_cfg = C.from_dict(task_entry(train_cfg.task)[0], saved["task"])
+        run_dir = Path(args.run_dir) if args.run_dir else ckpt_path.parent
+    else:
+        train_cfg = TrainCfg(task=args.task)
+        task_entry(args.task)
+        task_cfg = default_cfg(args.task)
+        run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / args.task / time.strftime("%Y%m%d-%H%M%S")
+    flags = {
+        "num_envs": args.num_envs, "max_iterations": args.max_iterations, "seed": args.seed,
+        "device": args.device, "time_limit_s": args.time_limit,
+    }
+    train_cfg = dataclasses.replace(train_cfg, **{k: v for k, v in flags.items() if v is not None})
+    train_cfg, task_cfg = _apply_sets(train_cfg, task_cfg, args.set)
+    C.validate(task_cfg, prefix="task.")
+
+    runner = Runner(train_cfg, task_cfg, run_dir, resume=resume)
+    print(f"training {train_cfg.task}: {train_cfg.num_envs} envs on {train_cfg.device}, run dir {run_dir}")
+    t0 = time.perf_counter()
+    ckpt = runner.learn(progress=not args.no_progress)
+    train_s = time.perf_counter() - t0
+    runner.env.close()
+    print(f"trained {runner.iteration} iterations, {runner.env_steps} env steps in {train_s:.1f} s")
+    print(f"  checkpoint     {ckpt}")
+    print(f"  metrics        {run_dir / 'metrics.csv'}  (TensorBoard: {run_dir / 'tensorboard'})")
+    print(f"  learning curve {run_dir / 'learning_curve.png'}")
+    if not args.no_export:
+        onnx_path, report = export_checkpoint(ckpt)
+        print(f"  policy         {onnx_path}  (+ {onnx_path.with_suffix('.json').name}); parity {report}")
+
+
+def cmd_export(args) -> None:
+    from policies.export import export_checkpoint
+
+    onnx_path, report = export_checkpoint(_find_checkpoint(Path(args.checkpoint)), args.out)
+    print(f"exported {onnx_path} and {onnx_path.with_suffix('.json')}")
+    for k, v in report.items():
+        print(f"  {k}: {v:.3g}")
+
+
+def cmd_eval(args) -> None:
+    from deploy.onnx_policy import PolicyLoadError
+    from sim.evaluate import evaluate, write_eval
+
+    path = Path(args.policy)
+    if path.is_dir():
+        path = path / "policy.onnx"
+    if not path.is_file():
+        raise PolicyLoadError(f"no exported policy at {path} (run `s2r export RUN_DIR` first)")
+    result = evaluate(path, episodes=args.episodes, seed=args.seed)
+    out = Path(args.out) if args.out else path.parent / "eval.json"
+    write_eval(result, out)
+    print(f"{result['task']}: {result['episodes']} episodes under domain randomization, policy {path}")
+    for k in ("success_rate", "crash_rate", "mean_pos_error_m", "final_pos_error_m"):
+        if k in result:
+            print(f"  {k:18s} {result[k]:.4f}")
+    print(f"  success = {result['success_definition']}")
+    print(f"wrote {out}")
+
+
+def cmd_bench(args) -> None:
+    import torch
+
+    from sim.bench import bench_sim
+
+    torch.set_num_threads(1)
+    r = bench_sim(args.task, args.num_envs, steps=args.steps)
+    print(f"s2r bench sim --task {r['task']} --num-envs {r['num_envs']}  ({r['threads']} MuJoCo threads)")
+    print(f"  training env             {r['env_steps_per_s']:12,.0f} env steps/s "
+          f"({r['env_physics_steps_per_s']:,.0f} physics steps/s)")
+    print(f"  raw mj_step ceiling      {r['mj_step_ceiling_per_s']:12,.0f} physics steps/s (mujoco.rollout, same model and threads)")
+    print(f"  ratio env / ceiling      {r['ratio']:12.2f}")
+    print(f"  python thread pool       {r['python_thread_pool_mj_step_per_s']:12,.0f} physics steps/s (mj_step per env per call; not used)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2))
+
+
+def cmd_tasks(args) -> None:
+    from sim.tasks import TASKS
+
+    for name in sorted(TASKS):
+        print(name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="s2r", description="sim-to-real robot control")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a policy headless, then export it to ONNX")
+    t.add_argument("--task", default="quadrotor-hover")
+    t.add_argument("--num-envs", type=int)
+    t.add_argument("--max-iterations", type=int)
+    t.add_argument("--time-limit", type=float, help="stop after this many seconds of training")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="cpu (default) or cuda[:N]")
+    t.add_argument("--run-dir", help="default: runs/TASK/TIMESTAMP")
+    t.add_argument("--resume", help="run directory or checkpoint to continue from")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. ppo.num_steps=32 or task.reward.pos_error=-2")
+    t.add_argument("--no-export", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="export a checkpoint's actor to ONNX with its PolicySpec")
+    e.add_argument("checkpoint", help="run directory or checkpoint file")
+    e.add_argument("--out", help="default: policy.onnx beside the checkpoint")
+    e.set_defaults(func=cmd_export)
+
+    v = sub.add_parser("eval", help="evaluate an exported policy in simulation through the deploy code")
+    v.add_argument("policy", help="run directory or .onnx file")
+    v.add_argument("--episodes", type=int, default=200)
+    v.add_argument("--seed", type=int, default=1)
+    v.add_argument("--out", help="default: eval.json beside the policy")
+    v.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="benchmarks")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    bs = bsub.add_parser("sim", help="training-env steps/s against the raw mj_step ceiling")
+    bs.add_argument("--task", default="quadrotor-hover")
+    bs.add_argument("--num-envs", type=int, default=4096)
+    bs.add_argument("--steps", type=int, default=200)
+    bs.add_argument("--json", help="also write the figures to this file")
+    bs.set_defaults(func=cmd_bench)
+
+    ls = sub.add_parser("tasks", help="list the tasks")
+    ls.set_defaults(func=cmd_tasks)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    errors = _known_errors()
+    try:
+        args.func(args)
+    except errors as e:
+        print(f"s2r: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""CPU backend and the quadrotor-hover task: stepping, resets, observations, randomization, faults."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from sim.backends.mujoco_cpu import ModelError, MujocoCpuBackend
+from sim.tasks import default_cfg, make_env
+from sim.tasks.quadrotor_hover import MODELS_DIR, PARAM_NAMES
+
+MODEL = MODELS_DIR / "quadrotor.xml"
+
+
+def test_backend_steps_all_envs_and_resets_some():
+    b = MujocoCpuBackend(MODEL, num_envs=8, control_dt_s=0.01, nthread=2)
+    assert b.qpos.shape == (8, 7) and b.qvel.shape == (8, 6) and b.ctrl.shape == (8, 4)
+    z0 = b.qpos[:, 2].clone()
+    for _ in range(10):
+        b.step()  # no thrust: free fall
+    assert torch.all(b.qpos[:, 2] < z0 - 0.04)
+    assert torch.all(b.qvel[:, 2] < -0.9)
+    ids = torch.tensor([1, 5])
+    qpos = torch.tensor([[0.0, 0.0, 2.0, 1.0, 0.0, 0.0, 0.0]] * 2, dtype=torch.float64)
+    b.reset(ids, qpos, torch.zeros(2, 6, dtype=torch.float64))
+    assert torch.allclose(b.qpos[ids, 2], torch.tensor(2.0, dtype=torch.float64))
+    assert torch.all(b.qvel[ids] == 0) and torch.all(b.qvel[0, 2] < -0.9)
+    b.ctrl[:] = 0.027 * 9.81 / 4  # hover thrust per rotor
+    v = b.qvel[ids, 2].clone()
+    b.step()
+    assert torch.allclose(b.qvel[ids, 2], v, atol=1e-9)
+    b.close()
+
+
+def test_backend_rejects_bad_models(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        MujocoCpuBackend(tmp_path / "nope.xml", 2)
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<mujoco><worldbody><body><geom type='sphere'/></body></worldbody></mujoco>")
+    with pytest.raises(ModelError, match="does not compile"):
+        MujocoCpuBackend(bad, 2)
+    with pytest.raises(ModelError, match="not a whole multiple"):
+        MujocoCpuBackend(MODEL, 2, control_dt_s=0.015)
+
+
+def test_observation_groups_have_spec_shapes():
+    env = make_env("quadrotor-hover", 16)
+    obs = env.reset()
+    spec = env.spec
+    assert obs["policy"].shape == (16, spec.obs_dim)
+    # critic: the policy terms without noise, rotor thrusts, and every randomized parameter
+    assert obs["critic"].shape == (16, spec.obs_dim + 4 + len(PARAM_NAMES))
+    obs, reward, terminated, truncated, _ = env.step(torch.zeros(16, 4))
+    assert reward.shape == terminated.shape == truncated.shape == (16,)
+    assert [t.name for t in spec.obs] == ["pos_error_b", "rot_mat", "lin_vel_b", "ang_vel_b", "last_action"]
+    env.close()
+
+
+def test_policy_obs_is_noisy_and_critic_obs_is_clean():
+    env = make_env("quadrotor-hover", 64)
+    obs = env.reset()
+    n = env.spec.obs_dim
+    pos_clean = obs["critic"][:, :3]
+    expected = (env.rot.transpose(1, 2) @ env.pos_error_m.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(pos_clean, expected, atol=1e-6)
+    assert (obs["policy"][:, :3] - pos_clean).abs().mean() > 1e-3
+    env.close()
+
+
+def test_randomization_changes_parameters_and_critic_sees_them():
+    env = make_env("quadrotor-hover", 256, seed=3)
+    obs = env.reset()
+    params = env.params.clone()
+    dr = env.cfg.randomization
+    for i, name in enumerate(PARAM_NAMES[:3]):
+        lo, hi = getattr(dr, name)
+        assert params[:, i].min() >= lo and params[:, i].max() <= hi
+        assert params[:, i].std() > 0.1 * (hi - lo) / np.sqrt(12)
+    assert set(params[:, PARAM_NAMES.index("latency_steps")].unique().tolist()) == {0.0, 1.0, 2.0}
+    # the critic's last columns are exactly the parameters
+    assert torch.equal(obs["critic"][:, -len(PARAM_NAMES):], params)
+    env._reset(env.env_ids)
+    assert not torch.equal(env.params, params)
+    env.close()
+
+
+def test_mass_and_thrust_randomization_change_the_dynamics():
+    cfg = default_cfg("quadrotor-hover")
+    init = dataclasses.replace(cfg.init, pos_m=0.0, lin_vel_mps=0.0, tilt_rad=0.0, ang_vel_radps=0.0)
+    cfg = dataclasses.replace(cfg, init=init, curriculum=dataclasses.replace(cfg.curriculum, enabled=False))
+    env = make_env("quadrotor-hover", 3, cfg)
+    env.reset()
+    i_mass, i_thrust, i_dist = PARAM_NAMES.index("mass_scale"), PARAM_NAMES.index("thrust_scale"), 10
+    env.params[:, i_mass] = torch.tensor([1.0, 1.2, 1.0])
+    env.params[:, i_thrust] = torch.tensor([1.0, 1.0, 1.2])
+    env.params[:, i_dist : i_dist + 3] = 0.0
+    env.rotors.set_params(env.env_ids, env.params[:, 2], env.params[:, i_thrust])
+    env.rotors.reset(env.env_ids, torch.full((3, 4), 0.027 * 9.81 / 4))
+    for _ in range(50):
+        env.step(torch.zeros(3, 4))
+    vz = env.lin_vel_mps[:, 2]
+    assert abs(vz[0]) < 0.02  # nominal: hover thrust holds
+    assert vz[1] < -0.5  # 20 % heavier: falls
+    assert vz[2] > 0.5  # 20 % more thrust: climbs
+    env.close()
+
+
+def test_latency_delays_commands():
+    cfg = default_cfg("quadrotor-hover")
+    env = make_env("quadrotor-hover", 2, cfg)
+    env.reset()
+    env.latency_steps[:] = torch.tensor([0, 2])
+    env.rotors.set_params(env.env_ids, torch.full((2,), 1e-4), torch.ones(2))  # near-instant motors
+    hover = env.spec.action.offset[0]
+    env.step(torch.full((2, 4), 0.5))
+    thrust = env.rotors.thrust_N
+    assert thrust[0, 0] > hover + 0.03 and abs(thrust[1, 0] - hover) < 1e-6
+    env.step(torch.full((2, 4), 0.5))
+    env.step(torch.full((2, 4), 0.5))
+    assert thrust[1, 0] > hover + 0.03
+    env.close()
+
+
+def test_nan_in_simulation_resets_that_env_and_is_counted():
+    env = make_env("quadrotor-hover", 4)
+    env.reset()
+    env.backend.qvel[2, 0] = float("nan")
+    obs, reward, terminated, truncated, extras = env.step(torch.zeros(4, 4))
+    assert terminated[2] and not terminated[[0, 1, 3]].any()
+    assert env.nan_resets == 1 and extras["episode"]["end/nan"] == 1.0
+    assert torch.isfinite(obs["policy"]).all() and torch.isfinite(reward).all()
+    assert torch.isfinite(env.backend.qvel).all()
+    env.close()
+
+
+def test_crash_and_out_of_bounds_terminate():
+    env = make_env("quadrotor-hover", 2)
+    env.reset()
+    qpos = env.backend.qpos.clone()
+    qpos[0, :3] = torch.tensor([0.0, 0.0, 0.01], dtype=torch.float64)
+    qpos[1, :3] = torch.tensor([3.0, 0.0, 1.0], dtype=torch.float64)
+    env.backend.reset(env.env_ids, qpos, torch.zeros(2, 6, dtype=torch.float64))
+    env._update_state()
+    _, _, terminated, _, extras = env.step(torch.zeros(2, 4))
+    assert terminated.all()
+    assert extras["episode"]["end/crash"] == 0.5 and extras["episode"]["end/out_of_bounds"] == 0.5
+    env.close()

@@ -1,0 +1,155 @@
+"""PPO training, checkpoints, resume, export parity, eval: the spine end to end."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from deploy.onnx_policy import OnnxPolicy, PolicyLoadError, read_spec
+from deploy.spec import SpecError
+from policies.checkpoint import CheckpointError, load_checkpoint
+from policies.export import ExportError, export_checkpoint, export_onnx, model_from_checkpoint
+from policies.runner import Runner, TrainCfg
+from sim.config import override
+from sim.evaluate import evaluate
+from sim.tasks import default_cfg
+
+SMALL = dict(num_envs=64, max_iterations=4, save_interval=2)
+
+
+def small_run(tmp_path, name="run", **kw) -> Runner:
+    cfg = TrainCfg(**{**SMALL, **kw})
+    cfg = override(cfg, "ppo.num_steps", 8)
+    return Runner(cfg, default_cfg(cfg.task), tmp_path / name)
+
+
+def test_run_dir_has_everything(tmp_path):
+    r = small_run(tmp_path)
+    ckpt = r.learn(progress=False)
+    run = tmp_path / "run"
+    for name in ("config.json", "policy_spec.json", "metrics.csv", "learning_curve.png", "model_2.pt", "model_4.pt", "model_last.pt"):
+        assert (run / name).is_file(), name
+    assert any((run / "tensorboard").iterdir())
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 and rows[0].startswith("iteration,env_steps,time_s")
+    assert load_checkpoint(ckpt)["iteration"] == 4
+    r.env.close()
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = small_run(tmp_path, "straight")
+    straight.learn(progress=False)
+    resumed = Runner(straight.cfg, straight.task_cfg, tmp_path / "resumed", resume=load_checkpoint(tmp_path / "straight" / "model_2.pt"))
+    assert resumed.iteration == 2
+    resumed.learn(progress=False)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    straight.env.close()
+    resumed.env.close()
+
+
+def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path):
+    r = small_run(tmp_path, max_iterations=2)
+    good = r.learn(progress=False)
+    r.env.close()
+    data = good.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 100)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": "s2r-checkpoint-v1", "x": Evil()}))
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    for name, message in [
+        ("truncated.pt", "not a loadable"), ("garbage.pt", "not a loadable"),
+        ("evil.pt", "not a loadable"), ("foreign.pt", "not an s2r checkpoint"), ("missing.pt", "not found"),
+    ]:
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(tmp_path / name)
+
+
+def test_resume_into_a_different_network_is_refused(tmp_path):
+    r = small_run(tmp_path, max_iterations=2)
+    ckpt = load_checkpoint(r.learn(progress=False))
+    r.env.close()
+    other = override(TrainCfg(**SMALL), "ppo.actor_hidden", (32,))
+    with pytest.raises(CheckpointError, match="does not match"):
+        Runner(other, default_cfg(other.task), tmp_path / "other", resume=ckpt)
+
+
+def test_export_parity_metadata_and_eval(tmp_path):
+    r = small_run(tmp_path, max_iterations=2)
+    ckpt = r.learn(progress=False)
+    r.env.close()
+    onnx_path, report = export_checkpoint(ckpt)
+    assert report["parity_max_abs_diff_random"] <= 1e-5 and report["parity_max_abs_diff_rollout"] <= 1e-5
+    spec = read_spec(onnx_path)
+    assert spec == json_spec(onnx_path.with_suffix(".json"))
+    policy = OnnxPolicy(onnx_path)
+    obs = np.random.default_rng(0).standard_normal((5, spec.obs_dim)).astype(np.float32)
+    model, _, _ = model_from_checkpoint(load_checkpoint(ckpt))
+    with torch.no_grad():
+        expected = model.action_mean(torch.from_numpy(obs)).numpy()
+    np.testing.assert_allclose(policy(obs), expected, atol=1e-5)
+    # mismatched robot config: refuse
+    other = override(default_cfg("quadrotor-hover"), "action_history", 4)
+    from sim.tasks import make_env
+
+    env = make_env("quadrotor-hover", 1, other)
+    with pytest.raises(SpecError, match="obs_dim"):
+        OnnxPolicy(onnx_path, expected=env.spec)
+    env.close()
+    result = evaluate(onnx_path, episodes=100)
+    assert result["episodes"] == 100 and 0.0 <= result["success_rate"] <= 1.0
+    assert result["crash_rate"] + result["success_rate"] <= 1.0 + 1e-9
+
+
+def json_spec(path):
+    from deploy.spec import PolicySpec
+
+    return PolicySpec.from_json(path.read_text())
+
+
+def test_export_refuses_a_broken_parity(tmp_path, monkeypatch):
+    r = small_run(tmp_path, max_iterations=1)
+    ckpt = r.learn(progress=False)
+    r.env.close()
+    model, spec, _ = model_from_checkpoint(load_checkpoint(ckpt))
+    import deploy.onnx_policy as op
+
+    monkeypatch.setattr(op.OnnxPolicy, "__call__", lambda self, obs: np.zeros((len(obs), spec.action_dim), np.float32) + 1)
+    with pytest.raises(ExportError, match="parity failed"):
+        export_onnx(model, spec, tmp_path / "p.onnx")
+
+
+def test_onnx_without_spec_or_not_onnx_is_refused(tmp_path):
+    (tmp_path / "x.onnx").write_bytes(b"not onnx at all")
+    with pytest.raises(PolicyLoadError, match="not a readable ONNX|no 's2r.policy_spec'"):
+        OnnxPolicy(tmp_path / "x.onnx")
+    with pytest.raises(PolicyLoadError, match="not found"):
+        OnnxPolicy(tmp_path / "none.onnx")
+
+
+@pytest.mark.slow
+def test_training_improves_hover_within_a_short_budget(tmp_path):
+    """A real improvement: from the first iterations to the last, episodes last longer and return more."""
+    cfg = TrainCfg(num_envs=512, max_iterations=60, save_interval=1000)
+    r = Runner(cfg, default_cfg(cfg.task), tmp_path / "learn")
+    r.learn(progress=False)
+    r.env.close()
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "learn" / "metrics.csv")))
+
+    def mean(key, rs):
+        vals = [float(x[key]) for x in rs if x.get(key) not in ("", None)]
+        return sum(vals) / len(vals)
+
+    early, late = rows[2:10], rows[-8:]
+    assert mean("episode/length_s", late) > 1.5 * mean("episode/length_s", early)
+    assert mean("episode/return", late) > mean("episode/return", early) + 0.3
