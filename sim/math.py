@@ -5,17 +5,31 @@ from __future__ import annotations
 import torch
 
 
+def _rotmat_from_products() -> torch.Tensor:
+    """(16, 9): each rotation-matrix entry as a linear map of the products q_i q_j (unit q)."""
+    w, x, y, z = range(4)
+    m = torch.zeros(4, 4, 9)
+    entries = [
+        {(w, w): 1, (x, x): 1, (y, y): -1, (z, z): -1}, {(x, y): 2, (w, z): -2}, {(x, z): 2, (w, y): 2},
+        {(x, y): 2, (w, z): 2}, {(w, w): 1, (x, x): -1, (y, y): 1, (z, z): -1}, {(y, z): 2, (w, x): -2},
+        {(x, z): 2, (w, y): -2}, {(y, z): 2, (w, x): 2}, {(w, w): 1, (x, x): -1, (y, y): -1, (z, z): 1},
+    ]
+    for k, coeffs in enumerate(entries):
+        for (i, j), c in coeffs.items():
+            m[i, j, k] = c
+    return m.reshape(16, 9)
+
+
+_ROTMAT_FROM_PRODUCTS = _rotmat_from_products()
+
+
 def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
-    """(n, 4) unit quaternions -> (n, 3, 3) body-to-world rotation matrices."""
-    w, x, y, z = q.unbind(-1)
-    return torch.stack(
-        (
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ),
-        dim=-1,
-    ).reshape(q.shape[:-1] + (3, 3))
+    """(n, 4) unit quaternions -> (n, 3, 3) body-to-world rotation matrices.
+
+    One outer product and one matmul instead of ~30 elementwise ops: this runs every env step.
+    """
+    products = (q.unsqueeze(-1) * q.unsqueeze(-2)).reshape(q.shape[:-1] + (16,))
+    return (products @ _ROTMAT_FROM_PRODUCTS.to(q)).reshape(q.shape[:-1] + (3, 3))
 
 
 def quat_from_axis_angle(axis: torch.Tensor, angle_rad: torch.Tensor) -> torch.Tensor:

@@ -95,3 +95,28 @@ def test_train_export_eval_end_to_end(tmp_path):
     r = s2r("train", "--resume", str(run), "--max-iterations", "5", "--no-progress", "--no-export")
     assert r.returncode == 0, r.stderr
     assert "trained 5 iterations" in r.stdout
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint(tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s2r.cli", "train", "--run-dir", str(run), "--num-envs", "64",
+         "--max-iterations", "100000", "--no-progress", "--no-export"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if (run / "metrics.csv").exists() and len((run / "metrics.csv").read_text().splitlines()) > 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted: checkpoint saved" in out
+    from policies.checkpoint import load_checkpoint
+
+    assert load_checkpoint(run / "model_last.pt")["iteration"] >= 3

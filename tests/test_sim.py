@@ -146,3 +146,17 @@ def test_crash_and_out_of_bounds_terminate():
     assert terminated.all()
     assert extras["episode"]["end/crash"] == 0.5 and extras["episode"]["end/out_of_bounds"] == 0.5
     env.close()
+
+
+def test_quat_to_rotmat_matches_mujoco():
+    import mujoco
+
+    from sim.math import quat_to_rotmat
+
+    q = torch.randn(64, 4, dtype=torch.float64)
+    q = q / q.norm(dim=-1, keepdim=True)
+    ours = quat_to_rotmat(q).numpy()
+    for i in range(len(q)):
+        ref = np.zeros(9)
+        mujoco.mju_quat2Mat(ref, q[i].numpy())
+        np.testing.assert_allclose(ours[i], ref.reshape(3, 3), atol=1e-12)

@@ -304,14 +304,35 @@ class QuadrotorHoverEnv(BatchedEnv):
 
     # --- curriculum ------------------------------------------------------------------------------
     def _after_iteration(self, stats: dict) -> dict[str, float]:
+        """Move the level once at least num_envs/2 episodes ended since the last move, by their
+        timeout rate (a rate over a few episodes is noise)."""
         c = self.cfg.curriculum
-        if not c.enabled or "end/timeout" not in stats:
-            return
-        if stats["end/timeout"] >= c.promote_timeout_rate:
-            self.curriculum_level = min(1.0, self.curriculum_level + c.step)
-        elif stats["end/timeout"] < c.demote_timeout_rate:
-            self.curriculum_level = max(c.start_level, self.curriculum_level - c.step)
-        stats["curriculum_level"] = self.curriculum_level
+        if c.enabled and stats.get("count"):
+            self._window += torch.tensor([stats["end/timeout"] * stats["count"], stats["count"]], dtype=torch.float64)
+            timeouts, count = self._window.tolist()
+            if count >= self.num_envs / 2:
+                rate = timeouts / count
+                if rate >= c.promote_timeout_rate:
+                    self.curriculum_level = min(1.0, self.curriculum_level + c.step)
+                elif rate < c.demote_timeout_rate:
+                    self.curriculum_level = max(c.start_level, self.curriculum_level - c.step)
+                self._window.zero_()
+        return {"curriculum_level": self.curriculum_level}
+
+    def _task_state(self) -> dict[str, torch.Tensor]:
+        r = self.rotors
+        return {
+            "thrust_N": r.thrust_N, "tau_s": r.tau_s, "thrust_scale": r.thrust_scale, "alpha": r._alpha,
+            "curriculum_level": torch.tensor(self.curriculum_level), "curriculum_window": self._window,
+        }
+
+    def _load_task_state(self, state: dict[str, torch.Tensor]) -> None:
+        r = self.rotors
+        for name, t in (("thrust_N", r.thrust_N), ("tau_s", r.tau_s), ("thrust_scale", r.thrust_scale), ("alpha", r._alpha)):
+            t.copy_(state[name])
+        self.curriculum_level = float(state["curriculum_level"])
+        self._window.copy_(state["curriculum_window"])
+        self._update_state()
 
     def close(self) -> None:
         self.backend.close()
