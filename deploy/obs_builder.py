@@ -20,7 +20,7 @@ class ObsBuilder:
         self.spec = spec
         self.batch = batch
         like = np.zeros(1, np.float32) if like is None else like
-        self._scale = {t.name: constant_like(t.scale, like) for t in spec.obs}
+        self._scale = {t.name: constant_like(t.scale, like) for t in spec.obs if any(v != 1.0 for v in t.scale)}
         self._history = {
             t.name: constant_like(np.zeros((batch, t.history, t.size)), like)
             for t in spec.obs
@@ -54,7 +54,8 @@ class ObsBuilder:
                     f"ObsBuilder: signal '{term.name}' has shape {tuple(x.shape)}, "
                     f"spec says {(self.batch, term.size)}"
                 )
-            frame = x * self._scale[term.name]
+            scale = self._scale.get(term.name)
+            frame = x if scale is None else x * scale
             if term.clip is not None:
                 frame = frame.clip(-term.clip, term.clip)
             if term.history > 1:

@@ -10,6 +10,7 @@ import numpy as np
 from deploy.spec import PolicySpec, SpecError
 
 SPEC_KEY = "s2r.policy_spec"
+TASK_CONFIG_KEY = "s2r.task_config"  # the training task's config, so evaluation matches training
 INPUT_NAME, OUTPUT_NAME = "obs", "action"
 
 
@@ -17,15 +18,19 @@ class PolicyLoadError(ValueError):
     """The file is not an s2r policy, or its network disagrees with its PolicySpec."""
 
 
-def read_spec(path: str | Path) -> PolicySpec:
-    """The PolicySpec stored in an ONNX file's metadata."""
+def read_metadata(path: str | Path) -> dict[str, str]:
     import onnx
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and others
         raise PolicyLoadError(f"{path} is not a readable ONNX file: {e}") from e
-    props = {p.key: p.value for p in model.metadata_props}
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def read_spec(path: str | Path) -> PolicySpec:
+    """The PolicySpec stored in an ONNX file's metadata."""
+    props = read_metadata(path)
     if SPEC_KEY not in props:
         raise PolicyLoadError(f"{path} has no '{SPEC_KEY}' metadata: not exported by s2r")
     try:
@@ -49,6 +54,7 @@ class OnnxPolicy:
         if not path.is_file():
             raise PolicyLoadError(f"policy file not found: {path}")
         self.path = path
+        self.metadata = read_metadata(path)
         self.spec = read_spec(path)
         if expected is not None:
             self.spec.check_compatible(expected)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deploy.onnx_policy import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, OnnxPolicy
+from deploy.onnx_policy import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, TASK_CONFIG_KEY, OnnxPolicy
 from deploy.spec import PolicySpec
 from policies.checkpoint import atomic_write, load_checkpoint
 from policies.networks import ActorCritic, ExportedActor
@@ -112,5 +112,10 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path | None = None)
     task_cfg = C.from_dict(task_entry(task)[0], config["task"])
     out_path = Path(out_path) if out_path else ckpt_path.parent / "policy.onnx"
     obs = rollout_observations(model, task, task_cfg)
-    report = export_onnx(model, spec, out_path, obs, metadata={"s2r.checkpoint": ckpt_path.name, "s2r.iteration": str(ckpt["iteration"])})
+    metadata = {
+        "s2r.checkpoint": ckpt_path.name,
+        "s2r.iteration": str(ckpt["iteration"]),
+        TASK_CONFIG_KEY: json.dumps(config["task"]),
+    }
+    report = export_onnx(model, spec, out_path, obs, metadata=metadata)
     return out_path, report

@@ -54,8 +54,8 @@ class ActorCritic(nn.Module):
         policy_obs_dim: int,
         critic_obs_dim: int,
         action_dim: int,
-        actor_hidden: tuple[int, ...] = (64, 64),
-        critic_hidden: tuple[int, ...] = (128, 128),
+        actor_hidden: tuple[int, ...] = (32, 32),
+        critic_hidden: tuple[int, ...] = (64, 64),
         activation: str = "silu",
         init_std: float = 0.3,
     ):

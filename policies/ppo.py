@@ -17,19 +17,19 @@ from sim.config import nonnegative, positive
 
 @dataclass(frozen=True)
 class PPOCfg:
-    num_steps: int = field(default=16, metadata=positive())  # per env per iteration
+    num_steps: int = field(default=32, metadata=positive())  # per env per iteration
     num_epochs: int = field(default=4, metadata=positive())
     num_minibatches: int = field(default=4, metadata=positive())
-    gamma: float = 0.99
+    gamma: float = 0.98
     lam: float = 0.95
     clip_ratio: float = field(default=0.2, metadata=positive())
     value_clip: float = field(default=0.2, metadata=positive())
     value_loss_coef: float = field(default=1.0, metadata=nonnegative())
     entropy_coef: float = field(default=0.0, metadata=nonnegative())
     learning_rate: float = field(default=1e-3, metadata=positive())
-    desired_kl: float = field(default=0.01, metadata=positive())
+    desired_kl: float = field(default=0.02, metadata=positive())
     max_grad_norm: float = field(default=1.0, metadata=positive())
-    actor_hidden: tuple[int, ...] = (64, 64)
+    actor_hidden: tuple[int, ...] = (32, 32)
     critic_hidden: tuple[int, ...] = (64, 64)
     activation: str = field(default="silu", metadata={"check": (lambda v: v in ("elu", "silu", "tanh", "relu"), "must be elu, silu, tanh or relu")})
     init_std: float = field(default=0.3, metadata=positive())

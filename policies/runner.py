@@ -25,10 +25,10 @@ from sim.tasks import make_env, task_entry
 @dataclass(frozen=True)
 class TrainCfg:
     task: str = "quadrotor-hover"
-    num_envs: int = field(default=4096, metadata=C.positive())
+    num_envs: int = field(default=512, metadata=C.positive())
     seed: int = 0
     device: str = "cpu"
-    max_iterations: int = field(default=300, metadata=C.positive())
+    max_iterations: int = field(default=200, metadata=C.positive())
     time_limit_s: float | None = None
     save_interval: int = field(default=50, metadata=C.positive())  # iterations between checkpoints
     ppo: PPOCfg = PPOCfg()
@@ -104,11 +104,12 @@ class Runner:
             "obs": {k: v.clone() for k, v in self.obs.items()} if self.obs is not None else {},
         }
 
-    def save(self, name: str) -> Path:
-        path = self.run_dir / name
-        save_checkpoint(path, self.checkpoint())
-        save_checkpoint(self.run_dir / "model_last.pt", self.checkpoint()) if name != "model_last.pt" else None
-        return path
+    def save(self, name: str | None = None) -> Path:
+        """Write `model_last.pt`, and `name` too when given (periodic checkpoints)."""
+        checkpoint = self.checkpoint()
+        for n in ([name] if name else []) + ["model_last.pt"]:
+            save_checkpoint(self.run_dir / n, checkpoint)
+        return self.run_dir / "model_last.pt"
 
     def _restore(self, ckpt: dict) -> None:
         try:
@@ -201,7 +202,7 @@ class Runner:
             bar.close()
             writer.close()
             torch.set_num_threads(train_threads)
-        final = self.save("model_last.pt")
+        final = self.save()
         plot_learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png")
         if interrupted:
             print(f"interrupted: checkpoint saved to {final}")

@@ -35,7 +35,7 @@ def _apply_sets(train_cfg, task_cfg, sets: list[str]):
         if not sep:
             raise ConfigError(f"--set expects key=value, got '{item}'")
         if key.startswith("task."):
-            task_cfg = override(task_cfg, key[len("task."):], value)
+            task_cfg = override(task_cfg, key[len("task."):], value, prefix="task.")
         else:
             train_cfg = override(train_cfg, key, value)
     return train_cfg, task_cfg

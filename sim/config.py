@@ -83,28 +83,29 @@ def _type_name(hint) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
-def override(cfg, dotted: str, value):
+def override(cfg, dotted: str, value, prefix: str = ""):
     """Return a copy of `cfg` with the field at `dotted` (e.g. `reward.pos_error`) set to `value`.
 
     `value` may be a string from the command line; it is parsed as Python literal where possible.
+    `prefix` is how the user names `cfg` (e.g. `task.`), for error messages.
     """
     import ast
 
     head, _, rest = dotted.partition(".")
     names = [f.name for f in dataclasses.fields(cfg)]
     if head not in names:
-        raise ConfigError(f"unknown config field '{dotted}' (fields here: {', '.join(names)})")
+        raise ConfigError(f"unknown config field '{prefix}{dotted}' (fields here: {', '.join(names)})")
     current = getattr(cfg, head)
     if rest:
         if isinstance(current, dict):
             if rest not in current:
-                raise ConfigError(f"unknown config key '{dotted}' (keys: {', '.join(current)})")
+                raise ConfigError(f"unknown config key '{prefix}{dotted}' (keys: {', '.join(current)})")
             new = dict(current)
             new[rest] = _parse(value, ast)
             return dataclasses.replace(cfg, **{head: new})
         if not dataclasses.is_dataclass(current):
-            raise ConfigError(f"config field '{head}' has no sub-field '{rest}'")
-        return dataclasses.replace(cfg, **{head: override(current, rest, value)})
+            raise ConfigError(f"config field '{prefix}{head}' has no sub-field '{rest}'")
+        return dataclasses.replace(cfg, **{head: override(current, rest, value, f"{prefix}{head}.")})
     return dataclasses.replace(cfg, **{head: _parse(value, ast)})
 
 

@@ -16,6 +16,7 @@ import torch
 from deploy.action_mapper import ActionMapper
 from deploy.obs_builder import ObsBuilder
 from deploy.spec import PolicySpec
+from sim.config import ConfigError
 
 
 class BatchedEnv(ABC):
@@ -48,10 +49,17 @@ class BatchedEnv(ABC):
         self._command_queue = torch.zeros(num_envs, self.max_latency_steps + 1, n_act, device=self.device)
         self.params = torch.zeros(num_envs, len(self.param_names), device=self.device)
         self.episode_step = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        known = sorted(n[len("_reward_"):] for n in dir(self) if n.startswith("_reward_"))
+        for name in self.reward_weights:
+            if name not in known:
+                raise ConfigError(f"task.reward.{name}: no such reward term (terms: {', '.join(known)})")
         self.reward_terms: dict[str, Callable[[], torch.Tensor]] = {
             name: getattr(self, f"_reward_{name}") for name, w in self.reward_weights.items() if w != 0
         }
-        self._episode_sums = {n: torch.zeros(num_envs, device=self.device) for n in self.reward_terms}
+        # Weights are per second of simulated time, so they do not depend on the control rate.
+        dt = 1.0 / self.spec.control_hz
+        self._reward_scale = torch.tensor([w * dt for n, w in self.reward_weights.items() if w != 0], device=self.device)
+        self._episode_sums = torch.zeros(num_envs, len(self.reward_terms), device=self.device)
         self.nan_resets = 0  # envs reset because the physics produced NaN/inf
         self.record_metrics = False  # evaluation sets it: extras["metrics"] every step
 
@@ -65,8 +73,9 @@ class BatchedEnv(ABC):
         """Send a (latency-delayed) command in spec units to the physics and step it."""
 
     @abstractmethod
-    def _signals(self, noisy: bool) -> dict[str, torch.Tensor]:
-        """Raw signals keyed by PolicySpec term name; with sensor noise and bias when `noisy`."""
+    def _signals(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Raw signals keyed by PolicySpec term name: (true, as the robot senses them: with noise
+        and bias)."""
 
     @abstractmethod
     def _privileged(self) -> torch.Tensor:
@@ -119,14 +128,10 @@ class BatchedEnv(ABC):
             terminated |= mask
         truncated = (self.episode_step >= self.max_episode_steps) & ~terminated
 
-        # Weights are per second of simulated time, so they do not depend on the control rate.
-        dt = 1.0 / self.spec.control_hz
-        reward = torch.zeros(self.num_envs, device=self.device)
-        for name, term in self.reward_terms.items():
-            r = (self.reward_weights[name] * dt) * term()
-            self._episode_sums[name] += r
-            reward += r
-        reward = torch.where(ok, reward, torch.zeros_like(reward))
+        terms = torch.stack([term() for term in self.reward_terms.values()], dim=-1) * self._reward_scale
+        terms = torch.where(ok[:, None], terms, torch.zeros_like(terms))  # a diverged step earns nothing
+        self._episode_sums += terms
+        reward = terms.sum(-1)
 
         extras = {"metrics": self._step_metrics()} if self.record_metrics else {}
         done_ids = (terminated | truncated).nonzero().squeeze(-1)
@@ -146,21 +151,21 @@ class BatchedEnv(ABC):
         self._command_queue[env_ids] = self.action_mapper(self.action[env_ids])[:, None]
         self.policy_obs.reset(env_ids)
         self.clean_obs.reset(env_ids)
-        for s in self._episode_sums.values():
-            s[env_ids] = 0.0
+        self._episode_sums[env_ids] = 0.0
 
     def _observations(self) -> dict[str, torch.Tensor]:
-        policy = self.policy_obs(self._signals(noisy=True))
-        clean = self.clean_obs(self._signals(noisy=False))
+        true, sensed = self._signals()
+        policy = self.policy_obs(sensed)
+        clean = self.clean_obs(true)
         return {"policy": policy, "critic": torch.cat((clean, self._privileged()), dim=-1)}
 
     def _episode_stats(self, done_ids, reasons, truncated) -> dict[str, float]:
         """Means over the episodes that just ended, and their count."""
-        names = [f"reward/{n}" for n in self._episode_sums] + [f"end/{n}" for n in reasons]
+        names = [f"reward/{n}" for n in self.reward_terms] + [f"end/{n}" for n in reasons]
         names += ["end/timeout", "length_s"]
-        columns = list(self._episode_sums.values()) + [m.float() for m in reasons.values()]
+        columns = [m.float() for m in reasons.values()]
         columns += [truncated.float(), self.episode_step.float() / self.spec.control_hz]
-        means = torch.stack(columns, dim=-1)[done_ids].mean(0).tolist()
+        means = torch.cat((self._episode_sums, torch.stack(columns, dim=-1)), dim=-1)[done_ids].mean(0).tolist()
         return dict(zip(names, means), count=int(done_ids.numel()))
 
     # --- save and restore, so a resumed run continues exactly --------------------------------------
@@ -169,7 +174,7 @@ class BatchedEnv(ABC):
             "action": self.action, "prev_action": self.prev_action, "latency_steps": self.latency_steps,
             "command_queue": self._command_queue, "params": self.params, "episode_step": self.episode_step,
             "nan_resets": torch.tensor(self.nan_resets), "generator": self.generator.get_state(),
-            **{f"episode_sum/{k}": v for k, v in self._episode_sums.items()},
+            "episode_sums": self._episode_sums,
             **{f"policy_obs/{k}": v for k, v in self.policy_obs.state_dict().items()},
             **{f"clean_obs/{k}": v for k, v in self.clean_obs.state_dict().items()},
             **{f"backend/{k}": v for k, v in self.backend.state_dict().items()},
@@ -186,8 +191,7 @@ class BatchedEnv(ABC):
         self._command_queue.copy_(state["command_queue"])
         self.nan_resets = int(state["nan_resets"])
         self.generator.set_state(state["generator"])
-        for k, v in sub("episode_sum/").items():
-            self._episode_sums[k].copy_(v)
+        self._episode_sums.copy_(state["episode_sums"])
         self.policy_obs.load_state_dict(sub("policy_obs/"))
         self.clean_obs.load_state_dict(sub("clean_obs/"))
         self.backend.load_state_dict(sub("backend/"))

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deploy.onnx_policy import OnnxPolicy
-from sim.tasks import default_cfg, make_env
+from deploy.onnx_policy import TASK_CONFIG_KEY, OnnxPolicy
+from sim.config import from_dict
+from sim.tasks import default_cfg, make_env, task_entry
 
 
 def quadrotor_hover_summary(cfg, pos_error_m: np.ndarray, alive: np.ndarray, crashed: np.ndarray) -> dict:
@@ -25,7 +26,9 @@ def quadrotor_hover_summary(cfg, pos_error_m: np.ndarray, alive: np.ndarray, cra
     settle = int(round(cfg.success_after_s * cfg.control_hz))
     late_err = np.where(alive[settle:], pos_error_m[settle:], np.nan)
     survived = ~crashed
-    within = np.nanmax(late_err, axis=0) <= cfg.success_radius_m
+    # worst error after settling; an episode that ended before settling has none and fails
+    worst = np.where(alive[settle:], pos_error_m[settle:], -np.inf).max(axis=0, initial=-np.inf)
+    within = (worst >= 0) & (worst <= cfg.success_radius_m)
     success = survived & within
     mean_err = float(np.nanmean(late_err[:, survived])) if survived.any() else float("nan")
     return {
@@ -44,6 +47,8 @@ SUMMARIES = {"quadrotor-hover": quadrotor_hover_summary}
 def evaluate(policy_path: str | Path, episodes: int = 200, seed: int = 1, task_cfg=None) -> dict:
     policy = OnnxPolicy(policy_path)
     task = policy.spec.task
+    if task_cfg is None and TASK_CONFIG_KEY in policy.metadata:
+        task_cfg = from_dict(task_entry(task)[0], json.loads(policy.metadata[TASK_CONFIG_KEY]))
     cfg = task_cfg or default_cfg(task)
     if hasattr(cfg, "curriculum"):
         cfg = dataclasses.replace(cfg, curriculum=dataclasses.replace(cfg.curriculum, enabled=False))

@@ -5,31 +5,22 @@ from __future__ import annotations
 import torch
 
 
-def _rotmat_from_products() -> torch.Tensor:
-    """(16, 9): each rotation-matrix entry as a linear map of the products q_i q_j (unit q)."""
-    w, x, y, z = range(4)
-    m = torch.zeros(4, 4, 9)
-    entries = [
-        {(w, w): 1, (x, x): 1, (y, y): -1, (z, z): -1}, {(x, y): 2, (w, z): -2}, {(x, z): 2, (w, y): 2},
-        {(x, y): 2, (w, z): 2}, {(w, w): 1, (x, x): -1, (y, y): 1, (z, z): -1}, {(y, z): 2, (w, x): -2},
-        {(x, z): 2, (w, y): -2}, {(y, z): 2, (w, x): 2}, {(w, w): 1, (x, x): -1, (y, y): -1, (z, z): 1},
-    ]
-    for k, coeffs in enumerate(entries):
-        for (i, j), c in coeffs.items():
-            m[i, j, k] = c
-    return m.reshape(16, 9)
-
-
-_ROTMAT_FROM_PRODUCTS = _rotmat_from_products()
-
-
 def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
     """(n, 4) unit quaternions -> (n, 3, 3) body-to-world rotation matrices.
 
-    One outer product and one matmul instead of ~30 elementwise ops: this runs every env step.
+    Works on contiguous columns: torch is several times faster on (n,) vectors than on strided views.
     """
-    products = (q.unsqueeze(-1) * q.unsqueeze(-2)).reshape(q.shape[:-1] + (16,))
-    return (products @ _ROTMAT_FROM_PRODUCTS.to(q)).reshape(q.shape[:-1] + (3, 3))
+    w, x, y, z = q.T.contiguous()
+    xx, yy, zz = x * x, y * y, z * z
+    xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
+    return torch.stack(
+        (
+            1 - 2 * (yy + zz), 2 * (xy - wz), 2 * (xz + wy),
+            2 * (xy + wz), 1 - 2 * (xx + zz), 2 * (yz - wx),
+            2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (xx + yy),
+        ),
+        dim=-1,
+    ).reshape(q.shape[:-1] + (3, 3))
 
 
 def quat_from_axis_angle(axis: torch.Tensor, angle_rad: torch.Tensor) -> torch.Tensor:
@@ -38,15 +29,16 @@ def quat_from_axis_angle(axis: torch.Tensor, angle_rad: torch.Tensor) -> torch.T
     return torch.cat((torch.cos(half)[:, None], axis * torch.sin(half)[:, None]), dim=-1)
 
 
-def random_tilt_quat(n: int, max_tilt_rad: float, generator: torch.Generator, device) -> torch.Tensor:
-    """(n, 4) attitudes: uniform yaw, tilt about a random horizontal axis up to `max_tilt_rad`."""
-    yaw = (torch.rand(n, generator=generator, device=device) * 2 - 1) * torch.pi
-    tilt = torch.rand(n, generator=generator, device=device) * max_tilt_rad
-    heading = torch.rand(n, generator=generator, device=device) * 2 * torch.pi
-    axis = torch.stack((torch.cos(heading), torch.sin(heading), torch.zeros_like(heading)), dim=-1)
-    z = torch.zeros(n, 3, device=device)
-    z[:, 2] = 1.0
-    return quat_mul(quat_from_axis_angle(axis, tilt), quat_from_axis_angle(z, yaw))
+def tilt_quat(u: torch.Tensor, max_tilt_rad: float) -> torch.Tensor:
+    """(n, 3) uniform [0, 1) samples -> (n, 4) attitudes: uniform yaw, then a tilt of up to
+    `max_tilt_rad` about a uniformly random horizontal axis."""
+    yaw = (u[:, 0] * 2 - 1) * torch.pi
+    tilt = u[:, 1] * max_tilt_rad
+    heading = u[:, 2] * 2 * torch.pi
+    zeros = torch.zeros_like(yaw)
+    axis = torch.stack((torch.cos(heading), torch.sin(heading), zeros), dim=-1)
+    z_axis = torch.stack((zeros, zeros, torch.ones_like(yaw)), dim=-1)
+    return quat_mul(quat_from_axis_angle(axis, tilt), quat_from_axis_angle(z_axis, yaw))
 
 
 def quat_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

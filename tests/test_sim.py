@@ -41,7 +41,7 @@ def test_backend_rejects_bad_models(tmp_path):
     with pytest.raises(ModelError, match="does not compile"):
         MujocoCpuBackend(bad, 2)
     with pytest.raises(ModelError, match="not a whole multiple"):
-        MujocoCpuBackend(MODEL, 2, control_dt_s=0.015)
+        MujocoCpuBackend(MODEL, 2, control_dt_s=0.0101)
 
 
 def test_observation_groups_have_spec_shapes():
@@ -160,3 +160,11 @@ def test_quat_to_rotmat_matches_mujoco():
         ref = np.zeros(9)
         mujoco.mju_quat2Mat(ref, q[i].numpy())
         np.testing.assert_allclose(ours[i], ref.reshape(3, 3), atol=1e-12)
+
+
+def test_unknown_reward_term_is_named():
+    from sim.config import ConfigError
+
+    cfg = dataclasses.replace(default_cfg("quadrotor-hover"), reward={"alive": 1.0, "backflips": 2.0})
+    with pytest.raises(ConfigError, match="task.reward.backflips: no such reward term"):
+        make_env("quadrotor-hover", 2, cfg)

@@ -97,7 +97,7 @@ def test_export_parity_metadata_and_eval(tmp_path):
         expected = model.action_mean(torch.from_numpy(obs)).numpy()
     np.testing.assert_allclose(policy(obs), expected, atol=1e-5)
     # mismatched robot config: refuse
-    other = override(default_cfg("quadrotor-hover"), "action_history", 4)
+    other = override(default_cfg("quadrotor-hover"), "action_history", 8)
     from sim.tasks import make_env
 
     env = make_env("quadrotor-hover", 1, other)

@@ -84,6 +84,8 @@ class MujocoCpuBackend:
         self._state_out = self._state[:, None] if substeps == 1 else np.zeros((num_envs, substeps, nstate))
         self._sensor_out = np.zeros((num_envs, substeps, m.nsensordata)) if sensors else None
         self._control = np.zeros((num_envs, 1, m.nu + 6 * m.nbody))
+        # rollout takes one control vector per physics step: held inputs are repeated over substeps
+        self._control_steps = self._control if substeps == 1 else np.zeros((num_envs, substeps, self._control.shape[-1]))
 
         state = self._state_tensor = torch.from_numpy(self._state)
         i = 1  # state layout: time, qpos, qvel, act, ...
@@ -107,8 +109,10 @@ class MujocoCpuBackend:
         MuJoCo's automatic reset of unstable worlds is disabled, so divergence stays visible as
         NaN/inf for `physics_ok` and the task resets (and counts) that env.
         """
+        if self.substeps > 1:
+            self._control_steps[:] = self._control
         self._pool.rollout(
-            self._models, self._datas, self._state, self._control,
+            self._models, self._datas, self._state, self._control_steps,
             control_spec=CONTROL_SPEC, skip_checks=True, nstep=self.substeps,
             state=self._state_out, sensordata=self._sensor_out,
         )

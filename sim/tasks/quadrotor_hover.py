@@ -20,7 +20,7 @@ from sim.actuators import RotorModel
 from sim.backends import make_backend
 from sim.config import nonnegative, positive
 from sim.env import BatchedEnv
-from sim.math import quat_to_rotmat, random_tilt_quat
+from sim.math import quat_to_rotmat, tilt_quat
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 GRAVITY_MPS2 = 9.81
@@ -45,6 +45,7 @@ class CurriculumCfg:
     step: float = field(default=0.1, metadata=positive())
     promote_timeout_rate: float = 0.8
     demote_timeout_rate: float = 0.4
+    window_fraction: float = field(default=0.5, metadata=positive())  # episodes per decision / num_envs
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class QuadrotorHoverCfg:
     episode_s: float = field(default=5.0, metadata=positive())
     target_pos_m: tuple[float, float, float] = (0.0, 0.0, 1.0)
     max_thrust_N: float = field(default=0.15, metadata=positive())  # per rotor
-    action_history: int = field(default=8, metadata=positive())
+    action_history: int = field(default=4, metadata=positive())
     crash_height_m: float = 0.05
     max_pos_error_m: float = field(default=1.0, metadata=positive())  # per axis
     success_radius_m: float = field(default=0.1, metadata=positive())
@@ -91,7 +92,7 @@ class QuadrotorHoverCfg:
         default_factory=lambda: {
             "alive": 1.0,
             "pos_error": -0.5,
-            "pos_precision": 1.0,
+            "pos_precision": 2.0,
             "lin_vel": -0.05,
             "ang_vel": -0.02,
             "tilt": -0.1,
@@ -160,8 +161,17 @@ class QuadrotorHoverEnv(BatchedEnv):
         self.target_pos_m = torch.tensor(cfg.target_pos_m, device=self.device)
         self.rotors = RotorModel(num_envs, len(ROTORS), 1.0 / cfg.control_hz, cfg.max_thrust_N, self.device)
         self.curriculum_level = cfg.curriculum.start_level if cfg.curriculum.enabled else 1.0
+        self._sensor_bias = torch.zeros(num_envs, 18, device=self.device)  # per-episode, in sensor layout
         self._window = torch.zeros(2, dtype=torch.float64)  # (timeouts, episodes) since the last level move
         self._update_state()
+        init, dr = cfg.init, cfg.randomization
+        self._init_half_range = torch.tensor(
+            (init.pos_m,) * 3 + (init.lin_vel_mps,) * 3 + (init.ang_vel_radps,) * 3, device=self.device
+        )
+        bounds = [dr.mass_scale, dr.thrust_scale, dr.motor_tau_s, (dr.latency_steps[0], dr.latency_steps[1] + 0.999)]
+        bounds += [(-dr.pos_bias_m, dr.pos_bias_m)] * 3 + [(-dr.gyro_bias_radps, dr.gyro_bias_radps)] * 3
+        bounds += [(-dr.disturbance_N, dr.disturbance_N)] * 3
+        self._param_low, self._param_high = torch.tensor(bounds, device=self.device).T
         self._noise_std = torch.tensor(
             (cfg.noise.pos_m,) * 3 + (cfg.noise.rot,) * 9 + (cfg.noise.lin_vel_mps,) * 3 + (cfg.noise.ang_vel_radps,) * 3,
             device=self.device,
@@ -198,36 +208,18 @@ class QuadrotorHoverEnv(BatchedEnv):
         return self.params[:, i]
 
     def _reset_envs(self, env_ids: torch.Tensor) -> None:
-        n, g, dev = len(env_ids), self.generator, self.device
-        level = self.curriculum_level
-        init, dr = self.cfg.init, self.cfg.randomization
-
-        def uniform(shape, half_range):
-            return (torch.rand(shape, generator=g, device=dev) * 2 - 1) * half_range
-
-        def between(lo, hi):
-            return lo + torch.rand(n, generator=g, device=dev) * (hi - lo)
-
-        qpos = torch.zeros(n, 7, device=dev)
-        qpos[:, :3] = self.target_pos_m + uniform((n, 3), init.pos_m * level)
-        qpos[:, 3:7] = random_tilt_quat(n, init.tilt_rad * level, g, dev)
-        qvel = torch.cat((uniform((n, 3), init.lin_vel_mps * level), uniform((n, 3), init.ang_vel_radps * level)), -1)
-        self.backend.reset(env_ids, qpos, qvel)
-
-        p = torch.stack(
-            (
-                between(*dr.mass_scale),
-                between(*dr.thrust_scale),
-                between(*dr.motor_tau_s),
-                torch.randint(dr.latency_steps[0], dr.latency_steps[1] + 1, (n,), generator=g, device=dev).float(),
-            ),
-            dim=-1,
-        )
-        p = torch.cat(
-            (p, uniform((n, 3), dr.pos_bias_m), uniform((n, 3), dr.gyro_bias_radps), uniform((n, 3), dr.disturbance_N)),
-            dim=-1,
-        )
+        n = len(env_ids)
+        u = torch.rand(n, 9 + 3 + len(PARAM_NAMES), generator=self.generator, device=self.device)
+        # initial state: position, linear and angular velocity uniform in +-range, attitude tilted
+        state = (u[:, :9] * 2 - 1) * (self._init_half_range * self.curriculum_level)
+        qpos = torch.cat((self.target_pos_m + state[:, :3], tilt_quat(u[:, 9:12], self.cfg.init.tilt_rad * self.curriculum_level)), -1)
+        self.backend.reset(env_ids, qpos, state[:, 3:9])
+        # randomized parameters, uniform in [low, high]; latency uniform over whole steps
+        p = self._param_low + u[:, 12:] * (self._param_high - self._param_low)
+        p[:, 3] = p[:, 3].floor()
         self.params[env_ids] = p
+        self._sensor_bias[env_ids, 0:3] = p[:, 4:7]
+        self._sensor_bias[env_ids, 15:18] = p[:, 7:10]
         self.latency_steps[env_ids] = p[:, 3].long()
         self.rotors.set_params(env_ids, tau_s=p[:, 2], thrust_scale=p[:, 1])
         hover_N = self.mass_kg * GRAVITY_MPS2 / len(ROTORS) * p[:, 0] / p[:, 1]
@@ -244,23 +236,27 @@ class QuadrotorHoverEnv(BatchedEnv):
         self.backend.step()
         self._update_state()
 
-    def _signals(self, noisy: bool) -> dict[str, torch.Tensor]:
-        """Position error and velocity are measured in the world (motion capture) and expressed in the
-        body frame with the measured attitude, as the robot's estimator does."""
-        pos_error, rot, lin_vel, ang_vel = self.pos_error_m, self.rot, self.lin_vel_mps, self.ang_vel_radps
-        if noisy:
-            noise = torch.randn(self.num_envs, 18, generator=self.generator, device=self.device) * self._noise_std
-            pos_error = pos_error + self.params[:, 4:7] + noise[:, :3]
-            rot = rot + noise[:, 3:12].view(-1, 3, 3)
-            lin_vel = lin_vel + noise[:, 12:15]
-            ang_vel = ang_vel + self.params[:, 7:10] + noise[:, 15:18]
-        world_to_body = rot.transpose(1, 2)
+    def _signals(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Position error and velocity in the body frame; sensor noise and the per-episode biases
+        are added in the frame each quantity is reported in."""
+        world_to_body = self.rot.transpose(1, 2)
+        true = torch.cat(
+            (
+                (world_to_body @ self.pos_error_m.unsqueeze(-1)).squeeze(-1),
+                self.rot.reshape(self.num_envs, 9),
+                (world_to_body @ self.lin_vel_mps.unsqueeze(-1)).squeeze(-1),
+                self.ang_vel_radps,
+            ),
+            dim=-1,
+        )
+        noise = torch.randn(self.num_envs, 18, generator=self.generator, device=self.device) * self._noise_std
+        sensed = true + noise + self._sensor_bias
+        return self._split(true), self._split(sensed)
+
+    def _split(self, sensors: torch.Tensor) -> dict[str, torch.Tensor]:
         return {
-            "pos_error_b": (world_to_body @ pos_error.unsqueeze(-1)).squeeze(-1),
-            "rot_mat": rot.reshape(self.num_envs, 9),
-            "lin_vel_b": (world_to_body @ lin_vel.unsqueeze(-1)).squeeze(-1),
-            "ang_vel_b": ang_vel,
-            "last_action": self.action,
+            "pos_error_b": sensors[:, 0:3], "rot_mat": sensors[:, 3:12], "lin_vel_b": sensors[:, 12:15],
+            "ang_vel_b": sensors[:, 15:18], "last_action": self.action,
         }
 
     def _privileged(self) -> torch.Tensor:
@@ -304,13 +300,13 @@ class QuadrotorHoverEnv(BatchedEnv):
 
     # --- curriculum ------------------------------------------------------------------------------
     def _after_iteration(self, stats: dict) -> dict[str, float]:
-        """Move the level once at least num_envs/2 episodes ended since the last move, by their
-        timeout rate (a rate over a few episodes is noise)."""
+        """Move the level once `window_fraction * num_envs` episodes ended since the last move, by
+        their timeout rate (a rate over a few episodes is noise)."""
         c = self.cfg.curriculum
         if c.enabled and stats.get("count"):
             self._window += torch.tensor([stats["end/timeout"] * stats["count"], stats["count"]], dtype=torch.float64)
             timeouts, count = self._window.tolist()
-            if count >= self.num_envs / 2:
+            if count >= self.num_envs * c.window_fraction:
                 rate = timeouts / count
                 if rate >= c.promote_timeout_rate:
                     self.curriculum_level = min(1.0, self.curriculum_level + c.step)
@@ -332,6 +328,8 @@ class QuadrotorHoverEnv(BatchedEnv):
             t.copy_(state[name])
         self.curriculum_level = float(state["curriculum_level"])
         self._window.copy_(state["curriculum_window"])
+        self._sensor_bias[:, 0:3] = self.params[:, 4:7]
+        self._sensor_bias[:, 15:18] = self.params[:, 7:10]
         self._update_state()
 
     def close(self) -> None:
