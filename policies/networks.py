@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -19,10 +21,11 @@ class EmpiricalNormalization(nn.Module):
         self.eps = eps
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("var", torch.ones(dim))
+        self.register_buffer("std", torch.ones(dim))  # sqrt(var + eps), kept in step with var
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / torch.sqrt(self.var + self.eps)
+        return (x - self.mean) / self.std
 
     @torch.no_grad()
     def update(self, x: torch.Tensor) -> None:
@@ -34,7 +37,29 @@ class EmpiricalNormalization(nn.Module):
         w = float(n / total)
         self.mean += w * delta
         self.var.mul_(1 - w).add_(w * x.var(0, unbiased=False) + w * (1 - w) * delta.square())
+        self.std.copy_(torch.sqrt(self.var + self.eps))
         self.count.fill_(total)
+
+
+class DiagonalGaussian:
+    """The policy's action distribution: what PPO needs of it, without torch.distributions' overhead."""
+
+    LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+    def __init__(self, mean: torch.Tensor, log_std: torch.Tensor):
+        self.mean, self.log_std = mean, log_std.expand_as(mean)
+        self.stddev = self.log_std.exp()
+
+    def sample(self, generator: torch.Generator) -> torch.Tensor:
+        return self.mean + self.stddev * torch.randn(self.mean.shape, generator=generator, device=self.mean.device)
+
+    def log_prob(self, actions: torch.Tensor) -> torch.Tensor:
+        """Summed over action dimensions: `(batch,)`."""
+        z = (actions - self.mean) / self.stddev
+        return (-0.5 * z.square() - self.log_std - self.LOG_SQRT_2PI).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return (self.log_std + 0.5 + self.LOG_SQRT_2PI).sum(-1)
 
 
 def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, activation: str) -> nn.Sequential:
@@ -75,9 +100,8 @@ class ActorCritic(nn.Module):
     def value(self, critic_obs: torch.Tensor) -> torch.Tensor:
         return self.critic(self.critic_normalizer(critic_obs)).squeeze(-1)
 
-    def distribution(self, policy_obs: torch.Tensor) -> torch.distributions.Normal:
-        mean = self.action_mean(policy_obs)
-        return torch.distributions.Normal(mean, self.log_std.exp().expand_as(mean))
+    def distribution(self, policy_obs: torch.Tensor) -> "DiagonalGaussian":
+        return DiagonalGaussian(self.action_mean(policy_obs), self.log_std)
 
     def update_normalizers(self, obs: dict[str, torch.Tensor]) -> None:
         self.policy_normalizer.update(obs["policy"])

@@ -49,8 +49,8 @@ class PPO:
         """Sample actions for a batch of envs; returns (actions, what the storage needs of this step)."""
         self.model.update_normalizers(obs)
         dist = self.model.distribution(obs["policy"])
-        actions = torch.normal(dist.mean, dist.stddev, generator=self.generator)
-        record = (obs, actions, dist.mean, dist.stddev, dist.log_prob(actions).sum(-1), self.model.value(obs["critic"]))
+        actions = dist.sample(self.generator)
+        record = (obs, actions, dist.mean, dist.stddev, dist.log_prob(actions), self.model.value(obs["critic"]))
         return actions, record
 
     @torch.no_grad()
@@ -72,8 +72,8 @@ class PPO:
         n = 0
         for batch in self.storage.minibatches(cfg.num_minibatches, cfg.num_epochs, self.generator):
             dist = model.distribution(batch["obs/policy"])
-            log_prob = dist.log_prob(batch["actions"]).sum(-1)
-            entropy = dist.entropy().sum(-1).mean()
+            log_prob = dist.log_prob(batch["actions"])
+            entropy = dist.entropy().mean()
             values = model.value(batch["obs/critic"])
 
             # KL(old || new) between diagonal Gaussians, then adapt the learning rate.

@@ -28,7 +28,7 @@ class TrainCfg:
     num_envs: int = field(default=512, metadata=C.positive())
     seed: int = 0
     device: str = "cpu"
-    max_iterations: int = field(default=200, metadata=C.positive())
+    max_iterations: int = field(default=150, metadata=C.positive())
     time_limit_s: float | None = None
     save_interval: int = field(default=50, metadata=C.positive())  # iterations between checkpoints
     ppo: PPOCfg = PPOCfg()

@@ -51,24 +51,30 @@ class RolloutStorage:
         self.advantages = (self.advantages - self.advantages.mean()) / (self.advantages.std() + 1e-8)
 
     def minibatches(self, num_minibatches: int, num_epochs: int, generator: torch.Generator):
-        """Yield dicts of flat `(batch, ...)` tensors: shuffled, each sample once per epoch."""
+        """Yield dicts of flat `(batch, ...)` tensors: shuffled, each sample once per epoch.
+
+        All fields are packed side by side in one matrix so each minibatch is a single row gather.
+        """
         n = self.num_steps * self.num_envs
         size = n // num_minibatches
-        flat = {
-            **{f"obs/{k}": v.flatten(0, 1) for k, v in self.obs.items()},
-            "actions": self.actions.flatten(0, 1),
-            "action_mean": self.action_mean.flatten(0, 1),
-            "action_std": self.action_std.flatten(0, 1),
-            "log_prob": self.log_prob.flatten(0, 1),
-            "values": self.values.flatten(0, 1),
-            "returns": self.returns.flatten(0, 1),
-            "advantages": self.advantages.flatten(0, 1),
+        fields = {
+            **{f"obs/{k}": v for k, v in self.obs.items()},
+            "actions": self.actions, "action_mean": self.action_mean, "action_std": self.action_std,
+            "log_prob": self.log_prob, "values": self.values, "returns": self.returns,
+            "advantages": self.advantages,
         }
+        columns = [v.reshape(n, -1) for v in fields.values()]
+        packed = torch.cat(columns, dim=1)
+        splits = [c.shape[1] for c in columns]
         for _ in range(num_epochs):
             perm = torch.randperm(n, generator=generator, device=self.actions.device)
             for i in range(num_minibatches):
-                idx = perm[i * size : (i + 1) * size]
-                yield {k: v[idx] for k, v in flat.items()}
+                rows = packed.index_select(0, perm[i * size : (i + 1) * size])
+                parts = rows.split(splits, dim=1)
+                yield {
+                    k: p if f.dim() > 2 else p.squeeze(1)
+                    for (k, f), p in zip(fields.items(), parts)
+                }
 
     def clear(self) -> None:
         self.step = 0
