@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -48,10 +49,14 @@ def export_onnx(model: ActorCritic, spec: PolicySpec, out_path: str | Path, pari
     actor = ExportedActor(model).eval()
     dummy = torch.zeros(1, spec.obs_dim)
     buf = io.BytesIO()
-    torch.onnx.export(
-        actor, (dummy,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        opset_version=OPSET, dynamo=False, dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-    )
+    # The TorchScript exporter: an MLP needs nothing newer, and it takes 0.3 s where the
+    # torch.export-based one takes 3 s (and converts down from opset 18). torch is pinned.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            actor, (dummy,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            opset_version=OPSET, dynamo=False, dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
     proto = onnx.load_from_string(buf.getvalue())
     meta = {
         SPEC_KEY: spec.to_json(),

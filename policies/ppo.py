@@ -28,6 +28,7 @@ class PPOCfg:
     entropy_coef: float = field(default=0.0, metadata=nonnegative())
     learning_rate: float = field(default=1e-3, metadata=positive())
     desired_kl: float = field(default=0.02, metadata=positive())
+    max_learning_rate: float = field(default=1e-2, metadata=positive())  # the KL rule's ceiling
     max_grad_norm: float = field(default=1.0, metadata=positive())
     actor_hidden: tuple[int, ...] = (32, 32)
     critic_hidden: tuple[int, ...] = (64, 64)
@@ -87,7 +88,7 @@ class PPO:
                 if kl > 2 * cfg.desired_kl:
                     self.learning_rate = max(1e-5, self.learning_rate / 1.5)
                 elif 0 < kl < cfg.desired_kl / 2:
-                    self.learning_rate = min(1e-2, self.learning_rate * 1.5)
+                    self.learning_rate = min(cfg.max_learning_rate, self.learning_rate * 1.5)
                 for group in self.optimizer.param_groups:
                     group["lr"] = self.learning_rate
 

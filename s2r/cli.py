@@ -107,8 +107,11 @@ def cmd_export(args) -> None:
 
 def cmd_eval(args) -> None:
     from deploy.onnx_policy import PolicyLoadError
+    from sim.config import ConfigError
     from sim.evaluate import evaluate, write_eval
 
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be >= 1, got {args.episodes}")
     path = Path(args.policy)
     if path.is_dir():
         path = path / "policy.onnx"

@@ -280,11 +280,13 @@ class QuadrotorHoverEnv(BatchedEnv):
         """1 at the target, falling off within `precision_radius_m`: rewards holding position closely."""
         return torch.exp(-(self.pos_error_m.square().sum(-1) / self.cfg.precision_radius_m**2))
 
+    # Squared-rate penalties are capped: a tumbling drone would otherwise earn returns so negative
+    # that one batch of them blows up the PPO update.
     def _reward_lin_vel(self):
-        return self.lin_vel_mps.square().sum(-1)
+        return self.lin_vel_mps.square().sum(-1).clamp(max=4.0)
 
     def _reward_ang_vel(self):
-        return self.ang_vel_radps.square().sum(-1)
+        return self.ang_vel_radps.square().sum(-1).clamp(max=25.0)
 
     def _reward_tilt(self):
         return 1.0 - self.rot[:, 2, 2]
