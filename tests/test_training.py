@@ -153,3 +153,21 @@ def test_training_improves_hover_within_a_short_budget(tmp_path):
     early, late = rows[2:10], rows[-8:]
     assert mean("episode/length_s", late) > 1.5 * mean("episode/length_s", early)
     assert mean("episode/return", late) > mean("episode/return", early) + 0.3
+
+
+def test_hover_success_definition():
+    """Success: no crash, and within the radius at every step from 2 s to the end."""
+    from sim.evaluate import quadrotor_hover_summary
+
+    cfg = default_cfg("quadrotor-hover")  # 100 Hz, settle after 200 steps, 500-step episodes
+    steps, n = 500, 4
+    err = np.full((steps, n), 0.05)
+    err[:200, :] = 0.4  # far off while settling: allowed
+    err[300, 1] = 0.11  # one late excursion beyond 0.1 m: fails
+    alive = np.ones((steps, n), bool)
+    alive[150:, 3] = False  # ended before settling
+    crashed = np.array([False, False, True, True])
+    m = quadrotor_hover_summary(cfg, err, alive, crashed)
+    assert m["success_rate"] == 0.25  # only env 0
+    assert m["crash_rate"] == 0.5
+    assert abs(m["mean_pos_error_m"] - (0.05 * 599 + 0.11) / 600) < 1e-9
