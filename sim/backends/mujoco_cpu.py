@@ -1,8 +1,7 @@
 """CPU backend: native MuJoCo, all envs stepped by `mujoco.rollout` on a persistent thread pool.
 
-Measured (bench_threading in `s2r bench sim`): one `rollout` call over all envs runs at the speed of
-raw `mj_step` in C, while a Python thread pool calling `mj_step` per env is bound by the GIL and
-per-call overhead. Per-env model copies passed to `rollout` cost ~3x at one step per call (every
+Measured by `s2r bench sim` (sim/bench.py): one `rollout` call over all envs runs 2.5-3.5x faster
+than a Python thread pool calling `mj_step` per env, which is bound by the GIL and per-call overhead. Per-env model copies passed to `rollout` cost ~3x at one step per call (every
 env reads its own model from memory), so envs share one MjModel and per-env physical parameters
 enter through per-env inputs (controls, applied forces) computed by the task.
 """
@@ -55,16 +54,13 @@ class MujocoCpuBackend:
     ctrl `(num_envs, nu)`, xfrc_applied `(num_envs, nbody, 6)`: inputs for the next step.
     """
 
-    def __init__(
-        self, model_path: str | Path, num_envs: int, control_dt_s: float | None = None, nthread: int = 0,
-        sensors: bool = False,
-    ):
+    def __init__(self, model_path: str | Path, num_envs: int, control_dt_s: float | None = None, nthread: int = 0):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.model = load_model(model_path)
         self.model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_AUTORESET
-        if not sensors:  # training reads state, not sensors: skip computing them
-            self.model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_SENSOR
+        # tasks read the state, not MuJoCo's sensors: skip computing them
+        self.model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_SENSOR
         self.num_envs = num_envs
         self.substeps = substeps = physics_substeps(self.model, control_dt_s)
         self.nthread = nthread or os.cpu_count() or 1
@@ -82,7 +78,6 @@ class MujocoCpuBackend:
         self._state = np.tile(self.default_state, (num_envs, 1))
         # One step per call writes straight into the state (each env reads its row before writing it).
         self._state_out = self._state[:, None] if substeps == 1 else np.zeros((num_envs, substeps, nstate))
-        self._sensor_out = np.zeros((num_envs, substeps, m.nsensordata)) if sensors else None
         self._control = np.zeros((num_envs, 1, m.nu + 6 * m.nbody))
         # rollout takes one control vector per physics step: held inputs are repeated over substeps
         self._control_steps = self._control if substeps == 1 else np.zeros((num_envs, substeps, self._control.shape[-1]))
@@ -95,13 +90,7 @@ class MujocoCpuBackend:
         control = torch.from_numpy(self._control)[:, 0]
         self.ctrl = control[:, : m.nu]
         self.xfrc_applied = control[:, m.nu :].view(num_envs, m.nbody, 6)
-        self.sensordata = torch.from_numpy(self._sensor_out)[:, -1] if sensors else None
         self._ok = torch.ones(num_envs, dtype=torch.bool)
-
-    @property
-    def dt(self) -> float:
-        """Seconds advanced by one `step`."""
-        return self.model.opt.timestep * self.substeps
 
     def step(self) -> None:
         """Advance every env by `substeps` physics steps with the current inputs held.
@@ -114,7 +103,7 @@ class MujocoCpuBackend:
         self._pool.rollout(
             self._models, self._datas, self._state, self._control_steps,
             control_spec=CONTROL_SPEC, skip_checks=True, nstep=self.substeps,
-            state=self._state_out, sensordata=self._sensor_out,
+            state=self._state_out, sensordata=None,
         )
         if self.substeps > 1:
             self._state[:] = self._state_out[:, -1]
