@@ -43,7 +43,7 @@ class PPO:
         self.cfg = cfg
         self.generator = generator
         self.learning_rate = cfg.learning_rate
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, foreach=True)
 
     @torch.no_grad()
     def act(self, obs: dict[str, torch.Tensor]):
@@ -105,7 +105,7 @@ class PPO:
             loss = surrogate + cfg.value_loss_coef * value_loss - cfg.entropy_coef * entropy
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm, foreach=True)
             self.optimizer.step()
 
             sums["loss/surrogate"] += surrogate.item()
