@@ -122,8 +122,8 @@ class Runner:
         self.env_steps = ckpt["env_steps"]
         self.elapsed_s = ckpt["elapsed_s"]
         self.generator.set_state(ckpt["rng"]["ppo"])
-        if ckpt["obs"]:
-            self.env.load_state_dict(ckpt["env"])
+        if ckpt["obs"] and ckpt["obs"]["policy"].shape[0] == self.cfg.num_envs:
+            self.env.load_state_dict(ckpt["env"])  # same envs: continue exactly where it stopped
             self.obs = ckpt["obs"]
 
     # --- the loop --------------------------------------------------------------------------------

@@ -51,6 +51,19 @@ def test_resume_continues_exactly(tmp_path):
     resumed.env.close()
 
 
+def test_resume_with_another_env_count_starts_fresh_episodes(tmp_path):
+    r = small_run(tmp_path, max_iterations=2)
+    ckpt = load_checkpoint(r.learn(progress=False))
+    r.env.close()
+    more = TrainCfg(**{**SMALL, "num_envs": 96, "max_iterations": 3})
+    more = override(more, "ppo.num_steps", 8)
+    resumed = Runner(more, default_cfg(more.task), tmp_path / "more", resume=ckpt)
+    assert resumed.iteration == 2 and resumed.obs is None
+    resumed.learn(progress=False)
+    assert resumed.iteration == 3
+    resumed.env.close()
+
+
 def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path):
     r = small_run(tmp_path, max_iterations=2)
     good = r.learn(progress=False)
