@@ -41,7 +41,6 @@ class BatchedEnv(ABC):
         like = torch.zeros(1, device=self.device)
         self.action_mapper = ActionMapper(self.spec, like)
         self.policy_obs = ObsBuilder(self.spec, num_envs, like)
-        self.clean_obs = ObsBuilder(self.spec, num_envs, like)
         n_act = self.spec.action_dim
         self.action = torch.zeros(num_envs, n_act, device=self.device)  # last raw policy action
         self.prev_action = self.action.clone()
@@ -73,9 +72,9 @@ class BatchedEnv(ABC):
         """Send a (latency-delayed) command in spec units to the physics and step it."""
 
     @abstractmethod
-    def _signals(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Raw signals keyed by PolicySpec term name: (true, as the robot senses them: with noise
-        and bias)."""
+    def _signals(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(true `(num_envs, k)`: the sensed quantities without noise or bias, for the critic;
+        sensed: raw signals keyed by PolicySpec term name, as the robot senses them)."""
 
     @abstractmethod
     def _privileged(self) -> torch.Tensor:
@@ -150,14 +149,13 @@ class BatchedEnv(ABC):
         self.prev_action[env_ids] = 0.0
         self._command_queue[env_ids] = self.action_mapper(self.action[env_ids])[:, None]
         self.policy_obs.reset(env_ids)
-        self.clean_obs.reset(env_ids)
         self._episode_sums[env_ids] = 0.0
 
     def _observations(self) -> dict[str, torch.Tensor]:
         true, sensed = self._signals()
         policy = self.policy_obs(sensed)
-        clean = self.clean_obs(true)
-        return {"policy": policy, "critic": torch.cat((clean, self._privileged()), dim=-1)}
+        # The critic sees what the actor sees, the same quantities without noise, and privileged state.
+        return {"policy": policy, "critic": torch.cat((policy, true, self._privileged()), dim=-1)}
 
     def _episode_stats(self, done_ids, reasons, truncated) -> dict[str, float]:
         """Means over the episodes that just ended, and their count."""
@@ -176,7 +174,6 @@ class BatchedEnv(ABC):
             "nan_resets": torch.tensor(self.nan_resets), "generator": self.generator.get_state(),
             "episode_sums": self._episode_sums,
             **{f"policy_obs/{k}": v for k, v in self.policy_obs.state_dict().items()},
-            **{f"clean_obs/{k}": v for k, v in self.clean_obs.state_dict().items()},
             **{f"backend/{k}": v for k, v in self.backend.state_dict().items()},
             **{f"task/{k}": v for k, v in self._task_state().items()},
         }
@@ -193,13 +190,13 @@ class BatchedEnv(ABC):
         self.generator.set_state(state["generator"])
         self._episode_sums.copy_(state["episode_sums"])
         self.policy_obs.load_state_dict(sub("policy_obs/"))
-        self.clean_obs.load_state_dict(sub("clean_obs/"))
         self.backend.load_state_dict(sub("backend/"))
         self._load_task_state(sub("task/"))
 
     @property
     def obs_dims(self) -> dict[str, int]:
-        return {"policy": self.spec.obs_dim, "critic": self.spec.obs_dim + self._privileged().shape[-1]}
+        true, _ = self._signals()
+        return {"policy": self.spec.obs_dim, "critic": self.spec.obs_dim + true.shape[-1] + self._privileged().shape[-1]}
 
     def close(self) -> None:
         pass

@@ -49,8 +49,9 @@ def test_observation_groups_have_spec_shapes():
     obs = env.reset()
     spec = env.spec
     assert obs["policy"].shape == (16, spec.obs_dim)
-    # critic: the policy terms without noise, rotor thrusts, and every randomized parameter
-    assert obs["critic"].shape == (16, spec.obs_dim + 4 + len(PARAM_NAMES))
+    # critic: the policy obs, its 18 sensed quantities without noise, rotor thrusts, every randomized parameter
+    assert obs["critic"].shape == (16, spec.obs_dim + 18 + 4 + len(PARAM_NAMES))
+    assert torch.equal(obs["critic"][:, : spec.obs_dim], obs["policy"])
     obs, reward, terminated, truncated, _ = env.step(torch.zeros(16, 4))
     assert reward.shape == terminated.shape == truncated.shape == (16,)
     assert [t.name for t in spec.obs] == ["pos_error_b", "rot_mat", "lin_vel_b", "ang_vel_b", "last_action"]
@@ -61,7 +62,7 @@ def test_policy_obs_is_noisy_and_critic_obs_is_clean():
     env = make_env("quadrotor-hover", 64)
     obs = env.reset()
     n = env.spec.obs_dim
-    pos_clean = obs["critic"][:, :3]
+    pos_clean = obs["critic"][:, n : n + 3]
     expected = (env.rot.transpose(1, 2) @ env.pos_error_m.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(pos_clean, expected, atol=1e-6)
     assert (obs["policy"][:, :3] - pos_clean).abs().mean() > 1e-3

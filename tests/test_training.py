@@ -184,3 +184,10 @@ def test_hover_success_definition():
     assert m["success_rate"] == 0.25  # only env 0
     assert m["crash_rate"] == 0.5
     assert abs(m["mean_pos_error_m"] - (0.05 * 599 + 0.11) / 600) < 1e-9
+
+
+def test_time_limit_stops_training_and_saves(tmp_path):
+    r = small_run(tmp_path, max_iterations=1000, time_limit_s=0.01)
+    ckpt = r.learn(progress=False)
+    r.env.close()
+    assert 1 <= load_checkpoint(ckpt)["iteration"] < 5

@@ -2,7 +2,8 @@
 
 Actor: noisy position error and linear velocity (body frame), rotation matrix, angular velocity, recent
 actions. Body-frame errors make the map from observation to rotor commands independent of yaw.
-Critic: the same without noise, plus rotor thrusts, the disturbance and every randomized parameter.
+Critic: the actor's observations, the same quantities without noise, rotor thrusts, and every
+randomized parameter (which includes the disturbance).
 Mass is randomized by scaling every applied force by 1/mass_scale: for a free-flying rigid body with
 uniformly scaled inertia this is exactly the dynamics of the heavier body, and keeps one shared
 MjModel (see sim/backends/mujoco_cpu.py for why).
@@ -236,7 +237,7 @@ class QuadrotorHoverEnv(BatchedEnv):
         self.backend.step()
         self._update_state()
 
-    def _signals(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def _signals(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Position error and velocity in the body frame; sensor noise and the per-episode biases
         are added in the frame each quantity is reported in."""
         world_to_body = self.rot.transpose(1, 2)
@@ -251,12 +252,9 @@ class QuadrotorHoverEnv(BatchedEnv):
         )
         noise = torch.randn(self.num_envs, 18, generator=self.generator, device=self.device) * self._noise_std
         sensed = true + noise + self._sensor_bias
-        return self._split(true), self._split(sensed)
-
-    def _split(self, sensors: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {
-            "pos_error_b": sensors[:, 0:3], "rot_mat": sensors[:, 3:12], "lin_vel_b": sensors[:, 12:15],
-            "ang_vel_b": sensors[:, 15:18], "last_action": self.action,
+        return true, {
+            "pos_error_b": sensed[:, 0:3], "rot_mat": sensed[:, 3:12], "lin_vel_b": sensed[:, 12:15],
+            "ang_vel_b": sensed[:, 15:18], "last_action": self.action,
         }
 
     def _privileged(self) -> torch.Tensor:
