@@ -133,7 +133,6 @@ class Runner:
 
         cfg, env, ppo = self.cfg, self.env, self.ppo
         (self.run_dir / "config.json").write_text(json.dumps(self.config_dict(), indent=2))
-        (self.run_dir / "policy_spec.json").write_text(env.spec.to_json())
         writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         metrics = MetricsCsv(self.run_dir / "metrics.csv")
         train_threads = torch.get_num_threads()

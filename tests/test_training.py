@@ -29,7 +29,7 @@ def test_run_dir_has_everything(tmp_path):
     r = small_run(tmp_path)
     ckpt = r.learn(progress=False)
     run = tmp_path / "run"
-    for name in ("config.json", "policy_spec.json", "metrics.csv", "learning_curve.png", "model_2.pt", "model_4.pt", "model_last.pt"):
+    for name in ("config.json", "metrics.csv", "learning_curve.png", "model_2.pt", "model_4.pt", "model_last.pt"):
         assert (run / name).is_file(), name
     assert any((run / "tensorboard").iterdir())
     rows = (run / "metrics.csv").read_text().splitlines()
