@@ -132,7 +132,8 @@ class Runner:
         from tqdm import tqdm
 
         cfg, env, ppo = self.cfg, self.env, self.ppo
-        (self.run_dir / "config.json").write_text(json.dumps(self.config_dict(), indent=2))
+        config = json.dumps(self.config_dict(), indent=2).encode()
+        atomic_write(self.run_dir / "config.json", lambda f: f.write(config))
         writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         metrics = MetricsCsv(self.run_dir / "metrics.csv")
         train_threads = torch.get_num_threads()
