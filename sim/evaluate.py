@@ -52,7 +52,15 @@ def evaluate(policy_path: str | Path, episodes: int = 200, seed: int = 1, task_c
     cfg = task_cfg or default_cfg(task)
     if hasattr(cfg, "curriculum"):
         cfg = dataclasses.replace(cfg, curriculum=dataclasses.replace(cfg.curriculum, enabled=False))
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small per-step tensors: one thread is fastest and leaves MuJoCo the cores
+    try:
+        return _run_episodes(policy, task, cfg, episodes, seed, policy_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_episodes(policy: OnnxPolicy, task: str, cfg, episodes: int, seed: int, policy_path) -> dict:
     env = make_env(task, episodes, cfg, seed=seed)
     policy.spec.check_compatible(env.spec)
     env.record_metrics = True
