@@ -96,7 +96,7 @@ def test_mass_and_thrust_randomization_change_the_dynamics():
     env.params[:, i_mass] = torch.tensor([1.0, 1.2, 1.0])
     env.params[:, i_thrust] = torch.tensor([1.0, 1.0, 1.2])
     env.params[:, i_dist : i_dist + 3] = 0.0
-    env.rotors.set_params(env.env_ids, env.params[:, 2], env.params[:, i_thrust])
+    env._apply_params(env.env_ids)
     env.rotors.reset(env.env_ids, torch.full((3, 4), 0.027 * 9.81 / 4))
     for _ in range(50):
         env.step(torch.zeros(3, 4))

@@ -110,10 +110,18 @@ PARAM_NAMES = (
     "gyro_bias_x_radps", "gyro_bias_y_radps", "gyro_bias_z_radps",
     "disturbance_x_N", "disturbance_y_N", "disturbance_z_N",
 )
+# columns of `params`
+MASS, THRUST, TAU, LATENCY = 0, 1, 2, 3
+POS_BIAS, GYRO_BIAS, DISTURBANCE = slice(4, 7), slice(7, 10), slice(10, 13)
+
+
+def hover_thrust_N(mass_kg: float) -> float:
+    """Per-rotor thrust that holds the nominal body aloft."""
+    return mass_kg * GRAVITY_MPS2 / len(ROTORS)
 
 
 def make_spec(cfg: QuadrotorHoverCfg, mass_kg: float) -> PolicySpec:
-    hover_N = mass_kg * GRAVITY_MPS2 / len(ROTORS)
+    hover_N = hover_thrust_N(mass_kg)
     n = len(ROTORS)
     xyz = ("x", "y", "z")
     return PolicySpec(
@@ -163,6 +171,7 @@ class QuadrotorHoverEnv(BatchedEnv):
         self.rotors = RotorModel(num_envs, len(ROTORS), 1.0 / cfg.control_hz, cfg.max_thrust_N, self.device)
         self.curriculum_level = cfg.curriculum.start_level if cfg.curriculum.enabled else 1.0
         self._sensor_bias = torch.zeros(num_envs, 18, device=self.device)  # per-episode, in sensor layout
+        self._inv_mass_scale = torch.ones(num_envs, 1, device=self.device)
         self._window = torch.zeros(2, dtype=torch.float64)  # (timeouts, episodes) since the last level move
         self._update_state()
         init, dr = cfg.init, cfg.randomization
@@ -204,10 +213,6 @@ class QuadrotorHoverEnv(BatchedEnv):
         return self.backend.physics_ok().to(self.device)
 
     # --- task pieces -----------------------------------------------------------------------------
-    def _param(self, name: str) -> torch.Tensor:
-        i = PARAM_NAMES.index(name)
-        return self.params[:, i]
-
     def _reset_envs(self, env_ids: torch.Tensor) -> None:
         n = len(env_ids)
         u = torch.rand(n, 9 + 3 + len(PARAM_NAMES), generator=self.generator, device=self.device)
@@ -217,23 +222,31 @@ class QuadrotorHoverEnv(BatchedEnv):
         self.backend.reset(env_ids, qpos, state[:, 3:9])
         # randomized parameters, uniform in [low, high]; latency uniform over whole steps
         p = self._param_low + u[:, 12:] * (self._param_high - self._param_low)
-        p[:, 3] = p[:, 3].floor()
+        p[:, LATENCY] = p[:, LATENCY].floor()
         self.params[env_ids] = p
-        self._sensor_bias[env_ids, 0:3] = p[:, 4:7]
-        self._sensor_bias[env_ids, 15:18] = p[:, 7:10]
-        self.latency_steps[env_ids] = p[:, 3].long()
-        self.rotors.set_params(env_ids, tau_s=p[:, 2], thrust_scale=p[:, 1])
-        hover_N = self.mass_kg * GRAVITY_MPS2 / len(ROTORS) * p[:, 0] / p[:, 1]
+        self._apply_params(env_ids)
+        hover_N = hover_thrust_N(self.mass_kg) * p[:, MASS] / p[:, THRUST]
         self.rotors.reset(env_ids, hover_N[:, None].expand(n, len(ROTORS)))
         self._update_state(env_ids)
 
+    def _apply_params(self, env_ids) -> None:
+        """Everything that follows from an env's randomized parameters and is constant over its episode.
+
+        Every applied force is divided by mass_scale: the dynamics of the heavier body. The
+        disturbance is written here once; the backend holds it until the next reset.
+        """
+        p = self.params[env_ids]
+        self._sensor_bias[env_ids, 0:3] = p[:, POS_BIAS]
+        self._sensor_bias[env_ids, 15:18] = p[:, GYRO_BIAS]
+        self.latency_steps[env_ids] = p[:, LATENCY].long()
+        self.rotors.set_params(env_ids, tau_s=p[:, TAU], thrust_scale=p[:, THRUST])
+        self._inv_mass_scale[env_ids] = 1.0 / p[:, MASS : MASS + 1]
+        disturbance = (p[:, DISTURBANCE] * self._inv_mass_scale[env_ids]).to(self.backend.xfrc_applied)
+        self.backend.xfrc_applied[env_ids.to(disturbance.device), self.base_body, :3] = disturbance
+
     def _apply_command(self, command: torch.Tensor) -> None:
-        # Every applied force is divided by mass_scale: the dynamics of the heavier body.
-        inv_mass_scale = 1.0 / self._param("mass_scale")[:, None]
         thrust_N = self.rotors.step(command)
-        self.backend.ctrl.copy_(thrust_N * inv_mass_scale)
-        disturbance_N = self.params[:, 10:13]
-        self.backend.xfrc_applied[:, self.base_body, :3].copy_(disturbance_N * inv_mass_scale)
+        self.backend.ctrl.copy_(thrust_N * self._inv_mass_scale)
         self.backend.step()
         self._update_state()
 
@@ -316,20 +329,17 @@ class QuadrotorHoverEnv(BatchedEnv):
         return {"curriculum_level": self.curriculum_level}
 
     def _task_state(self) -> dict[str, torch.Tensor]:
-        r = self.rotors
+        """What `params` does not determine: rotor thrusts and the curriculum."""
         return {
-            "thrust_N": r.thrust_N, "tau_s": r.tau_s, "thrust_scale": r.thrust_scale, "alpha": r._alpha,
+            "thrust_N": self.rotors.thrust_N,
             "curriculum_level": torch.tensor(self.curriculum_level), "curriculum_window": self._window,
         }
 
     def _load_task_state(self, state: dict[str, torch.Tensor]) -> None:
-        r = self.rotors
-        for name, t in (("thrust_N", r.thrust_N), ("tau_s", r.tau_s), ("thrust_scale", r.thrust_scale), ("alpha", r._alpha)):
-            t.copy_(state[name])
+        self.rotors.thrust_N.copy_(state["thrust_N"])
         self.curriculum_level = float(state["curriculum_level"])
         self._window.copy_(state["curriculum_window"])
-        self._sensor_bias[:, 0:3] = self.params[:, 4:7]
-        self._sensor_bias[:, 15:18] = self.params[:, 7:10]
+        self._apply_params(self.env_ids)
         self._update_state()
 
     def close(self) -> None:
