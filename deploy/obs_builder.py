@@ -62,7 +62,8 @@ class ObsBuilder:
                 hist = self._history[term.name]
                 hist[:, 1:] = hist[:, :-1].copy() if isinstance(hist, np.ndarray) else hist[:, :-1].clone()
                 hist[:, 0] = frame
-                hist[self._fresh] = frame[self._fresh][:, None]
+                if self._fresh.any():
+                    hist[self._fresh] = frame[self._fresh][:, None]
                 frame = hist.reshape(self.batch, -1)
             parts.append(frame)
         self._fresh[:] = False

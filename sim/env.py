@@ -84,6 +84,12 @@ class BatchedEnv(ABC):
     def _terminations(self) -> dict[str, torch.Tensor]:
         """Boolean `(num_envs,)` per termination reason (e.g. crash, out of bounds)."""
 
+    def sensor_noise(self, std: torch.Tensor) -> torch.Tensor:
+        """`(num_envs, k)` zero-mean noise with standard deviation `std` `(k,)`: uniform, as legged_gym and
+        mjlab add it, and several times cheaper to draw than Gaussian noise."""
+        u = torch.rand(self.num_envs, std.shape[-1], generator=self.generator, device=self.device)
+        return (u - 0.5) * (std * 12**0.5)
+
     def _physics_ok(self) -> torch.Tensor:
         """`(num_envs,)` False where the simulation state went NaN/inf."""
         return torch.ones(self.num_envs, dtype=torch.bool, device=self.device)

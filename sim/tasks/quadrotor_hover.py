@@ -64,7 +64,7 @@ class RandomizationCfg:
 
 @dataclass(frozen=True)
 class NoiseCfg:
-    """Gaussian sensor noise standard deviations, per step."""
+    """Sensor noise standard deviations, per step (zero-mean uniform noise, see BatchedEnv.sensor_noise)."""
 
     pos_m: float = field(default=0.005, metadata=nonnegative())
     rot: float = field(default=0.01, metadata=nonnegative())
@@ -263,8 +263,7 @@ class QuadrotorHoverEnv(BatchedEnv):
             ),
             dim=-1,
         )
-        noise = torch.randn(self.num_envs, 18, generator=self.generator, device=self.device) * self._noise_std
-        sensed = true + noise + self._sensor_bias
+        sensed = true + self.sensor_noise(self._noise_std) + self._sensor_bias
         return true, {
             "pos_error_b": sensed[:, 0:3], "rot_mat": sensed[:, 3:12], "lin_vel_b": sensed[:, 12:15],
             "ang_vel_b": sensed[:, 15:18], "last_action": self.action,
