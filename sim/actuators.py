@@ -34,3 +34,30 @@ class RotorModel:
         command_N = command_N.clamp(0.0, self.max_thrust_N)
         self.thrust_N += self._alpha * (command_N - self.thrust_N)
         return self.thrust_N * self.thrust_scale
+
+
+class JointPD:
+    """The joint PD law a motor driver runs at the physics rate, batched `(num_envs, num_joints)`:
+
+        torque = clip(strength * (kp * (target - q) - kd * qd), -limit, limit)
+
+    kp, kd and motor strength are per env (randomized around the nominal gains); `limit` is the
+    motor's torque limit.
+    """
+
+    def __init__(self, num_envs: int, kp: torch.Tensor, kd: torch.Tensor, torque_limit: torch.Tensor):
+        self.kp_nominal, self.kd_nominal = kp, kd
+        self.kp = kp.expand(num_envs, -1).clone()
+        self.kd = kd.expand(num_envs, -1).clone()
+        self.strength = torch.ones(num_envs, 1, device=kp.device)
+        self.torque_limit = torque_limit
+
+    def set_params(self, env_ids, kp_scale: torch.Tensor, kd_scale: torch.Tensor, strength: torch.Tensor) -> None:
+        """Scales `(len(env_ids),)` of the nominal gains, and motor strength."""
+        self.kp[env_ids] = self.kp_nominal * kp_scale[:, None]
+        self.kd[env_ids] = self.kd_nominal * kd_scale[:, None]
+        self.strength[env_ids, 0] = strength
+
+    def torque(self, target: torch.Tensor, q: torch.Tensor, qd: torch.Tensor) -> torch.Tensor:
+        tau = self.strength * (self.kp * (target - q) - self.kd * qd)
+        return torch.maximum(torch.minimum(tau, self.torque_limit), -self.torque_limit)

@@ -73,7 +73,7 @@ def bench_sim(task: str, num_envs: int, steps: int = 200, repeats: int = 3, seed
         for _ in range(steps):
             env.step(action)
 
-    env_rate = _best_rate(run_env, num_envs * steps, repeats) * backend.substeps
+    env_rate = _best_rate(run_env, num_envs * steps, repeats) * env.decimation
     ceiling = mj_step_ceiling(backend.model, init_state, ctrl, backend.nthread, steps, repeats)
     pool_envs = min(num_envs, 1024)
     pool_rate = thread_pool_rate(backend.model, ctrl[:pool_envs], backend.nthread, max(1, steps // 10))
@@ -82,9 +82,9 @@ def bench_sim(task: str, num_envs: int, steps: int = 200, repeats: int = 3, seed
         "task": task,
         "num_envs": num_envs,
         "threads": backend.nthread,
-        "physics_steps_per_env_step": backend.substeps,
+        "physics_steps_per_env_step": env.decimation,
         "env_physics_steps_per_s": env_rate,
-        "env_steps_per_s": env_rate / backend.substeps,
+        "env_steps_per_s": env_rate / env.decimation,
         "mj_step_ceiling_per_s": ceiling,
         "ratio": env_rate / ceiling,
         "python_thread_pool_mj_step_per_s": pool_rate,

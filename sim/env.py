@@ -29,6 +29,7 @@ class BatchedEnv(ABC):
     spec: PolicySpec
     max_episode_steps: int
     max_latency_steps: int = 0
+    decimation: int = 1  # physics steps per control step
     reward_weights: dict[str, float]
     param_names: tuple[str, ...]  # names of the columns of `self.params`
 

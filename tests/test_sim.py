@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from sim.backends import physics_substeps
 from sim.backends.mujoco_cpu import ModelError, MujocoCpuBackend
 from sim.tasks import default_cfg, make_env
 from sim.tasks.quadrotor_hover import MODELS_DIR, PARAM_NAMES
@@ -14,7 +15,7 @@ MODEL = MODELS_DIR / "quadrotor.xml"
 
 
 def test_backend_steps_all_envs_and_resets_some():
-    b = MujocoCpuBackend(MODEL, num_envs=8, control_dt_s=0.01, nthread=2)
+    b = MujocoCpuBackend(MODEL, num_envs=8, nthread=2)
     assert b.qpos.shape == (8, 7) and b.qvel.shape == (8, 6) and b.ctrl.shape == (8, 4)
     z0 = b.qpos[:, 2].clone()
     for _ in range(10):
@@ -41,7 +42,7 @@ def test_backend_rejects_bad_models(tmp_path):
     with pytest.raises(ModelError, match="does not compile"):
         MujocoCpuBackend(bad, 2)
     with pytest.raises(ModelError, match="not a whole multiple"):
-        MujocoCpuBackend(MODEL, 2, control_dt_s=0.0101)
+        physics_substeps(MujocoCpuBackend(MODEL, 2).model, 0.0101)
 
 
 def test_observation_groups_have_spec_shapes():

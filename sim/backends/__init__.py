@@ -1,9 +1,10 @@
 """Batched physics backends. Each holds `num_envs` copies of one MuJoCo model and exposes their state
 as torch tensors `(num_envs, ...)`; tasks never touch MjData directly."""
 
-from sim.backends.mujoco_cpu import MujocoCpuBackend
+from sim.backends.mujoco_cpu import MujocoCpuBackend, physics_substeps
 
 BACKENDS = {"mujoco": MujocoCpuBackend}
+__all__ = ["BACKENDS", "make_backend", "physics_substeps"]
 
 
 def make_backend(name: str, *args, **kwargs):

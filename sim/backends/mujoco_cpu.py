@@ -1,13 +1,15 @@
 """CPU backend: native MuJoCo, all envs stepped by `mujoco.rollout` on a persistent thread pool.
 
 Measured by `s2r bench sim` (sim/bench.py): one `rollout` call over all envs runs 2.5-3.5x faster
-than a Python thread pool calling `mj_step` per env, which is bound by the GIL and per-call overhead. Per-env model copies passed to `rollout` cost ~3x at one step per call (every
-env reads its own model from memory), so envs share one MjModel and per-env physical parameters
-enter through per-env inputs (controls, applied forces) computed by the task.
+than a Python thread pool calling `mj_step` per env, which is bound by the GIL and per-call overhead. Per-env model copies passed to `rollout` cost ~3x for the tiny quadrotor at one step per call (every
+env reads its own model from memory), so by default envs share one MjModel and per-env physical
+parameters enter through per-env inputs (controls, applied forces) computed by the task; tasks that
+randomize model fields (friction, masses) ask for per-env models.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -54,19 +56,23 @@ class MujocoCpuBackend:
     ctrl `(num_envs, nu)`, xfrc_applied `(num_envs, nbody, 6)`: inputs for the next step.
     """
 
-    def __init__(self, model_path: str | Path, num_envs: int, control_dt_s: float | None = None, nthread: int = 0):
+    def __init__(self, model_path: str | Path, num_envs: int, nthread: int = 0, model_variants: int = 1):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.model = load_model(model_path)
         self.model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_AUTORESET
-        # tasks read the state, not MuJoCo's sensors: skip computing them
-        self.model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_SENSOR
         self.num_envs = num_envs
-        self.substeps = substeps = physics_substeps(self.model, control_dt_s)
         self.nthread = nthread or os.cpu_count() or 1
         m = self.model
         self._datas = [mujoco.MjData(m) for _ in range(self.nthread)]
-        self._models = [m] * num_envs
+        # Model fields (friction, masses, armature) are randomized through a pool of model variants,
+        # each env stepping one of them (as legged_gym's friction buckets). Measured on the quadruped
+        # (2048 envs): up to 128 variants cost nothing; a model per env halves the step rate.
+        if model_variants < 1:
+            raise ValueError(f"model_variants must be >= 1, got {model_variants}")
+        self.variants = [m] if model_variants == 1 else [copy.copy(m) for _ in range(model_variants)]
+        self.env_variant = torch.zeros(num_envs, dtype=torch.long)  # which variant each env steps
+        self._models = [self.variants[0]] * num_envs
         self._pool = rollout.Rollout(nthread=self.nthread)
 
         nstate = mujoco.mj_stateSize(m, STATE_SPEC)
@@ -76,11 +82,11 @@ class MujocoCpuBackend:
         mujoco.mj_getState(m, data0, self.default_state, STATE_SPEC)
 
         self._state = np.tile(self.default_state, (num_envs, 1))
-        # One step per call writes straight into the state (each env reads its row before writing it).
-        self._state_out = self._state[:, None] if substeps == 1 else np.zeros((num_envs, substeps, nstate))
         self._control = np.zeros((num_envs, 1, m.nu + 6 * m.nbody))
-        # rollout takes one control vector per physics step: held inputs are repeated over substeps
-        self._control_steps = self._control if substeps == 1 else np.zeros((num_envs, substeps, self._control.shape[-1]))
+        self._sensordata = np.zeros((num_envs, 1, m.nsensordata))
+        # rollout writes (num_envs, nstep, ...) outputs: one step per call writes straight into the
+        # state and sensor buffers (each env reads its row before writing it)
+        self._buffers = {1: (self._state[:, None], self._sensordata, self._control)}
 
         state = self._state_tensor = torch.from_numpy(self._state)
         i = 1  # state layout: time, qpos, qvel, act, ...
@@ -90,31 +96,49 @@ class MujocoCpuBackend:
         control = torch.from_numpy(self._control)[:, 0]
         self.ctrl = control[:, : m.nu]
         self.xfrc_applied = control[:, m.nu :].view(num_envs, m.nbody, 6)
+        # The model's sensors, from the forward pass of the last physics step, i.e. of the state one
+        # physics step before `qpos`/`qvel`. (num_envs, nsensordata)
+        self.sensordata = torch.from_numpy(self._sensordata)[:, 0]
         self._ok = torch.ones(num_envs, dtype=torch.bool)
 
-    def step(self) -> None:
-        """Advance every env by `substeps` physics steps with the current inputs held.
+    def step(self, nstep: int = 1) -> None:
+        """Advance every env by `nstep` physics steps with the current inputs held.
 
         MuJoCo's automatic reset of unstable worlds is disabled, so divergence stays visible as
         NaN/inf for `physics_ok` and the task resets (and counts) that env.
         """
-        if self.substeps > 1:
-            self._control_steps[:] = self._control
+        if nstep not in self._buffers:
+            n = self.num_envs
+            self._buffers[nstep] = tuple(np.zeros((n, nstep, a.shape[-1])) for a in (self._state, self._sensordata, self._control))
+        state_out, sensor_out, control = self._buffers[nstep]
+        if nstep > 1:
+            control[:] = self._control  # rollout takes one control vector per physics step
         self._pool.rollout(
-            self._models, self._datas, self._state, self._control_steps,
-            control_spec=CONTROL_SPEC, skip_checks=True, nstep=self.substeps,
-            state=self._state_out, sensordata=None,
+            self._models, self._datas, self._state, control,
+            control_spec=CONTROL_SPEC, skip_checks=True, nstep=nstep,
+            state=state_out, sensordata=sensor_out if self.model.nsensordata else None,
         )
-        if self.substeps > 1:
-            self._state[:] = self._state_out[:, -1]
+        if nstep > 1:
+            self._state[:] = state_out[:, -1]
+            self._sensordata[:, 0] = sensor_out[:, -1]
         self._ok[:] = torch.from_numpy(np.isfinite(self._state.sum(axis=1)))
 
+    def set_env_variant(self, env_ids: torch.Tensor, variant_ids: torch.Tensor) -> None:
+        """From the next step on, env `env_ids[k]` steps model variant `variant_ids[k]`."""
+        self.env_variant[env_ids.cpu()] = variant_ids.cpu()
+        for i, v in zip(env_ids.tolist(), variant_ids.tolist()):
+            self._models[i] = self.variants[v]
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"state": self._state_tensor.clone(), "control": torch.from_numpy(self._control).clone()}
+        return {
+            "state": self._state_tensor.clone(), "control": torch.from_numpy(self._control).clone(),
+            "env_variant": self.env_variant.clone(),
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self._state[:] = state["state"].numpy()
         self._control[:] = state["control"].numpy()
+        self.set_env_variant(torch.arange(self.num_envs), state["env_variant"])
 
     def physics_ok(self) -> torch.Tensor:
         """`(num_envs,)` False where the last step diverged (NaN/inf or MuJoCo's instability reset)."""

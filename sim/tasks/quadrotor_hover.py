@@ -18,7 +18,7 @@ import torch
 
 from deploy.spec import ActionSpec, ObsTerm, PolicySpec
 from sim.actuators import RotorModel
-from sim.backends import make_backend
+from sim.backends import make_backend, physics_substeps
 from sim.config import nonnegative, positive
 from sim.env import BatchedEnv
 from sim.math import quat_to_rotmat, tilt_quat
@@ -158,7 +158,8 @@ class QuadrotorHoverEnv(BatchedEnv):
 
     def __init__(self, cfg: QuadrotorHoverCfg, num_envs: int, device="cpu", seed: int = 0, backend="mujoco"):
         self.cfg = cfg
-        self.backend = make_backend(backend, MODELS_DIR / cfg.model, num_envs, 1.0 / cfg.control_hz)
+        self.backend = make_backend(backend, MODELS_DIR / cfg.model, num_envs)
+        self.decimation = physics_substeps(self.backend.model, 1.0 / cfg.control_hz)
         model = self.backend.model
         self.base_body = model.body("base").id
         self.mass_kg = float(model.body_subtreemass[self.base_body])
@@ -247,7 +248,7 @@ class QuadrotorHoverEnv(BatchedEnv):
     def _apply_command(self, command: torch.Tensor) -> None:
         thrust_N = self.rotors.step(command)
         self.backend.ctrl.copy_(thrust_N * self._inv_mass_scale)
-        self.backend.step()
+        self.backend.step(self.decimation)
         self._update_state()
 
     def _signals(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
