@@ -34,6 +34,11 @@ class TrainCfg:
     ppo: PPOCfg = PPOCfg()
 
 
+def default_train_cfg(task: str) -> TrainCfg:
+    """The runner's defaults with the task's own training overrides (sim/tasks/__init__.py)."""
+    return C.from_dict(TrainCfg, {"task": task, **task_entry(task).train})
+
+
 def check_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)

@@ -23,8 +23,9 @@ def _known_errors():
     from sim.backends.mujoco_cpu import ModelError
     from sim.config import ConfigError
     from sim.tasks import UnknownTaskError
+    from sim.video import VideoError
 
-    return (ConfigError, UnknownTaskError, CheckpointError, PolicyLoadError, SpecError, ModelError, ExportError)
+    return (ConfigError, UnknownTaskError, CheckpointError, PolicyLoadError, SpecError, ModelError, ExportError, VideoError)
 
 
 def _apply_sets(train_cfg, task_cfg, sets: list[str]):
@@ -56,7 +57,7 @@ def cmd_train(args) -> None:
 
     from policies.checkpoint import load_checkpoint
     from policies.export import export_checkpoint
-    from policies.runner import Runner, TrainCfg
+    from policies.runner import Runner, TrainCfg, default_train_cfg
     from sim import config as C
     from sim.tasks import default_cfg, task_entry
 
@@ -69,8 +70,7 @@ def cmd_train(args) -> None:
         task_cfg = C.from_dict(task_entry(train_cfg.task)[0], saved["task"])
         run_dir = Path(args.run_dir) if args.run_dir else ckpt_path.parent
     else:
-        train_cfg = TrainCfg(task=args.task)
-        task_entry(args.task)
+        train_cfg = default_train_cfg(args.task)
         task_cfg = default_cfg(args.task)
         run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / args.task / time.strftime("%Y%m%d-%H%M%S")
     flags = {
@@ -121,11 +121,16 @@ def cmd_eval(args) -> None:
     out = Path(args.out) if args.out else path.parent / "eval.json"
     write_eval(result, out)
     print(f"{result['task']}: {result['episodes']} episodes under domain randomization, policy {path}")
-    for k in ("success_rate", "crash_rate", "mean_pos_error_m", "final_pos_error_m"):
-        if k in result:
-            print(f"  {k:18s} {result[k]:.4f}")
-    print(f"  success = {result['success_definition']}")
+    for k, v in result.items():
+        if isinstance(v, float) and k not in ("eval_wall_s",):
+            print(f"  {k:26s} {v:.4f}")
+    print(f"  definition: {result['success_definition']}")
     print(f"wrote {out}")
+    if args.video:
+        from sim.video import record_video
+
+        video = record_video(path, args.video, seconds=args.video_seconds, seed=args.seed)
+        print(f"wrote {video['video']} ({video['frames']} frames, {video['fps']:.0f} fps)")
 
 
 def cmd_bench(args) -> None:
@@ -181,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--episodes", type=int, default=200)
     v.add_argument("--seed", type=int, default=1)
     v.add_argument("--out", help="default: eval.json beside the policy")
+    v.add_argument("--video", help="also render one rollout offscreen to this .mp4 or .gif")
+    v.add_argument("--video-seconds", type=float, default=10.0)
     v.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="benchmarks")
@@ -199,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "video", None):
+        os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering without a display; before mujoco loads
     errors = _known_errors()
     try:
         args.func(args)

@@ -41,17 +41,54 @@ def quadrotor_hover_summary(cfg, pos_error_m: np.ndarray, alive: np.ndarray, cra
     }
 
 
-SUMMARIES = {"quadrotor-hover": quadrotor_hover_summary}
+def quadruped_walk_summary(cfg, lin_vel_error_mps, yaw_rate_error_radps, settled, alive, crashed) -> dict:
+    """(steps, episodes) series. Tracking errors are averaged over the steps at least
+    `eval_settle_s` after each command change, while the robot is up."""
+    use = alive & (settled > 0)
+    return {
+        "mean_lin_vel_error_mps": float(lin_vel_error_mps[use].mean()) if use.any() else float("nan"),
+        "mean_yaw_rate_error_radps": float(yaw_rate_error_radps[use].mean()) if use.any() else float("nan"),
+        "fall_rate": float(crashed.mean()),
+        "success_definition": f"tracking error |v_cmd_xy - v_xy| averaged from {cfg.eval_settle_s} s after each "
+        f"command change; fall rate over {cfg.episode_s} s episodes, commands over the full ranges",
+    }
 
 
-def evaluate(policy_path: str | Path, episodes: int = 200, seed: int = 1, task_cfg=None) -> dict:
+def arm_reach_summary(cfg, ee_distance_m, alive, crashed) -> dict:
+    """Success: end effector within `success_radius_m` of the target at the end of the episode."""
+    final = ee_distance_m[-1]
+    return {
+        "success_rate": float(((final <= cfg.success_radius_m) & ~crashed).mean()),
+        "mean_final_distance_m": float(final.mean()),
+        "median_final_distance_m": float(np.median(final)),
+        "success_definition": f"end effector within {cfg.success_radius_m} m of the target at the end of the "
+        f"{cfg.episode_s} s episode",
+    }
+
+
+SUMMARIES = {
+    "quadrotor-hover": quadrotor_hover_summary,
+    "quadruped-walk": quadruped_walk_summary,
+    "arm-reach": arm_reach_summary,
+}
+
+
+def load_policy(policy_path: str | Path, task_cfg=None):
+    """The policy, and the task config it is evaluated under: the training config stored in the ONNX
+    (or the task's default), with the curriculum at its final level."""
     policy = OnnxPolicy(policy_path)
     task = policy.spec.task
     if task_cfg is None and TASK_CONFIG_KEY in policy.metadata:
-        task_cfg = from_dict(task_entry(task)[0], json.loads(policy.metadata[TASK_CONFIG_KEY]))
+        task_cfg = from_dict(task_entry(task).cfg, json.loads(policy.metadata[TASK_CONFIG_KEY]))
     cfg = task_cfg or default_cfg(task)
     if hasattr(cfg, "curriculum"):
         cfg = dataclasses.replace(cfg, curriculum=dataclasses.replace(cfg.curriculum, enabled=False))
+    return policy, cfg
+
+
+def evaluate(policy_path: str | Path, episodes: int = 200, seed: int = 1, task_cfg=None) -> dict:
+    policy, cfg = load_policy(policy_path, task_cfg)
+    task = policy.spec.task
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small per-step tensors: one thread is fastest and leaves MuJoCo the cores
     try:

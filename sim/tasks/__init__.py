@@ -1,12 +1,45 @@
-"""Task registry: a task is a config dataclass plus the env class that reads it."""
+"""Task registry: a task is a config dataclass, the env class that reads it, and its training defaults."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from sim.config import ConfigError, validate
+from sim.tasks.arm_reach import ArmReachCfg, ArmReachEnv
 from sim.tasks.quadrotor_hover import QuadrotorHoverCfg, QuadrotorHoverEnv
+from sim.tasks.quadruped_walk import QuadrupedWalkCfg, QuadrupedWalkEnv
+
+
+class Task(NamedTuple):
+    cfg: type
+    env: type
+    train: dict  # overrides of the runner's TrainCfg (nested dicts for its sub-configs)
+
 
 TASKS = {
-    "quadrotor-hover": (QuadrotorHoverCfg, QuadrotorHoverEnv),
+    "quadrotor-hover": Task(QuadrotorHoverCfg, QuadrotorHoverEnv, {}),
+    "quadruped-walk": Task(
+        QuadrupedWalkCfg, QuadrupedWalkEnv,
+        {
+            "num_envs": 1024, "max_iterations": 1500, "save_interval": 100,
+            "ppo": {
+                "num_steps": 24, "num_epochs": 5, "num_minibatches": 4, "gamma": 0.99, "lam": 0.95,
+                "desired_kl": 0.01, "entropy_coef": 0.01, "actor_hidden": (128, 128, 128),
+                "critic_hidden": (256, 128, 128), "activation": "elu", "init_std": 1.0,
+            },
+        },
+    ),
+    "arm-reach": Task(
+        ArmReachCfg, ArmReachEnv,
+        {
+            "num_envs": 1024, "max_iterations": 300, "save_interval": 50,
+            "ppo": {
+                "num_steps": 24, "num_epochs": 5, "num_minibatches": 4, "gamma": 0.98, "lam": 0.95,
+                "desired_kl": 0.01, "entropy_coef": 0.005, "actor_hidden": (128, 128),
+                "critic_hidden": (256, 128), "activation": "elu", "init_std": 0.5,
+            },
+        },
+    ),
 }
 
 
@@ -15,18 +48,18 @@ class UnknownTaskError(KeyError):
         return self.args[0]
 
 
-def task_entry(name: str):
+def task_entry(name: str) -> Task:
     if name not in TASKS:
         raise UnknownTaskError(f"unknown task '{name}'; available tasks: {', '.join(sorted(TASKS))}")
     return TASKS[name]
 
 
 def default_cfg(name: str):
-    return task_entry(name)[0]()
+    return task_entry(name).cfg()
 
 
 def make_env(name: str, num_envs: int, cfg=None, device="cpu", seed: int = 0):
-    cfg_cls, env_cls = task_entry(name)
+    cfg_cls, env_cls, _ = task_entry(name)
     cfg = cfg_cls() if cfg is None else cfg
     if not isinstance(cfg, cfg_cls):
         raise ConfigError(f"task '{name}' takes a {cfg_cls.__name__}, got {type(cfg).__name__}")

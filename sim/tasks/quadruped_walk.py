@@ -1,0 +1,368 @@
+"""quadruped-walk: track a commanded forward, lateral and yaw velocity on flat ground (Go1 class).
+
+Joint position targets into PD at 200 Hz physics, policy at 50 Hz. Terms and weights follow
+legged_gym's flat-ground Go1/A1 set-up (weights per second, as there).
+Actor: IMU angular velocity, projected gravity, command, joint positions relative to the default pose,
+joint velocities, last action; all but the command and action with noise (and gyro / encoder bias).
+Critic: those without noise or bias, plus base linear velocity, base height, foot contact forces and
+every randomized parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from deploy.spec import ActionSpec, ObsTerm, PolicySpec
+from sim.config import nonnegative, positive
+from sim.joint_env import ActuatorRandomizationCfg, JointControlCfg, JointPositionEnv
+from sim.math import quat_to_rotmat
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+LEGS = ("FR", "FL", "RR", "RL")
+JOINTS = tuple(f"{leg}_{j}_joint" for leg in LEGS for j in ("hip", "thigh", "calf"))
+
+
+@dataclass(frozen=True)
+class CommandCfg:
+    """Velocity commands at full curriculum level, uniform in (low, high), resampled every `resample_s`."""
+
+    lin_vel_x_mps: tuple[float, float] = (-1.0, 1.0)
+    lin_vel_y_mps: tuple[float, float] = (-0.6, 0.6)
+    yaw_rate_radps: tuple[float, float] = (-1.0, 1.0)
+    resample_s: float = field(default=5.0, metadata=positive())
+    standing_fraction: float = field(default=0.1, metadata=nonnegative())  # commands of exactly zero
+
+
+@dataclass(frozen=True)
+class CurriculumCfg:
+    """Command ranges scale with `level`, raised while the tracking reward is a large share of its maximum."""
+
+    enabled: bool = True
+    start_level: float = field(default=0.4, metadata=positive())
+    step: float = field(default=0.1, metadata=positive())
+    promote_tracking: float = 0.75  # episode mean of track_lin_vel / its maximum
+
+
+@dataclass(frozen=True)
+class RandomizationCfg:
+    friction: tuple[float, float] = (0.4, 1.25)
+    payload_kg: tuple[float, float] = (-1.0, 2.0)  # added to the trunk
+    payload_com_m: float = field(default=0.05, metadata=nonnegative())  # trunk CoM shift per axis
+    model_variants: int = field(default=64, metadata=positive())  # sampled (friction, payload) worlds
+    actuators: ActuatorRandomizationCfg = ActuatorRandomizationCfg()
+    gyro_bias_radps: float = field(default=0.02, metadata=nonnegative())
+    push_interval_s: float = field(default=8.0, metadata=positive())
+    push_vel_mps: float = field(default=0.5, metadata=nonnegative())  # added base velocity, per axis
+
+
+@dataclass(frozen=True)
+class NoiseCfg:
+    """Sensor noise standard deviations (uniform noise, see BatchedEnv.sensor_noise)."""
+
+    ang_vel_radps: float = field(default=0.1, metadata=nonnegative())
+    gravity: float = field(default=0.03, metadata=nonnegative())
+    joint_pos_rad: float = field(default=0.01, metadata=nonnegative())
+    joint_vel_radps: float = field(default=0.8, metadata=nonnegative())
+
+
+@dataclass(frozen=True)
+class QuadrupedWalkCfg:
+    model: str = "quadruped.xml"
+    control_hz: float = field(default=50.0, metadata=positive())
+    episode_s: float = field(default=20.0, metadata=positive())
+    control: JointControlCfg = JointControlCfg(kp=(20.0,), kd=(0.5,), action_scale_rad=0.25)
+    fall_height_m: float = 0.15  # trunk centre below this: fallen (only the feet collide)
+    fall_tilt_cos: float = 0.5  # trunk z axis more than 60 deg from vertical: fallen
+    tracking_sigma_mps: float = field(default=0.5, metadata=positive())  # exp kernel width
+    air_time_target_s: float = field(default=0.5, metadata=positive())
+    soft_joint_limit: float = field(default=0.9, metadata=positive())  # fraction of the range
+    eval_settle_s: float = field(default=1.0, metadata=nonnegative())  # after a command change
+    commands: CommandCfg = CommandCfg()
+    curriculum: CurriculumCfg = CurriculumCfg()
+    randomization: RandomizationCfg = RandomizationCfg()
+    noise: NoiseCfg = NoiseCfg()
+    reward: dict[str, float] = field(
+        default_factory=lambda: {
+            "track_lin_vel": 1.0,
+            "track_ang_vel": 0.5,
+            "lin_vel_z": -2.0,
+            "ang_vel_xy": -0.05,
+            "orientation": -1.0,
+            "torques": -2e-4,
+            "joint_acc": -2.5e-7,
+            "action_rate": -0.01,
+            "feet_air_time": 1.0,
+            "joint_limits": -10.0,
+        }
+    )
+
+
+VARIANT_PARAMS = ("friction", "payload_kg", "payload_com_x_m", "payload_com_y_m", "payload_com_z_m")
+# columns of `params`: model-variant parameters, gyro bias, then JointPositionEnv's actuator parameters
+VARIANT, GYRO_BIAS, ACTUATOR = slice(0, 5), slice(5, 8), slice(8, None)
+
+
+def make_spec(cfg: QuadrupedWalkCfg, default_pos, low, high) -> PolicySpec:
+    n = len(JOINTS)
+    xyz = ("x", "y", "z")
+    return PolicySpec(
+        robot="go1",
+        task="quadruped-walk",
+        control_hz=cfg.control_hz,
+        obs=(
+            ObsTerm("ang_vel_b", xyz, (0.25,) * 3, unit="rad/s"),
+            ObsTerm("projected_gravity", xyz, (1.0,) * 3, unit=""),
+            ObsTerm("command", ("lin_vel_x", "lin_vel_y", "yaw_rate"), (2.0, 2.0, 0.25), unit="m/s, m/s, rad/s"),
+            ObsTerm("joint_pos_rel", JOINTS, (1.0,) * n, unit="rad"),
+            ObsTerm("joint_vel", JOINTS, (0.05,) * n, unit="rad/s"),
+            ObsTerm("last_action", JOINTS, (1.0,) * n),
+        ),
+        action=ActionSpec(
+            type="joint_position",
+            names=JOINTS,
+            scale=(cfg.control.action_scale_rad,) * n,
+            offset=tuple(float(x) for x in default_pos),
+            clip=10.0,
+            low=tuple(float(x) for x in low),
+            high=tuple(float(x) for x in high),
+            unit="rad",
+        ),
+        extra={"kp": list(cfg.control.kp), "kd": list(cfg.control.kd), "physics_hz": 200.0},
+    )
+
+
+class QuadrupedWalkEnv(JointPositionEnv):
+    joint_names = JOINTS
+    video_camera = "track"
+
+    def __init__(self, cfg: QuadrupedWalkCfg, num_envs: int, device="cpu", seed: int = 0, backend="mujoco"):
+        self.cfg = cfg
+        self.param_names = VARIANT_PARAMS + ("gyro_bias_x_radps", "gyro_bias_y_radps", "gyro_bias_z_radps") + self.actuator_param_names()
+        dr = cfg.randomization
+        self._make_backend(MODELS_DIR / cfg.model, num_envs, cfg.control_hz, dr.model_variants, backend)
+        model = self.backend.model
+        self.home_qpos = self._default_pose(cfg.control.default_pose_key)
+        default_pos = self.home_qpos[self._qadr]
+        self.spec = make_spec(cfg, default_pos, self.joint_low, self.joint_high)
+        self.reward_weights = dict(cfg.reward)
+        self.max_episode_steps = round(cfg.episode_s * cfg.control_hz)
+        self.max_latency_steps = dr.actuators.latency_steps[1]
+        super().__init__(num_envs, device, seed)
+        self._init_joints(cfg.control, default_pos)
+        dev = self.device
+        self.trunk = model.body("trunk").id
+        self.touch_adr = torch.tensor([model.sensor_adr[model.sensor(f"{leg}_touch").id] for leg in LEGS])
+        self.dt_s = 1.0 / cfg.control_hz
+        self.command = torch.zeros(num_envs, 3, device=dev)
+        self.feet_air_time = torch.zeros(num_envs, 4, device=dev)
+        self.foot_force_N = torch.zeros(num_envs, 4, device=dev)
+        self.prev_joint_vel = torch.zeros(num_envs, len(JOINTS), device=dev)
+        self.curriculum_level = cfg.curriculum.start_level if cfg.curriculum.enabled else 1.0
+        self._resample_steps = max(1, round(cfg.commands.resample_s * cfg.control_hz))
+        self._push_steps = max(1, round(dr.push_interval_s * cfg.control_hz))
+        self._steps_since_command = torch.zeros(num_envs, dtype=torch.long, device=dev)
+        self._gyro_bias = torch.zeros(num_envs, 3, device=dev)
+        self._noise_std = torch.tensor(
+            (cfg.noise.ang_vel_radps,) * 3 + (cfg.noise.gravity,) * 3
+            + (cfg.noise.joint_pos_rad,) * 12 + (cfg.noise.joint_vel_radps,) * 12,
+            device=dev,
+        )
+        c = cfg.commands
+        self._cmd_low = torch.tensor((c.lin_vel_x_mps[0], c.lin_vel_y_mps[0], c.yaw_rate_radps[0]), device=dev)
+        self._cmd_high = torch.tensor((c.lin_vel_x_mps[1], c.lin_vel_y_mps[1], c.yaw_rate_radps[1]), device=dev)
+        self._variant_params = self._randomize_variants()
+        self._soft_low, self._soft_high = self._soft_limits()
+        self._update_state()
+
+    # --- randomization ---------------------------------------------------------------------------
+    def _randomize_variants(self) -> torch.Tensor:
+        """Sample (friction, payload mass, payload CoM) per model variant and write them into the
+        variants; returns `(num_variants, 5)` in VARIANT_PARAMS order."""
+        dr, b, model = self.cfg.randomization, self.backend, self.backend.model
+        k = len(b.variants)
+        u = torch.rand(k, 5, generator=self.generator, device=self.device).cpu()
+        lo = torch.tensor([dr.friction[0], dr.payload_kg[0]] + [-dr.payload_com_m] * 3)
+        hi = torch.tensor([dr.friction[1], dr.payload_kg[1]] + [dr.payload_com_m] * 3)
+        p = lo + u * (hi - lo)
+        if k == 1:  # one shared model: nominal physics
+            p = torch.tensor([[float(model.geom_friction[model.geom("floor").id, 0]), 0.0, 0.0, 0.0, 0.0]])
+        feet = [model.geom(f"{leg}_foot").id for leg in LEGS] + [model.geom("floor").id]
+        for m, row in zip(b.variants, p.tolist()):
+            m.geom_friction[feet, 0] = row[0]  # MuJoCo takes the larger of the two geoms' friction
+            m.body_mass[self.trunk] = model.body_mass[self.trunk] + row[1]
+            m.body_ipos[self.trunk] = model.body_ipos[self.trunk] + row[2:5]
+        return p.to(self.device)
+
+    def _soft_limits(self):
+        mid = (torch.tensor(self.joint_low) + torch.tensor(self.joint_high)) / 2
+        half = (torch.tensor(self.joint_high) - torch.tensor(self.joint_low)) / 2 * self.cfg.soft_joint_limit
+        return (mid - half).to(self.device), (mid + half).to(self.device)
+
+    # --- state -----------------------------------------------------------------------------------
+    def _update_state(self) -> None:
+        b = self.backend
+        base = torch.cat((b.qpos[:, :7], b.qvel[:, :6]), dim=-1).to(self.device, torch.float32)
+        self.base_height_m = base[:, 2]
+        self.rot = quat_to_rotmat(base[:, 3:7])  # body to world
+        world_to_body = self.rot.transpose(1, 2)
+        self.lin_vel_b = (world_to_body @ base[:, 7:10, None]).squeeze(-1)
+        self.ang_vel_b = base[:, 10:13]  # free joint angular velocity is in the body frame
+        self.projected_gravity = -self.rot[:, 2, :]  # world -z in the body frame: -(R^T e_z)
+        self._read_joints()
+
+    def _apply_command(self, target_rad: torch.Tensor) -> None:
+        self.prev_joint_vel = self.joint_vel
+        super()._apply_command(target_rad)
+        self.foot_force_N = self.sensordata[:, self.touch_adr]
+        self._update_state()
+        self._steps_since_command += 1
+        resample = (self.episode_step % self._resample_steps == self._resample_steps - 1).nonzero().squeeze(-1)
+        if resample.numel():
+            self._sample_commands(resample)
+        self._push()
+
+    def _push(self) -> None:
+        """Random base velocity kicks, as legged_gym's push_robots, every push interval of an episode."""
+        v = self.cfg.randomization.push_vel_mps
+        ids = (self.episode_step % self._push_steps == self._push_steps - 1).nonzero().squeeze(-1)
+        if v > 0 and ids.numel():
+            kick = (torch.rand(len(ids), 2, generator=self.generator, device=self.device) * 2 - 1) * v
+            cpu_ids = ids.to(self.backend.qvel.device)
+            self.backend.qvel[cpu_ids, :2] += kick.to(self.backend.qvel)
+
+    def _sample_commands(self, env_ids: torch.Tensor) -> None:
+        c = self.cfg.commands
+        n = len(env_ids)
+        u = torch.rand(n, 4, generator=self.generator, device=self.device)
+        cmd = (self._cmd_low + u[:, :3] * (self._cmd_high - self._cmd_low)) * self.curriculum_level
+        cmd[u[:, 3] < c.standing_fraction] = 0.0
+        self.command[env_ids] = cmd
+        self._steps_since_command[env_ids] = 0
+
+    def _reset_envs(self, env_ids: torch.Tensor) -> None:
+        n = len(env_ids)
+        dev = self.device
+        dr = self.cfg.randomization
+        variant = self._sample_variants(env_ids)
+        u = torch.rand(n, 5, generator=self.generator, device=dev)
+        p = torch.cat(
+            (self._variant_params[variant], (u[:, :3] * 2 - 1) * dr.gyro_bias_radps, self._sample_actuator_params(n, dr.actuators)),
+            dim=-1,
+        )
+        self.params[env_ids] = p
+        self._apply_params(env_ids)
+        # start at the default pose with the joints a little perturbed, random heading
+        qpos = torch.as_tensor(self.home_qpos, dtype=torch.float32, device=dev).repeat(n, 1)
+        yaw = (u[:, 3] * 2 - 1) * torch.pi
+        qpos[:, 3] = torch.cos(yaw / 2)
+        qpos[:, 6] = torch.sin(yaw / 2)
+        qpos[:, 7:] += (u[:, 4:5] * 2 - 1) * 0.1
+        self.backend.reset(env_ids, qpos.double(), torch.zeros(n, self.backend.model.nv, dtype=torch.float64))
+        self._sample_commands(env_ids)
+        self.feet_air_time[env_ids] = 0.0
+        self.foot_force_N[env_ids] = 0.0
+        self._update_state()
+        self.prev_joint_vel[env_ids] = 0.0
+        self.torque[env_ids] = 0.0
+
+    def _apply_params(self, env_ids) -> None:
+        p = self.params[env_ids]
+        self._apply_actuator_params(env_ids, p[:, ACTUATOR])
+        self._gyro_bias[env_ids] = p[:, GYRO_BIAS]
+
+    # --- observations ----------------------------------------------------------------------------
+    def _signals(self):
+        true = torch.cat(
+            (self.ang_vel_b, self.projected_gravity, self.joint_pos - self.default_joint_pos, self.joint_vel), dim=-1
+        )
+        sensed = true + self.sensor_noise(self._noise_std)
+        sensed[:, 0:3] += self._gyro_bias
+        sensed[:, 6:18] += self.joint_pos_bias
+        return true, {
+            "ang_vel_b": sensed[:, 0:3], "projected_gravity": sensed[:, 3:6], "command": self.command,
+            "joint_pos_rel": sensed[:, 6:18], "joint_vel": sensed[:, 18:30], "last_action": self.action,
+        }
+
+    def _privileged(self):
+        return torch.cat(
+            (self.lin_vel_b, self.base_height_m[:, None], self.foot_force_N / 50.0, self.params), dim=-1
+        )
+
+    def _terminations(self):
+        return {
+            "fall": (self.base_height_m < self.cfg.fall_height_m) | (-self.projected_gravity[:, 2] < self.cfg.fall_tilt_cos),
+        }
+
+    # --- rewards (weights per second, in cfg.reward) ----------------------------------------------
+    def _reward_track_lin_vel(self):
+        err = (self.command[:, :2] - self.lin_vel_b[:, :2]).square().sum(-1)
+        return torch.exp(-err / self.cfg.tracking_sigma_mps**2)
+
+    def _reward_track_ang_vel(self):
+        err = (self.command[:, 2] - self.ang_vel_b[:, 2]).square()
+        return torch.exp(-err / self.cfg.tracking_sigma_mps**2)
+
+    def _reward_lin_vel_z(self):
+        return self.lin_vel_b[:, 2].square()
+
+    def _reward_ang_vel_xy(self):
+        return self.ang_vel_b[:, :2].square().sum(-1)
+
+    def _reward_orientation(self):
+        return self.projected_gravity[:, :2].square().sum(-1)
+
+    def _reward_torques(self):
+        return self.torque.square().sum(-1)
+
+    def _reward_joint_acc(self):
+        return ((self.joint_vel - self.prev_joint_vel) / self.dt_s).square().sum(-1)
+
+    def _reward_action_rate(self):
+        return (self.action - self.prev_action).square().sum(-1)
+
+    def _reward_feet_air_time(self):
+        """Reward steps that last about `air_time_target_s` (legged_gym), while asked to move."""
+        contact = self.foot_force_N > 1.0
+        first_contact = (self.feet_air_time > 0) & contact
+        self.feet_air_time += self.dt_s
+        r = ((self.feet_air_time - self.cfg.air_time_target_s) * first_contact).sum(-1)
+        self.feet_air_time *= ~contact
+        return r * (self.command[:, :2].norm(dim=-1) > 0.1)
+
+    def _reward_joint_limits(self):
+        return ((self._soft_low - self.joint_pos).clamp(min=0) + (self.joint_pos - self._soft_high).clamp(min=0)).sum(-1)
+
+    def _step_metrics(self):
+        settled = self._steps_since_command >= round(self.cfg.eval_settle_s * self.cfg.control_hz)
+        return {
+            "lin_vel_error_mps": (self.command[:, :2] - self.lin_vel_b[:, :2]).norm(dim=-1),
+            "yaw_rate_error_radps": (self.command[:, 2] - self.ang_vel_b[:, 2]).abs(),
+            "settled": settled.float(),
+        }
+
+    # --- curriculum ------------------------------------------------------------------------------
+    def _after_iteration(self, stats: dict) -> dict[str, float]:
+        c = self.cfg.curriculum
+        if c.enabled and stats.get("count") and "reward/track_lin_vel" in stats:
+            best = self.reward_weights["track_lin_vel"] * stats["length_s"]
+            if best > 0 and stats["reward/track_lin_vel"] / best >= c.promote_tracking and stats["length_s"] > 0.5 * self.cfg.episode_s:
+                self.curriculum_level = min(1.0, self.curriculum_level + c.step)
+        return {"curriculum_level": self.curriculum_level}
+
+    def _task_state(self):
+        return {
+            "command": self.command, "feet_air_time": self.feet_air_time, "foot_force_N": self.foot_force_N,
+            "prev_joint_vel": self.prev_joint_vel, "steps_since_command": self._steps_since_command,
+            "torque": self.torque, "curriculum_level": torch.tensor(self.curriculum_level),
+        }
+
+    def _load_task_state(self, state):
+        for k in ("command", "feet_air_time", "foot_force_N", "prev_joint_vel", "torque"):
+            getattr(self, k).copy_(state[k])
+        self._steps_since_command.copy_(state["steps_since_command"])
+        self.curriculum_level = float(state["curriculum_level"])
+        self._apply_params(self.env_ids)
+        self._update_state()
