@@ -43,7 +43,8 @@ class CurriculumCfg:
     enabled: bool = True
     start_level: float = field(default=0.4, metadata=positive())
     step: float = field(default=0.1, metadata=positive())
-    promote_tracking: float = 0.75  # episode mean of track_lin_vel / its maximum
+    promote_tracking: float = 0.7  # track_lin_vel earned / its maximum, over the window's episodes
+    promote_timeout_rate: float = 0.8  # share of the window's episodes that did not fall
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ class QuadrupedWalkEnv(JointPositionEnv):
         self._resample_steps = max(1, round(cfg.commands.resample_s * cfg.control_hz))
         self._push_steps = max(1, round(dr.push_interval_s * cfg.control_hz))
         self._steps_since_command = torch.zeros(num_envs, dtype=torch.long, device=dev)
+        self._window = torch.zeros(4, dtype=torch.float64)  # (tracked, best, timeouts, episodes) since the last decision
         self._gyro_bias = torch.zeros(num_envs, 3, device=dev)
         self._noise_std = torch.tensor(
             (cfg.noise.ang_vel_radps,) * 3 + (cfg.noise.gravity,) * 3
@@ -345,11 +347,20 @@ class QuadrupedWalkEnv(JointPositionEnv):
 
     # --- curriculum ------------------------------------------------------------------------------
     def _after_iteration(self, stats: dict) -> dict[str, float]:
+        """Widen the command ranges by `step` once `num_envs` episodes have ended since the last move,
+        if they tracked well (track_lin_vel over its maximum) and mostly did not fall."""
         c = self.cfg.curriculum
-        if c.enabled and stats.get("count") and "reward/track_lin_vel" in stats:
-            best = self.reward_weights["track_lin_vel"] * stats["length_s"]
-            if best > 0 and stats["reward/track_lin_vel"] / best >= c.promote_tracking and stats["length_s"] > 0.5 * self.cfg.episode_s:
-                self.curriculum_level = min(1.0, self.curriculum_level + c.step)
+        if c.enabled and stats.get("count"):
+            n = stats["count"]
+            self._window += torch.tensor(
+                [stats["reward/track_lin_vel"] * n, self.reward_weights["track_lin_vel"] * stats["length_s"] * n, stats["end/timeout"] * n, n],
+                dtype=torch.float64,
+            )
+            tracked, best, timeouts, count = self._window.tolist()
+            if count >= self.num_envs:
+                if best > 0 and tracked / best >= c.promote_tracking and timeouts / count >= c.promote_timeout_rate:
+                    self.curriculum_level = min(1.0, self.curriculum_level + c.step)
+                self._window.zero_()
         return {"curriculum_level": self.curriculum_level}
 
     def _task_state(self):
@@ -357,6 +368,7 @@ class QuadrupedWalkEnv(JointPositionEnv):
             "command": self.command, "feet_air_time": self.feet_air_time, "foot_force_N": self.foot_force_N,
             "prev_joint_vel": self.prev_joint_vel, "steps_since_command": self._steps_since_command,
             "torque": self.torque, "curriculum_level": torch.tensor(self.curriculum_level),
+            "curriculum_window": self._window,
         }
 
     def _load_task_state(self, state):
@@ -364,5 +376,6 @@ class QuadrupedWalkEnv(JointPositionEnv):
             getattr(self, k).copy_(state[k])
         self._steps_since_command.copy_(state["steps_since_command"])
         self.curriculum_level = float(state["curriculum_level"])
+        self._window.copy_(state["curriculum_window"])
         self._apply_params(self.env_ids)
         self._update_state()
