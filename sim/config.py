@@ -12,7 +12,7 @@ class ConfigError(ValueError):
 
 
 def validate(cfg, prefix: str = "") -> None:
-    """Check every field against its annotation; ranges `(lo, hi)` need lo <= hi.
+    """Check every field against its annotation; ranges (annotated `tuple[X, X]`) need lo <= hi.
 
     Fields may add a `check` in their metadata: a predicate and a sentence of what it requires.
     """
@@ -24,7 +24,8 @@ def validate(cfg, prefix: str = "") -> None:
             validate(value, prefix=f"{name}.")
             continue
         _check_type(name, value, hints[f.name])
-        if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value):
+        is_range = typing.get_origin(hints[f.name]) is tuple and len(typing.get_args(hints[f.name])) == 2 and Ellipsis not in typing.get_args(hints[f.name])
+        if is_range and all(isinstance(v, (int, float)) for v in value):
             if value[0] > value[1]:
                 raise ConfigError(f"{name}: range low {value[0]} exceeds high {value[1]}")
         check = f.metadata.get("check")

@@ -133,6 +133,7 @@ class BatchedEnv(ABC):
         for mask in reasons.values():
             terminated |= mask
         truncated = (self.episode_step >= self.max_episode_steps) & ~terminated
+        self.terminated = terminated
 
         terms = torch.stack([term() for term in self.reward_terms.values()], dim=-1) * self._reward_scale
         terms = torch.where(ok[:, None], terms, torch.zeros_like(terms))  # a diverged step earns nothing
@@ -172,6 +173,10 @@ class BatchedEnv(ABC):
         columns += [truncated.float(), self.episode_step.float() / self.spec.control_hz]
         means = torch.cat((self._episode_sums, torch.stack(columns, dim=-1)), dim=-1)[done_ids].mean(0).tolist()
         return dict(zip(names, means), count=int(done_ids.numel()))
+
+    def _reward_termination(self):
+        """1 on the step an episode ends by a termination (fall, crash), for a one-off penalty."""
+        return self.terminated.float()
 
     # --- save and restore, so a resumed run continues exactly --------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:

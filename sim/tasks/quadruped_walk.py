@@ -97,6 +97,7 @@ class QuadrupedWalkCfg:
             "action_rate": -0.01,
             "feet_air_time": 1.0,
             "joint_limits": -10.0,
+            "termination": -200.0,  # per second: -4 per fall at 50 Hz
         }
     )
 
