@@ -84,6 +84,21 @@ class JointPositionEnv(BatchedEnv):
 
     joint_names: tuple[str, ...]
 
+    def _setup(self, cfg, model_path, make_spec, num_envs: int, device, seed: int, backend: str) -> None:
+        """The set-up every joint-position task shares: backend, default pose, spec, BatchedEnv, PD.
+        `cfg` has model-independent fields control_hz, episode_s, control, reward and
+        randomization.{model_variants, actuators}; `make_spec(cfg, default_pos, low, high)`."""
+        dr = cfg.randomization
+        self._make_backend(model_path, num_envs, cfg.control_hz, dr.model_variants, backend)
+        self.home_qpos = self._default_pose(cfg.control.default_pose_key)
+        default_pos = self.home_qpos[self._qadr]
+        self.spec = make_spec(cfg, default_pos, self.joint_low, self.joint_high)
+        self.reward_weights = dict(cfg.reward)
+        self.max_episode_steps = round(cfg.episode_s * cfg.control_hz)
+        self.max_latency_steps = dr.actuators.latency_steps[1]
+        BatchedEnv.__init__(self, num_envs, device, seed)
+        self._init_joints(cfg.control, default_pos)
+
     def _make_backend(self, model_path, num_envs: int, control_hz: float, model_variants: int, backend: str):
         self.backend = make_backend(backend, model_path, num_envs, model_variants=model_variants)
         model = self.backend.model

@@ -115,16 +115,8 @@ class ArmReachEnv(JointPositionEnv):
         self.cfg = cfg
         self.param_names = VARIANT_PARAMS + self.actuator_param_names()
         dr = cfg.randomization
-        self._make_backend(MODELS_DIR / cfg.model, num_envs, cfg.control_hz, dr.model_variants, backend)
+        self._setup(cfg, MODELS_DIR / cfg.model, make_spec, num_envs, device, seed, backend)
         model = self.backend.model
-        self.home_qpos = self._default_pose(cfg.control.default_pose_key)
-        default_pos = self.home_qpos[self._qadr]
-        self.spec = make_spec(cfg, default_pos, self.joint_low, self.joint_high)
-        self.reward_weights = dict(cfg.reward)
-        self.max_episode_steps = round(cfg.episode_s * cfg.control_hz)
-        self.max_latency_steps = dr.actuators.latency_steps[1]
-        super().__init__(num_envs, device, seed)
-        self._init_joints(cfg.control, default_pos)
         dev = self.device
         self.payload = model.body("payload").id
         self._ee_pos_adr = model.sensor_adr[model.sensor("ee_pos").id]

@@ -144,16 +144,8 @@ class QuadrupedWalkEnv(JointPositionEnv):
         self.cfg = cfg
         self.param_names = VARIANT_PARAMS + ("gyro_bias_x_radps", "gyro_bias_y_radps", "gyro_bias_z_radps") + self.actuator_param_names()
         dr = cfg.randomization
-        self._make_backend(MODELS_DIR / cfg.model, num_envs, cfg.control_hz, dr.model_variants, backend)
+        self._setup(cfg, MODELS_DIR / cfg.model, make_spec, num_envs, device, seed, backend)
         model = self.backend.model
-        self.home_qpos = self._default_pose(cfg.control.default_pose_key)
-        default_pos = self.home_qpos[self._qadr]
-        self.spec = make_spec(cfg, default_pos, self.joint_low, self.joint_high)
-        self.reward_weights = dict(cfg.reward)
-        self.max_episode_steps = round(cfg.episode_s * cfg.control_hz)
-        self.max_latency_steps = dr.actuators.latency_steps[1]
-        super().__init__(num_envs, device, seed)
-        self._init_joints(cfg.control, default_pos)
         dev = self.device
         self.trunk = model.body("trunk").id
         self.touch_adr = torch.tensor([model.sensor_adr[model.sensor(f"{leg}_touch").id] for leg in LEGS])
