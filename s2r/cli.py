@@ -206,8 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "video", None):
-        os.environ.setdefault("MUJOCO_GL", "egl")  # offscreen rendering without a display; before mujoco loads
     errors = _known_errors()
     try:
         args.func(args)
