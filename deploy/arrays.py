@@ -29,3 +29,11 @@ def constant_like(values, like):
 
         return torch.as_tensor(np.asarray(values), dtype=like.dtype, device=like.device)
     return np.asarray(values, dtype=like.dtype)
+
+
+def stack(arrays: list, axis: int = -1):
+    if is_torch(arrays[0]):
+        import torch
+
+        return torch.stack(arrays, dim=axis)
+    return np.stack(arrays, axis=axis)

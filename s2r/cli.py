@@ -150,6 +150,38 @@ def cmd_bench(args) -> None:
         Path(args.json).write_text(json.dumps(r, indent=2))
 
 
+def cmd_bench_deploy(args) -> None:
+    from deploy.bench import bench_inference, bench_loop
+
+    ros_pkg = Path(__file__).resolve().parents[1] / "ros_ws" / "src" / "s2r_ros"
+    sys.path.insert(0, str(ros_pkg))
+    from s2r_ros.processes import CONFIG, SHIPPED_POLICIES
+
+    policy_dir = Path(args.policy_dir) if args.policy_dir else SHIPPED_POLICIES
+    robots = ("quadrotor", "quadruped", "arm")
+    out = {"inference": {}, "loop": {}, "dds": None}
+    print("s2r bench deploy")
+    print("  ONNX inference, one observation, one thread        p50      p99      max   (target p99 <= 100 us)")
+    for robot in robots:
+        r = out["inference"][robot] = bench_inference(policy_dir / f"{robot}.onnx")
+        print(f"    {robot:10s} obs {r['obs_dim']:3d}                          {r['p50_us']:6.1f}   {r['p99_us']:6.1f}   {r['max_us']:6.1f} us")
+    print("  control loop, full Controller step (quadruped)  jitter p50 p99 max        (target p99 <= 1000 us)")
+    for hz in (50.0, 500.0):
+        r = out["loop"][f"{hz:g}"] = bench_loop(hz, args.seconds, policy_dir / "quadruped.onnx", CONFIG / "quadruped.yaml")
+        print(f"    {hz:5.0f} Hz, {r['loops']:6d} loops, {r['overruns']} overruns     {r['jitter_p50_us']:6.1f} {r['jitter_p99_us']:6.1f} "
+              f"{r['jitter_max_us']:7.1f} us   (step p99 {r['compute_p99_us']:.0f} us)")
+    try:
+        from s2r_ros.bench_latency import bench_dds_latency
+    except ImportError as e:
+        print(f"  DDS latency: skipped, no ROS 2 Python client here ({e})")
+    else:
+        r = out["dds"] = bench_dds_latency(policy_dir / "arm.onnx", "arm", args.seconds)
+        print(f"  JointState in -> joint_commands out, policy_node process, Fast DDS loopback (target p99 <= 2000 us)")
+        print(f"    {r['messages']} messages, {r['lost']} lost      p50 {r['p50_us']:.0f}  p99 {r['p99_us']:.0f}  max {r['max_us']:.0f} us")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+
+
 def cmd_tasks(args) -> None:
     from sim.tasks import TASKS
 
@@ -198,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--steps", type=int, default=200)
     bs.add_argument("--json", help="also write the figures to this file")
     bs.set_defaults(func=cmd_bench)
+
+    bd = bsub.add_parser("deploy", help="ONNX inference, control-loop jitter and DDS latency of the robot-side runtime")
+    bd.add_argument("--policy-dir", help="folder with quadrotor.onnx, quadruped.onnx, arm.onnx (default: the shipped policies)")
+    bd.add_argument("--seconds", type=float, default=10.0, help="per loop-jitter and latency measurement")
+    bd.add_argument("--json", help="also write the figures to this file")
+    bd.set_defaults(func=cmd_bench_deploy)
 
     ls = sub.add_parser("tasks", help="list the tasks")
     ls.set_defaults(func=cmd_tasks)

@@ -119,7 +119,12 @@ class BatchedEnv(ABC):
     def step(self, action: torch.Tensor):
         self.prev_action = self.action
         self.action = action.detach().clone()
-        command = self.action_mapper(self.action)
+        return self.step_command(self.action_mapper(self.action))
+
+    def step_command(self, command: torch.Tensor):
+        """One control period from an actuator command `(num_envs, action_dim)` in spec units (what a
+        robot's driver takes), through the latency queue; `step` without the policy's action mapping,
+        for a simulated robot driven by a deploy controller."""
         queue = self._command_queue
         queue[:, 1:] = queue[:, :-1].clone()
         queue[:, 0] = command

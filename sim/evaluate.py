@@ -97,32 +97,73 @@ def evaluate(policy_path: str | Path, episodes: int = 200, seed: int = 1, task_c
         torch.set_num_threads(threads)
 
 
+class EpisodeRecorder:
+    """Collects per-step metrics into whole episodes and summarizes them with the task's SUMMARY.
+
+    Each env contributes its first `per_env` episodes; an episode that ended early is padded to the
+    full length with its last values and `alive` False, so every summary sees `(steps, episodes)`.
+    Used by `s2r eval` (many envs, one episode each) and the simulated robot (one env, episode after
+    episode), so both score a policy the same way.
+    """
+
+    def __init__(self, task: str, cfg, num_envs: int, max_steps: int, per_env: int = 1):
+        self.task, self.cfg, self.max_steps, self.per_env = task, cfg, max_steps, per_env
+        self._current: list[dict[str, list]] = [{} for _ in range(num_envs)]
+        self._started = np.zeros(num_envs, int)  # episodes begun per env
+        self.episodes: list[dict[str, np.ndarray]] = []  # finished: series (steps,), alive (steps,), crashed
+        self.reasons_count: dict[str, int] = {}
+
+    @property
+    def done(self) -> bool:
+        return len(self.episodes) >= len(self._current) * self.per_env
+
+    def add(self, metrics: dict, reasons: dict, terminated, truncated) -> None:
+        """One step's `extras["metrics"]`, `extras["reasons"]` and flags, `(num_envs,)` each."""
+        metrics = {k: np.asarray(v.cpu() if hasattr(v, "cpu") else v) for k, v in metrics.items()}
+        reasons = {k: np.asarray(v.cpu() if hasattr(v, "cpu") else v) for k, v in reasons.items()}
+        terminated = np.asarray(terminated.cpu() if hasattr(terminated, "cpu") else terminated)
+        truncated = np.asarray(truncated.cpu() if hasattr(truncated, "cpu") else truncated)
+        for i, buf in enumerate(self._current):
+            if self._started[i] >= self.per_env and not buf:
+                continue
+            if not buf:
+                self._started[i] += 1
+            for k, v in metrics.items():
+                buf.setdefault(k, []).append(v[i])
+            if terminated[i] or truncated[i]:
+                for name, mask in reasons.items():
+                    self.reasons_count[name] = self.reasons_count.get(name, 0) + int(mask[i])
+                self._finish(i, crashed=bool(terminated[i]))
+
+    def _finish(self, i: int, crashed: bool) -> None:
+        buf = self._current[i]
+        n = len(next(iter(buf.values())))
+        ep = {k: np.pad(np.asarray(v), (0, self.max_steps - n), mode="edge") for k, v in buf.items()}
+        ep["alive"] = np.arange(self.max_steps) < n
+        ep["crashed"] = crashed
+        self.episodes.append(ep)
+        self._current[i] = {}
+
+    def summary(self) -> dict:
+        eps = self.episodes
+        series = {k: np.stack([e[k] for e in eps], axis=1) for k in eps[0] if k != "crashed"}
+        crashed = np.array([e["crashed"] for e in eps])
+        return {**SUMMARIES[self.task](self.cfg, **series, crashed=crashed), "terminations": self.reasons_count}
+
+
 def _run_episodes(policy: OnnxPolicy, task: str, cfg, episodes: int, seed: int, policy_path) -> dict:
     env = make_env(task, episodes, cfg, seed=seed)
     policy.spec.check_compatible(env.spec)
     env.record_metrics = True
     obs = env.reset()
-    steps = env.max_episode_steps
-    alive = np.ones(episodes, bool)
-    crashed = np.zeros(episodes, bool)
-    reasons_count: dict[str, int] = {}
-    series: dict[str, list] = {}
-    alive_log = []
+    recorder = EpisodeRecorder(task, cfg, episodes, env.max_episode_steps)
     t0 = time.perf_counter()
-    for _ in range(steps):
+    while not recorder.done:
         action = policy(obs["policy"].cpu().numpy())
         obs, _, terminated, truncated, extras = env.step(torch.from_numpy(action).to(env.device))
-        alive_log.append(alive.copy())
-        for k, v in extras["metrics"].items():
-            series.setdefault(k, []).append(v.cpu().numpy())
-        term = terminated.cpu().numpy() & alive
-        for name, mask in extras["reasons"].items():
-            reasons_count[name] = reasons_count.get(name, 0) + int((mask.cpu().numpy() & alive).sum())
-        crashed |= term
-        alive &= ~(term | truncated.cpu().numpy())
+        recorder.add(extras["metrics"], extras["reasons"], terminated, truncated)
     wall_s = time.perf_counter() - t0
     env.close()
-    metrics = SUMMARIES[task](cfg, **{k: np.stack(v) for k, v in series.items()}, alive=np.stack(alive_log), crashed=crashed)
     return {
         "policy": str(policy_path),
         "policy_sha256": policy.sha256,
@@ -130,8 +171,7 @@ def _run_episodes(policy: OnnxPolicy, task: str, cfg, episodes: int, seed: int, 
         "episodes": episodes,
         "seed": seed,
         "randomization": "full training ranges, full initial-state ranges",
-        **metrics,
-        "terminations": reasons_count,
+        **recorder.summary(),
         "eval_wall_s": round(wall_s, 2),
     }
 

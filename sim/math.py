@@ -4,23 +4,7 @@ from __future__ import annotations
 
 import torch
 
-
-def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
-    """(n, 4) unit quaternions -> (n, 3, 3) body-to-world rotation matrices.
-
-    Works on contiguous columns: torch is several times faster on (n,) vectors than on strided views.
-    """
-    w, x, y, z = q.T.contiguous()
-    xx, yy, zz = x * x, y * y, z * z
-    xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
-    return torch.stack(
-        (
-            1 - 2 * (yy + zz), 2 * (xy - wz), 2 * (xz + wy),
-            2 * (xy + wz), 1 - 2 * (xx + zz), 2 * (yz - wx),
-            2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (xx + yy),
-        ),
-        dim=-1,
-    ).reshape(q.shape[:-1] + (3, 3))
+from deploy.signals import quat_to_rotmat  # noqa: F401  one implementation, shared with the robot
 
 
 def quat_from_axis_angle(axis: torch.Tensor, angle_rad: torch.Tensor) -> torch.Tensor:

@@ -108,6 +108,7 @@ def make_spec(cfg: ArmReachCfg, default_pos, low, high) -> PolicySpec:
 
 
 class ArmReachEnv(JointPositionEnv):
+    variant_param_names = VARIANT_PARAMS  # baked into the model variants, not settable per env
     joint_names = JOINTS
     video_camera = "front"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from deploy.signals import world_to_body
 from deploy.spec import ActionSpec, ObsTerm, PolicySpec
 from sim.actuators import RotorModel
 from sim.backends import make_backend, physics_substeps
@@ -254,12 +255,11 @@ class QuadrotorHoverEnv(BatchedEnv):
     def _signals(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Position error and velocity in the body frame; sensor noise and the per-episode biases
         are added in the frame each quantity is reported in."""
-        world_to_body = self.rot.transpose(1, 2)
         true = torch.cat(
             (
-                (world_to_body @ self.pos_error_m.unsqueeze(-1)).squeeze(-1),
+                world_to_body(self.rot, self.pos_error_m),
                 self.rot.reshape(self.num_envs, 9),
-                (world_to_body @ self.lin_vel_mps.unsqueeze(-1)).squeeze(-1),
+                world_to_body(self.rot, self.lin_vel_mps),
                 self.ang_vel_radps,
             ),
             dim=-1,

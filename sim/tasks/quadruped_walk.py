@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from deploy.signals import projected_gravity, world_to_body
 from deploy.spec import ActionSpec, ObsTerm, PolicySpec
 from sim.config import nonnegative, positive
 from sim.joint_env import ActuatorRandomizationCfg, JointControlCfg, JointPositionEnv
@@ -137,6 +138,7 @@ def make_spec(cfg: QuadrupedWalkCfg, default_pos, low, high) -> PolicySpec:
 
 
 class QuadrupedWalkEnv(JointPositionEnv):
+    variant_param_names = VARIANT_PARAMS  # baked into the model variants, not settable per env
     joint_names = JOINTS
     video_camera = "track"
 
@@ -202,10 +204,9 @@ class QuadrupedWalkEnv(JointPositionEnv):
         base = torch.cat((b.qpos[:, :7], b.qvel[:, :6]), dim=-1).to(self.device, torch.float32)
         self.base_height_m = base[:, 2]
         self.rot = quat_to_rotmat(base[:, 3:7])  # body to world
-        world_to_body = self.rot.transpose(1, 2)
-        self.lin_vel_b = (world_to_body @ base[:, 7:10, None]).squeeze(-1)
+        self.lin_vel_b = world_to_body(self.rot, base[:, 7:10])
         self.ang_vel_b = base[:, 10:13]  # free joint angular velocity is in the body frame
-        self.projected_gravity = -self.rot[:, 2, :]  # world -z in the body frame: -(R^T e_z)
+        self.projected_gravity = projected_gravity(self.rot)
         self._read_joints()
 
     def _apply_command(self, target_rad: torch.Tensor) -> None:

@@ -1,0 +1,69 @@
+"""`s2r bench deploy`: what the robot-side runtime costs, on this machine, in one run.
+
+- ONNX inference: one observation at a time on one thread, as the control loop calls it.
+- Control-loop jitter: RateLoop at 50 and 500 Hz, each step a full Controller step (signals, obs
+  builder, policy, safety checks) with the quadruped policy, so the step's own time is in the figure.
+- DDS latency (s2r_ros.bench_latency, needs rclpy): a JointState published to a policy_node process
+  paced by that stream (trigger: joint_state) until its command arrives back, over Fast DDS on loopback.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from deploy.control_loop import Controller, RateLoop
+from deploy.onnx_policy import OnnxPolicy
+from deploy.robot_config import RobotConfig
+from deploy.signals import READINGS, make_signals
+
+
+def percentiles_us(samples_ns) -> dict:
+    x = np.asarray(samples_ns, dtype=np.float64) / 1e3
+    return {"p50_us": float(np.percentile(x, 50)), "p99_us": float(np.percentile(x, 99)), "max_us": float(x.max())}
+
+
+def bench_inference(policy_path: Path, calls: int = 5000) -> dict:
+    policy = OnnxPolicy(policy_path)
+    obs = np.random.default_rng(0).standard_normal((1, policy.spec.obs_dim)).astype(np.float32)
+    for _ in range(200):  # warm-up
+        policy(obs)
+    samples = np.empty(calls, np.int64)
+    for i in range(calls):
+        t0 = time.perf_counter_ns()
+        policy(obs)
+        samples[i] = time.perf_counter_ns() - t0
+    return {"policy": str(policy_path), "obs_dim": policy.spec.obs_dim, **percentiles_us(samples)}
+
+
+def _readings(cfg: RobotConfig, spec) -> dict:
+    """Plausible readings of the robot at rest in its default pose."""
+    n = len(cfg.actuators)
+    r = {k: np.zeros(size or n) for k, (size, _) in READINGS.items()}
+    r["base_quat_wxyz"] = np.array([1.0, 0.0, 0.0, 0.0])
+    if cfg.default_pos_rad:
+        r["joint_pos"] = np.asarray(cfg.default_pos_rad)
+    return r
+
+
+def bench_loop(rate_hz: float, seconds: float, policy_path: Path, robot_config: Path) -> dict:
+    """RateLoop at `rate_hz` running real Controller steps (the robot config's rate is overridden)."""
+    import dataclasses
+
+    policy = OnnxPolicy(policy_path)
+    cfg = dataclasses.replace(RobotConfig.from_yaml(robot_config), control_hz=policy.spec.control_hz, soft_start_s=0.0)
+    default = policy.spec.action.offset if policy.spec.action.type == "joint_position" else ()
+    ctl = Controller(cfg, policy.spec, policy, make_signals(policy.spec, default))
+    readings = _readings(cfg, policy.spec)
+    ctl.step(time.perf_counter_ns(), readings, {s: time.perf_counter_ns() for s in cfg.sensors})
+    ctl.arm(time.perf_counter_ns())
+    ctl.start()
+    loop = RateLoop(rate_hz)
+
+    def step(now_ns: int) -> None:
+        ctl.step(now_ns, readings, {s: now_ns for s in cfg.sensors})
+
+    st = loop.run(step, duration_s=seconds)
+    return {"rate_hz": rate_hz, "mode": ctl.mode.value, **st.to_dict()}

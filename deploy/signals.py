@@ -1,0 +1,99 @@
+"""The policy's raw term signals, computed from what a robot reports (its sensor readings).
+
+The training env and the robot share these functions, so a term means the same thing on both sides.
+Readings are keyed by name (below), one robot at a time, in ROS conventions: quaternions (w, x, y, z),
+body-frame velocities as nav_msgs/Odometry's twist and sensor_msgs/Imu's angular_velocity give them,
+joints in the robot config's actuator order.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from deploy.arrays import is_torch, stack
+from deploy.spec import PolicySpec, SpecError
+
+# reading name -> (size, what reports it)
+READINGS = {
+    "base_pos_w": (3, "odometry pose position, m"),
+    "base_quat_wxyz": (4, "orientation, imu or odometry"),
+    "base_lin_vel_b": (3, "odometry twist linear, body frame, m/s"),
+    "base_ang_vel_b": (3, "imu angular velocity, body frame, rad/s"),
+    "joint_pos": (None, "joint_state position, rad"),
+    "joint_vel": (None, "joint_state velocity, rad/s"),
+    "command": (3, "velocity command (twist linear x, y; angular z)"),
+    "target_pos_w": (3, "target position, m"),
+}
+
+
+def quat_to_rotmat(q):
+    """(..., 4) unit quaternions (w, x, y, z) -> (..., 3, 3) body-to-world rotation matrices, numpy or torch.
+
+    Works on contiguous columns: torch is several times faster on (n,) vectors than on strided views.
+    """
+    cols = q.reshape(-1, 4).T
+    w, x, y, z = cols.contiguous() if is_torch(cols) else cols
+    xx, yy, zz = x * x, y * y, z * z
+    xy, xz, yz, wx, wy, wz = x * y, x * z, y * z, w * x, w * y, w * z
+    m = stack(
+        [
+            1 - 2 * (yy + zz), 2 * (xy - wz), 2 * (xz + wy),
+            2 * (xy + wz), 1 - 2 * (xx + zz), 2 * (yz - wx),
+            2 * (xz - wy), 2 * (yz + wx), 1 - 2 * (xx + yy),
+        ],
+        axis=-1,
+    )
+    return m.reshape(tuple(q.shape[:-1]) + (3, 3))
+
+
+def world_to_body(rot, v_w):
+    """(..., 3, 3) body-to-world rotations, (..., 3) world vectors -> (..., 3) body-frame vectors."""
+    return (rot.swapaxes(-1, -2) @ v_w[..., None])[..., 0]
+
+
+def projected_gravity(rot):
+    """World -z in the body frame, (..., 3): what a level robot's accelerometer direction reads."""
+    return -rot[..., 2, :]
+
+
+# term name -> (readings it needs, function(readings, default_joint_pos) -> (size,) signal)
+TERMS: dict[str, tuple[tuple[str, ...], Callable]] = {
+    "pos_error_b": (("base_pos_w", "base_quat_wxyz", "target_pos_w"),
+                    lambda r, d: world_to_body(quat_to_rotmat(r["base_quat_wxyz"]), r["base_pos_w"] - r["target_pos_w"])),
+    "rot_mat": (("base_quat_wxyz",), lambda r, d: quat_to_rotmat(r["base_quat_wxyz"]).reshape(9)),
+    "lin_vel_b": (("base_lin_vel_b",), lambda r, d: r["base_lin_vel_b"]),
+    "ang_vel_b": (("base_ang_vel_b",), lambda r, d: r["base_ang_vel_b"]),
+    "projected_gravity": (("base_quat_wxyz",), lambda r, d: projected_gravity(quat_to_rotmat(r["base_quat_wxyz"]))),
+    "command": (("command",), lambda r, d: r["command"]),
+    "joint_pos_rel": (("joint_pos",), lambda r, d: r["joint_pos"] - d),
+    "joint_vel": (("joint_vel",), lambda r, d: r["joint_vel"]),
+    "target_pos": (("target_pos_w",), lambda r, d: r["target_pos_w"]),
+}
+FILLED_BY_CONTROLLER = ("last_action",)
+
+
+def required_readings(spec: PolicySpec) -> tuple[str, ...]:
+    """The readings a robot must report to run this policy (SpecError for a term no robot can supply)."""
+    needed: list[str] = []
+    for term in spec.obs:
+        if term.name in FILLED_BY_CONTROLLER:
+            continue
+        if term.name not in TERMS:
+            raise SpecError(f"observation term '{term.name}' has no robot-side signal (known: {sorted(TERMS)})")
+        needed += [k for k in TERMS[term.name][0] if k not in needed]
+    return tuple(needed)
+
+
+def make_signals(spec: PolicySpec, default_joint_pos=()) -> Callable[[dict], dict]:
+    """`readings -> {term name: (size,) float64}` for every term of `spec` the controller does not fill."""
+    required_readings(spec)  # fail at start, not in the loop
+    terms = [(t.name, TERMS[t.name][1]) for t in spec.obs if t.name not in FILLED_BY_CONTROLLER]
+    default = np.asarray(default_joint_pos, dtype=np.float64)
+
+    def signals(readings: dict) -> dict:
+        r = {k: np.asarray(v, dtype=np.float64) for k, v in readings.items()}
+        return {name: fn(r, default) for name, fn in terms}
+
+    return signals

@@ -1,0 +1,55 @@
+"""ros2 launch s2r_ros deploy.launch.py robot:=quadruped policy:=/path/policy.onnx hardware:=sim
+
+Starts policy_node for `robot` (config/<robot>.yaml is its RobotConfig, config/<robot>_nodes.yaml its
+node parameters) and, with hardware:=sim, sim_robot_node as the robot; with hardware:=real, the
+robot's own driver must serve the topics (see the README). Simulated robots autostart; a real one
+waits for `ros2 service call /policy_node/arm std_srvs/srv/Trigger` and `.../start`.
+"""
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+ROBOTS = ("quadrotor", "quadruped", "arm")
+HARDWARE = ("sim", "real")
+# against the simulated robot, the loop is paced by its sensor stream: one control period of latency,
+# as in training; a real robot's loop runs on the node's own clock (trigger: timer, the YAML's)
+SIM_TRIGGER = {"quadrotor": "odometry", "quadruped": "joint_state", "arm": "joint_state"}
+
+
+def _nodes(context):
+    robot = LaunchConfiguration("robot").perform(context)
+    policy = LaunchConfiguration("policy").perform(context)
+    hardware = LaunchConfiguration("hardware").perform(context)
+    if robot not in ROBOTS:
+        raise RuntimeError(f"robot:={robot} is not one of {ROBOTS}")
+    if hardware not in HARDWARE:
+        raise RuntimeError(f"hardware:={hardware} is not one of {HARDWARE}")
+    config = os.path.join(get_package_share_directory("s2r_ros"), "config")
+    node_params = os.path.join(config, f"{robot}_nodes.yaml")
+    params = {"robot_config": os.path.join(config, f"{robot}.yaml"), "policy": policy, "autostart": hardware == "sim"}
+    if hardware == "sim":
+        params["trigger"] = SIM_TRIGGER[robot]
+    nodes = [
+        Node(package="s2r_ros", executable="policy_node", name="policy_node", output="screen",
+             parameters=[node_params, params])
+    ]
+    if hardware == "sim":
+        nodes.append(
+            Node(package="s2r_ros", executable="sim_robot_node", name="sim_robot_node", output="screen",
+                 parameters=[node_params])
+        )
+    return nodes
+
+
+def generate_launch_description():
+    return LaunchDescription([
+        DeclareLaunchArgument("robot", description=f"one of {ROBOTS}"),
+        DeclareLaunchArgument("policy", description="path to the exported policy.onnx"),
+        DeclareLaunchArgument("hardware", default_value="sim", description=f"one of {HARDWARE}"),
+        OpaqueFunction(function=_nodes),
+    ])

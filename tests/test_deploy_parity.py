@@ -1,0 +1,114 @@
+"""The robot side computes what training computed: deploy's signals from robot readings, through
+ObsBuilder, onnxruntime and ActionMapper, give the training env's actions; and a deploy Controller
+driving the simulated robot scores like `s2r eval`."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from deploy.control_loop import Controller, Mode
+from deploy.obs_builder import ObsBuilder
+from deploy.onnx_policy import OnnxPolicy
+from deploy.robot_config import RobotConfig
+from deploy.signals import make_signals, required_readings
+from policies.export import export_checkpoint
+from policies.runner import Runner, default_train_cfg
+from sim.sim_robot import SimRobot
+from sim.tasks import default_cfg
+
+TASKS = ("quadrotor-hover", "quadruped-walk", "arm-reach")
+ROBOT_YAML = {"quadrotor-hover": "quadrotor", "quadruped-walk": "quadruped", "arm-reach": "arm"}
+
+
+def noise_free(cfg):
+    """The task config with every sensor noise and bias range at zero (what a noise-free sim robot reports)."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name == "noise":
+            changes[f.name] = dataclasses.replace(v, **{g.name: 0.0 for g in dataclasses.fields(v)})
+        elif dataclasses.is_dataclass(v):
+            changes[f.name] = noise_free(v)
+        elif "bias" in f.name and isinstance(v, float):
+            changes[f.name] = 0.0
+    return dataclasses.replace(cfg, **changes)
+
+
+@pytest.fixture(scope="module")
+def policies(tmp_path_factory):
+    """A briefly trained policy per task, exported to ONNX (parity needs a real network, not a good one)."""
+    out = {}
+    for task in TASKS:
+        run = tmp_path_factory.mktemp(task)
+        cfg = dataclasses.replace(default_train_cfg(task), num_envs=32, max_iterations=1, save_interval=1000)
+        runner = Runner(cfg, default_cfg(task), run)
+        ckpt = runner.learn(progress=False)
+        runner.env.close()
+        out[task] = export_checkpoint(ckpt)[0]
+    return out
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_deploy_runtime_reproduces_the_training_envs_actions(task, policies):
+    policy = OnnxPolicy(policies[task])
+    robot = SimRobot(task, noise_free(default_cfg(task)), seed=3)
+    env, spec = robot.env, robot.spec
+    default = spec.action.offset if spec.action.type == "joint_position" else ()
+    signals = make_signals(spec, default)
+    builder = ObsBuilder(spec)
+    obs_env = env._observations()["policy"].numpy()
+    last_action = np.zeros((1, spec.action_dim), np.float32)
+    worst_obs = worst_action = 0.0
+    for _ in range(80):
+        frame = {k: v.reshape(1, -1).astype(np.float32) for k, v in signals({**robot.readings(), **robot.operator()}).items()}
+        obs_dep = builder({**frame, "last_action": last_action})
+        a_env, a_dep = policy(obs_env), policy(obs_dep)
+        worst_obs = max(worst_obs, float(np.abs(obs_env - obs_dep).max()))
+        worst_action = max(worst_action, float(np.abs(a_env - a_dep).max()))
+        last_action = a_dep
+        obs_env = env.step(torch.from_numpy(a_env))[0]["policy"].numpy()
+        if env.episode_step[0] == 0:  # the episode ended (an untrained policy crashes): the robot restarts too
+            builder.reset()
+            last_action = np.zeros_like(last_action)
+    assert worst_action <= 1e-5, (worst_obs, worst_action)
+    robot.close()
+
+
+def test_unknown_observation_terms_are_named():
+    from deploy.spec import ObsTerm, SpecError
+
+    robot = SimRobot("arm-reach")
+    bad = dataclasses.replace(robot.spec, obs=robot.spec.obs + (ObsTerm("lidar", ("r",), (1.0,)),))
+    with pytest.raises(SpecError, match="'lidar' has no robot-side signal"):
+        required_readings(bad)
+    robot.close()
+
+
+@pytest.mark.parametrize("task", ["quadrotor-hover", "arm-reach"])
+def test_controller_on_the_sim_robot_runs_and_records_episodes(task, policies):
+    """The deploy Controller (soft start, safety guard, policy) drives the sim robot through episodes."""
+    from pathlib import Path
+
+    policy = OnnxPolicy(policies[task])
+    cfg = RobotConfig.from_yaml(Path(__file__).parents[1] / "ros_ws/src/s2r_ros/config" / f"{ROBOT_YAML[task]}.yaml")
+    cfg = dataclasses.replace(cfg, soft_start_s=0.0)
+    robot = SimRobot(task, seed=1)
+    default = policy.spec.action.offset if policy.spec.action.type == "joint_position" else ()
+    ctl = Controller(cfg, policy.spec, policy, make_signals(policy.spec, default))
+    period = cfg.period_ns
+    t = 0
+    stamps = lambda: {s: t for s in cfg.sensors}  # noqa: E731
+    ctl.step(t, robot.readings(), stamps())
+    ctl.arm(t)
+    ctl.start()
+    while len(robot.recorder.episodes) < 2:
+        t += period
+        cmd = ctl.step(t, {**robot.readings(), **robot.operator()}, stamps())
+        assert cmd.mode in (Mode.STANDBY, Mode.RUNNING), cmd.fault
+        robot.step(cmd.command, cmd.kp_scale, cmd.kd)
+    summary = robot.recorder.summary()
+    rates = [v for k, v in summary.items() if k.endswith("_rate")]
+    assert rates and all(0.0 <= r <= 1.0 for r in rates), summary  # an untrained policy's errors may be NaN
+    robot.close()
