@@ -8,6 +8,7 @@ it caused arrives (matched by count: one command per JointState once running).
 from __future__ import annotations
 
 import random
+import threading
 import tempfile
 import time
 from pathlib import Path
@@ -34,44 +35,60 @@ def bench_dds_latency(policy: Path, robot: str = "arm", seconds: float = 10.0) -
     tmp = Path(tempfile.mkdtemp(prefix="s2r_bench_dds_"))
     proc = start_node("policy_node", robot, tmp, domain, policy_params(robot, policy, trigger="joint_state"))
     rclpy.init()
+    from rclpy.experimental import EventsExecutor
+
     node = Node("bench_driver")
+    executor = EventsExecutor()
+    executor.add_node(node)
     try:
         qos = QoSPresetProfiles.SENSOR_DATA.value
         pub = node.create_publisher(JointState, "joint_states", qos)
-        received: list[int] = []
+        arrived = threading.Event()
+        received_ns = [0]
         modes: list[str] = []
-        node.create_subscription(Float64MultiArray, "joint_commands", lambda m: received.append(time.perf_counter_ns()), qos)
+
+        def on_command(_msg):
+            received_ns[0] = time.perf_counter_ns()
+            arrived.set()
+
+        node.create_subscription(Float64MultiArray, "joint_commands", on_command, qos)
         node.create_subscription(String, "policy_node/mode", lambda m: modes.append(m.data), 10)
         msg = JointState()
         msg.name = list(cfg.actuators)
         msg.position = [float(q) for q in cfg.default_pos_rad]
         msg.velocity = [0.0] * len(cfg.actuators)
+        period_s = 1.0 / cfg.control_hz
+
+        def spin_until(deadline_ns: int, stop_early: bool = False) -> None:
+            while time.perf_counter_ns() < deadline_ns and not (stop_early and arrived.is_set()):
+                executor.spin_once(timeout_sec=max(0.0, (deadline_ns - time.perf_counter_ns()) / 1e9))
 
         def publish_once():
             pub.publish(msg)
-            rclpy.spin_once(node, timeout_sec=1.0 / cfg.control_hz)
+            spin_until(time.perf_counter_ns() + round(period_s * 1e9))
 
         wait_for(lambda: "running" in modes or proc.poll() is not None, 60, spin=publish_once, what="policy_node running")
         if proc.poll() is not None:
             raise RuntimeError(f"policy_node exited: {(tmp / 'policy_node.log').read_text()}")
         latencies = []
-        period_ns = round(1e9 / cfg.control_hz)
-        end = time.perf_counter_ns() + int(seconds * 1e9)
-        while time.perf_counter_ns() < end:
-            received.clear()
+        sent = 0
+        next_ns = time.perf_counter_ns()
+        end = next_ns + int(seconds * 1e9)
+        while next_ns < end:
+            spin_until(next_ns)
+            arrived.clear()
             t0 = time.perf_counter_ns()
             pub.publish(msg)
-            while not received and time.perf_counter_ns() - t0 < period_ns:
-                rclpy.spin_once(node, timeout_sec=0.0005)
-            if received:
-                latencies.append(received[0] - t0)
-            while time.perf_counter_ns() - t0 < period_ns:  # the next sensor message one period later
-                rclpy.spin_once(node, timeout_sec=max(0.0, (period_ns - (time.perf_counter_ns() - t0)) / 1e9))
-        sent = int(seconds * cfg.control_hz)
+            sent += 1
+            spin_until(t0 + round(period_s * 0.9e9), stop_early=True)
+            if arrived.is_set():
+                latencies.append(received_ns[0] - t0)
+            next_ns += round(period_s * 1e9)
         x = np.asarray(latencies, dtype=np.float64) / 1e3
-        return {"robot": robot, "messages": len(latencies), "lost": max(0, sent - len(latencies)),
+        return {"robot": robot, "messages": len(latencies), "lost": sent - len(latencies),
                 "p50_us": float(np.percentile(x, 50)), "p99_us": float(np.percentile(x, 99)), "max_us": float(x.max())}
     finally:
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
         stop(proc)

@@ -51,7 +51,7 @@ SIM_TRIGGER = {"quadrotor": "odometry", "quadruped": "joint_state", "arm": "join
 
 def policy_params(robot: str, policy: Path, hardware: str = "sim", **extra) -> dict:
     """The dict deploy.launch.py gives policy_node."""
-    params = {"robot_config": str(CONFIG / f"{robot}.yaml"), "policy": str(policy), "autostart": hardware == "sim"}
+    params = {"robot_config": str(CONFIG / f"{robot}.yaml"), "policy": str(Path(policy).resolve()), "autostart": hardware == "sim"}
     if hardware == "sim":
         params["trigger"] = SIM_TRIGGER[robot]
     return {**params, **extra}
