@@ -178,6 +178,8 @@ def cmd_bench_deploy(args) -> None:
         r = out["dds"] = bench_dds_latency(policy_dir / "arm.onnx", "arm", args.seconds)
         print(f"  JointState in -> joint_commands out, policy_node process, Fast DDS loopback (target p99 <= 2000 us)")
         print(f"    {r['messages']} messages, {r['lost']} lost      p50 {r['p50_us']:.0f}  p99 {r['p99_us']:.0f}  max {r['max_us']:.0f} us")
+        print(f"    sensor published -> command published     p50 {r['to_command_published_p50_us']:.0f}  "
+              f"p99 {r['to_command_published_p99_us']:.0f} us")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -1,8 +1,9 @@
 """Sensor message in -> command message out, through a policy_node process over Fast DDS on loopback.
 
 The bench plays the robot's driver: it publishes sensor_msgs/JointState at the policy rate to a
-policy_node paced by that stream (trigger: joint_state) and times each publish until the command
-it caused arrives (matched by count: one command per JointState once running).
+policy_node paced by that stream (trigger: joint_state) and times each publish until the command it
+caused is received by the bench's middleware (DDS's receive timestamp, so the bench's own executor
+wake-up is not counted), and until the node published it (the command's source timestamp).
 """
 
 from __future__ import annotations
@@ -35,20 +36,20 @@ def bench_dds_latency(policy: Path, robot: str = "arm", seconds: float = 10.0) -
     tmp = Path(tempfile.mkdtemp(prefix="s2r_bench_dds_"))
     proc = start_node("policy_node", robot, tmp, domain, policy_params(robot, policy, trigger="joint_state"))
     rclpy.init()
-    from rclpy.experimental import EventsExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
     node = Node("bench_driver")
-    executor = EventsExecutor()
+    executor = SingleThreadedExecutor()  # its wake-up is not in the figures: they use DDS's timestamps
     executor.add_node(node)
     try:
         qos = QoSPresetProfiles.SENSOR_DATA.value
         pub = node.create_publisher(JointState, "joint_states", qos)
         arrived = threading.Event()
-        received_ns = [0]
+        stamps_ns = [0, 0]  # the command's publish and receive times, from the middleware (system clock)
         modes: list[str] = []
 
-        def on_command(_msg):
-            received_ns[0] = time.perf_counter_ns()
+        def on_command(_msg, info):
+            stamps_ns[:] = info["source_timestamp"], info["received_timestamp"]
             arrived.set()
 
         node.create_subscription(Float64MultiArray, "joint_commands", on_command, qos)
@@ -70,7 +71,7 @@ def bench_dds_latency(policy: Path, robot: str = "arm", seconds: float = 10.0) -
         wait_for(lambda: "running" in modes or proc.poll() is not None, 60, spin=publish_once, what="policy_node running")
         if proc.poll() is not None:
             raise RuntimeError(f"policy_node exited: {(tmp / 'policy_node.log').read_text()}")
-        latencies = []
+        latencies, node_latencies = [], []
         sent = 0
         next_ns = time.perf_counter_ns()
         end = next_ns + int(seconds * 1e9)
@@ -78,15 +79,19 @@ def bench_dds_latency(policy: Path, robot: str = "arm", seconds: float = 10.0) -
             spin_until(next_ns)
             arrived.clear()
             t0 = time.perf_counter_ns()
+            t0_wall = time.time_ns()
             pub.publish(msg)
             sent += 1
             spin_until(t0 + round(period_s * 0.9e9), stop_early=True)
             if arrived.is_set():
-                latencies.append(received_ns[0] - t0)
+                latencies.append(stamps_ns[1] - t0_wall)
+                node_latencies.append(stamps_ns[0] - t0_wall)
             next_ns += round(period_s * 1e9)
         x = np.asarray(latencies, dtype=np.float64) / 1e3
+        y = np.asarray(node_latencies, dtype=np.float64) / 1e3
         return {"robot": robot, "messages": len(latencies), "lost": sent - len(latencies),
-                "p50_us": float(np.percentile(x, 50)), "p99_us": float(np.percentile(x, 99)), "max_us": float(x.max())}
+                "p50_us": float(np.percentile(x, 50)), "p99_us": float(np.percentile(x, 99)), "max_us": float(x.max()),
+                "to_command_published_p50_us": float(np.percentile(y, 50)), "to_command_published_p99_us": float(np.percentile(y, 99))}
     finally:
         executor.shutdown()
         node.destroy_node()

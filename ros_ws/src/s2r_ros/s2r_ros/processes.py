@@ -27,6 +27,7 @@ def ros_env(domain_id: int) -> dict:
     env["ROS_DOMAIN_ID"] = str(domain_id)
     env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     env["RMW_IMPLEMENTATION"] = "rmw_fastrtps_cpp"
+    env["RMW_FASTRTPS_PUBLICATION_MODE"] = "SYNCHRONOUS"  # as deploy.launch.py sets it for policy_node
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
