@@ -62,6 +62,10 @@ class BatchedEnv(ABC):
         self._episode_sums = torch.zeros(num_envs, len(self.reward_terms), device=self.device)
         self.nan_resets = 0  # envs reset because the physics produced NaN/inf
         self.record_metrics = False  # evaluation sets it: extras["metrics"] every step
+        # Called before each physics step with the command about to be applied; returns the command to
+        # apply. A simulated robot swaps in the newest command there, paces real time and publishes
+        # its sensors at the physics rate. Training leaves it None.
+        self.physics_step_hook = None
 
     # --- what a task supplies ------------------------------------------------------------------
     @abstractmethod

@@ -142,6 +142,8 @@ class JointPositionEnv(BatchedEnv):
         """PD toward the (latency-delayed) targets at every physics step."""
         b = self.backend
         for _ in range(self.decimation):
+            if self.physics_step_hook is not None:
+                target_rad = self.physics_step_hook(target_rad)
             self.torque = self.pd.torque(target_rad, self.joint_pos, self.joint_vel)
             b.ctrl[:, self._act_ids_t] = self.torque.to(b.ctrl)
             b.step(1)

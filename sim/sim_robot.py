@@ -10,6 +10,8 @@ step is recorded and scored with the task's evaluation summary.
 
 from __future__ import annotations
 
+import dataclasses
+
 import mujoco
 import numpy as np
 import torch
@@ -18,6 +20,22 @@ from deploy.signals import quat_to_rotmat, world_to_body
 from sim.config import ConfigError
 from sim.evaluate import EpisodeRecorder
 from sim.tasks import make_env
+
+
+def noise_free(cfg):
+    """`cfg` with every sensor noise and bias range at zero: what the simulated robot's readings are
+    (the training noise lives in the env's observation pipeline), so `s2r eval` under this config is
+    the reference a sim-in-the-loop run is compared with."""
+    changes = {}
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name == "noise":
+            changes[f.name] = dataclasses.replace(v, **{g.name: 0.0 for g in dataclasses.fields(v)})
+        elif dataclasses.is_dataclass(v):
+            changes[f.name] = noise_free(v)
+        elif "bias" in f.name and isinstance(v, float):
+            changes[f.name] = 0.0
+    return dataclasses.replace(cfg, **changes)
 
 
 class SimRobot:
@@ -53,26 +71,41 @@ class SimRobot:
                 self.env.params[:, col] = value
             self.env._apply_params(self.env.env_ids)
 
-    def step(self, command: np.ndarray, kp_scale: float = 1.0, kd: np.ndarray | None = None) -> bool:
-        """One control period holding `command` (spec units, actuator order). Joint robots: the drive's
+    @property
+    def physics_dt_s(self) -> float:
+        """Time between the points where `step` consults `between` (a physics step of a joint robot;
+        a control period of the quadrotor, whose motor model runs at the control rate)."""
+        return getattr(self.env, "physics_dt_s", 1.0 / self.control_hz)
+
+    def step(self, command: np.ndarray, kp_scale: float = 1.0, kd: np.ndarray | None = None, between=None) -> bool:
+        """One control period from `command` (spec units, actuator order). Joint robots: the drive's
         position gain times `kp_scale` and, when given, damping gains `kd` (N m s/rad) instead of its
-        own. Returns True when an episode ended (and the next one began)."""
+        own. `between()`, if given, is called before each physics step and returns the newest
+        (command, kp_scale, kd), applied from that physics step on, as a drive applies a new target
+        at its own rate. Returns True when an episode ended (and the next one began)."""
         env = self.env
         pd = getattr(env, "pd", None)
-        saved = None
-        if pd is not None and (kp_scale != 1.0 or kd is not None):
-            saved = pd.kp.clone(), pd.kd.clone()
-            pd.kp *= kp_scale
-            if kd is not None:
-                pd.kd[:] = torch.as_tensor(np.asarray(kd), dtype=pd.kd.dtype)
-        cmd = torch.as_tensor(np.asarray(command, dtype=np.float32).reshape(1, -1), device=env.device)
-        _, _, terminated, truncated, extras = env.step_command(cmd)
-        if saved is not None:
-            pd.kp.copy_(saved[0])
-            pd.kd.copy_(saved[1])
+        nominal = (pd.kp.clone(), pd.kd.clone()) if pd is not None else None
+
+        def apply(cmd, kp_scale, kd):
+            if pd is not None:
+                pd.kp.copy_(nominal[0] * kp_scale)
+                pd.kd.copy_(nominal[1] if kd is None else torch.as_tensor(np.asarray(kd), dtype=pd.kd.dtype).expand_as(pd.kd))
+            return torch.as_tensor(np.asarray(cmd, dtype=np.float32).reshape(1, -1), device=env.device)
+
+        first = apply(command, kp_scale, kd)
+        if between is not None:
+            env.physics_step_hook = lambda current: apply(*between())
+        try:
+            _, _, terminated, truncated, extras = env.step_command(first)
+        finally:
+            env.physics_step_hook = None
+        ended = bool(terminated[0] or truncated[0])
+        if pd is not None and not ended:  # a new episode has drawn its own gains
+            pd.kp.copy_(nominal[0])
+            pd.kd.copy_(nominal[1])
         self.recorder.add(extras["metrics"], extras["reasons"], terminated, truncated)
         self.episode_steps += 1
-        ended = bool(terminated[0] or truncated[0])
         if ended:
             self.episode_steps = 0
             self._apply_gap()

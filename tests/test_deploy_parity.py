@@ -15,25 +15,11 @@ from deploy.robot_config import RobotConfig
 from deploy.signals import make_signals, required_readings
 from policies.export import export_checkpoint
 from policies.runner import Runner, default_train_cfg
-from sim.sim_robot import SimRobot
+from sim.sim_robot import SimRobot, noise_free
 from sim.tasks import default_cfg
 
 TASKS = ("quadrotor-hover", "quadruped-walk", "arm-reach")
 ROBOT_YAML = {"quadrotor-hover": "quadrotor", "quadruped-walk": "quadruped", "arm-reach": "arm"}
-
-
-def noise_free(cfg):
-    """The task config with every sensor noise and bias range at zero (what a noise-free sim robot reports)."""
-    changes = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if f.name == "noise":
-            changes[f.name] = dataclasses.replace(v, **{g.name: 0.0 for g in dataclasses.fields(v)})
-        elif dataclasses.is_dataclass(v):
-            changes[f.name] = noise_free(v)
-        elif "bias" in f.name and isinstance(v, float):
-            changes[f.name] = 0.0
-    return dataclasses.replace(cfg, **changes)
 
 
 @pytest.fixture(scope="module")

@@ -44,12 +44,8 @@ def test_launch_file_names_nodes_and_parameters_that_exist():
             launch_keys += [k.value for k in a.value.keys]
         if isinstance(a, ast.Assign) and isinstance(a.targets[0], ast.Subscript) and a.targets[0].value.id == "params":
             launch_keys.append(a.targets[0].slice.value)
-    assert {"robot_config", "policy", "autostart", "trigger"} <= set(launch_keys)
+    assert {"robot_config", "policy", "autostart"} <= set(launch_keys)
     nodes = {"policy_node": launch_keys, "sim_robot_node": []}
-    from s2r_ros.processes import SIM_TRIGGER
-
-    sim_trigger = ast.literal_eval(next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "SIM_TRIGGER"))
-    assert sim_trigger == SIM_TRIGGER
     robots = ast.literal_eval(next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "ROBOTS"))
     import yaml
 

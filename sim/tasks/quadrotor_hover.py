@@ -247,6 +247,8 @@ class QuadrotorHoverEnv(BatchedEnv):
         self.backend.xfrc_applied[env_ids.to(disturbance.device), self.base_body, :3] = disturbance
 
     def _apply_command(self, command: torch.Tensor) -> None:
+        if self.physics_step_hook is not None:  # once per command: the motor model runs at the control rate
+            command = self.physics_step_hook(command)
         thrust_N = self.rotors.step(command)
         self.backend.ctrl.copy_(thrust_N * self._inv_mass_scale)
         self.backend.step(self.decimation)

@@ -16,9 +16,6 @@ from launch_ros.actions import Node
 
 ROBOTS = ("quadrotor", "quadruped", "arm")
 HARDWARE = ("sim", "real")
-# against the simulated robot, the loop is paced by its sensor stream: one control period of latency,
-# as in training; a real robot's loop runs on the node's own clock (trigger: timer, the YAML's)
-SIM_TRIGGER = {"quadrotor": "odometry", "quadruped": "joint_state", "arm": "joint_state"}
 
 
 def _nodes(context):
@@ -32,8 +29,6 @@ def _nodes(context):
     config = os.path.join(get_package_share_directory("s2r_ros"), "config")
     node_params = os.path.join(config, f"{robot}_nodes.yaml")
     params = {"robot_config": os.path.join(config, f"{robot}.yaml"), "policy": policy, "autostart": hardware == "sim"}
-    if hardware == "sim":
-        params["trigger"] = SIM_TRIGGER[robot]
     nodes = [
         Node(package="s2r_ros", executable="policy_node", name="policy_node", output="screen",
              parameters=[node_params, params],

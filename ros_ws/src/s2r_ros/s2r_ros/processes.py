@@ -47,14 +47,9 @@ def start_node(executable: str, robot: str, tmp_dir: Path, domain_id: int, param
     return subprocess.Popen(args, env=ros_env(domain_id), stdout=log, stderr=subprocess.STDOUT, cwd=tmp_dir)
 
 
-SIM_TRIGGER = {"quadrotor": "odometry", "quadruped": "joint_state", "arm": "joint_state"}  # as deploy.launch.py
-
-
 def policy_params(robot: str, policy: Path, hardware: str = "sim", **extra) -> dict:
     """The dict deploy.launch.py gives policy_node."""
     params = {"robot_config": str(CONFIG / f"{robot}.yaml"), "policy": str(Path(policy).resolve()), "autostart": hardware == "sim"}
-    if hardware == "sim":
-        params["trigger"] = SIM_TRIGGER[robot]
     return {**params, **extra}
 
 

@@ -1,9 +1,11 @@
 """sim_robot_node: a MuJoCo robot behind the topics a real robot's driver serves.
 
 It steps the training task's physics (sim.sim_robot.SimRobot: one env, its actuator models and
-randomization) in real time at the control rate, holding the latest command, and publishes what the
-robot's sensors report: joint_states (joint robots), imu and odom (floating-base robots). As a real
-drive does, it goes passive (no gains, zero thrust) when commands stop for `command_timeout_s`.
+randomization) in real time in its own thread, and at every physics step publishes what the robot's
+sensors report: joint_states (joint robots), imu and odom (floating-base robots), i.e. 200 Hz for the
+quadruped, 250 Hz for the arm, 100 Hz for the quadrotor. The newest command is applied from the next
+physics step on, as a drive does; when commands stop for `command_timeout_s` it goes passive (no
+gains, zero thrust).
 It also plays the operator of the task's episodes (`operator: true`): it publishes each episode's
 velocity command on cmd_vel or target on target, scores every episode with the task's evaluation
 summary, and writes it to `summary_path` after `episodes` episodes (0: run forever). Physics waits
@@ -14,7 +16,9 @@ for the first command, and the first episode (soft start, arming) is not scored.
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,9 +26,9 @@ import numpy as np
 import rclpy
 from geometry_msgs.msg import PointStamped, Twist
 from nav_msgs.msg import Odometry
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSPresetProfiles
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Float64MultiArray
 
@@ -88,7 +92,8 @@ class SimRobotNode(Node):
         self.odom_pub = self.create_publisher(Odometry, "odom", qos) if self.robot.has_base else None
         self.cmd_pub = self.create_publisher(Twist, "cmd_vel", 10) if self.operator and "command" in ops else None
         self.target_pub = self.create_publisher(PointStamped, "target", 10) if self.operator and "target_pos_w" in ops else None
-        self.create_timer(1.0 / self.robot.control_hz, self._tick)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._simulate, name="simulation", daemon=True)
         self.get_logger().info(f"simulated {task} at {self.robot.control_hz:g} Hz; gap {gap or 'none'}")
 
     def _on_command(self, msg) -> None:
@@ -108,12 +113,27 @@ class SimRobotNode(Node):
             return self.robot.readings()["joint_pos"], 0.0, np.zeros(self.n)
         return np.zeros(self.n), 1.0, None
 
-    def _tick(self) -> None:
-        if self.commands_received:  # physics waits for the controller
-            command, kp_scale, kd = self._held_command()
-            self.robot.step(command, kp_scale, kd)
+    def _simulate(self) -> None:
+        """Real time on absolute deadlines, one per physics step; physics waits for the first command."""
+        dt_ns = round(self.robot.physics_dt_s * 1e9)
+        self._deadline_ns = time.perf_counter_ns()
+
+        def between():  # before each physics step: wait for its time, report the sensors, take the newest command
+            self._deadline_ns += dt_ns
+            delay = (self._deadline_ns - time.perf_counter_ns()) / 1e9
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -dt_ns / 1e9:  # fell behind (a slow step): drop the missed deadlines, no burst
+                self._deadline_ns = time.perf_counter_ns()
+            self._publish()
+            return self._held_command()
+
+        while not self._stop.is_set():
+            if not self.commands_received:
+                between()
+                continue
+            self.robot.step(*self._held_command(), between=between)
             self._check_done()
-        self._publish()
 
     def _check_done(self) -> None:
         rec = self.robot.recorder
@@ -158,18 +178,23 @@ class SimRobotNode(Node):
             self.joint_pub.publish(msg)
 
 def main(args=None) -> int:
-    rclpy.init(args=args)
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = SimRobotNode()
     except Exception as e:  # noqa: BLE001
         print(f"sim_robot_node: refusing to start: {e}", file=sys.stderr)
         rclpy.try_shutdown()
         return 2
+    stopping = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stopping.set())
+    node._thread.start()
     try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        while not stopping.is_set() and rclpy.ok():
+            rclpy.spin_once(node, timeout_sec=0.05)
     finally:
+        node._stop.set()
+        node._thread.join(timeout=2.0)
         node.robot.close()
         node.destroy_node()
         rclpy.try_shutdown()
