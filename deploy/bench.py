@@ -38,7 +38,7 @@ def bench_inference(policy_path: Path, calls: int = 5000) -> dict:
     return {"policy": str(policy_path), "obs_dim": policy.spec.obs_dim, **percentiles_us(samples)}
 
 
-def _readings(cfg: RobotConfig, spec) -> dict:
+def _readings(cfg: RobotConfig) -> dict:
     """Plausible readings of the robot at rest in its default pose."""
     n = len(cfg.actuators)
     r = {k: np.zeros(size or n) for k, (size, _) in READINGS.items()}
@@ -54,9 +54,8 @@ def bench_loop(rate_hz: float, seconds: float, policy_path: Path, robot_config: 
 
     policy = OnnxPolicy(policy_path)
     cfg = dataclasses.replace(RobotConfig.from_yaml(robot_config), control_hz=policy.spec.control_hz, soft_start_s=0.0)
-    default = policy.spec.action.offset if policy.spec.action.type == "joint_position" else ()
-    ctl = Controller(cfg, policy.spec, policy, make_signals(policy.spec, default))
-    readings = _readings(cfg, policy.spec)
+    ctl = Controller(cfg, policy.spec, policy, make_signals(policy.spec))
+    readings = _readings(cfg)
     ctl.step(time.perf_counter_ns(), readings, {s: time.perf_counter_ns() for s in cfg.sensors})
     ctl.arm(time.perf_counter_ns())
     ctl.start()

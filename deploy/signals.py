@@ -86,11 +86,12 @@ def required_readings(spec: PolicySpec) -> tuple[str, ...]:
     return tuple(needed)
 
 
-def make_signals(spec: PolicySpec, default_joint_pos=()) -> Callable[[dict], dict]:
-    """`readings -> {term name: (size,) float64}` for every term of `spec` the controller does not fill."""
+def make_signals(spec: PolicySpec) -> Callable[[dict], dict]:
+    """`readings -> {term name: (size,) float64}` for every term of `spec` the controller does not fill.
+    Joint positions are relative to the policy's zero action (its action offset), as in training."""
     required_readings(spec)  # fail at start, not in the loop
     terms = [(t.name, TERMS[t.name][1]) for t in spec.obs if t.name not in FILLED_BY_CONTROLLER]
-    default = np.asarray(default_joint_pos, dtype=np.float64)
+    default = np.asarray(spec.action.offset if spec.action.type == "joint_position" else (), dtype=np.float64)
 
     def signals(readings: dict) -> dict:
         r = {k: np.asarray(v, dtype=np.float64) for k, v in readings.items()}

@@ -1,10 +1,9 @@
-"""Pure batched rotation math on torch tensors. Quaternions are (w, x, y, z), MuJoCo's order."""
+"""Pure batched rotation math on torch tensors. Quaternions are (w, x, y, z), MuJoCo's order.
+quat_to_rotmat, world_to_body and projected_gravity live in deploy.signals: the robot uses them too."""
 
 from __future__ import annotations
 
 import torch
-
-from deploy.signals import quat_to_rotmat  # noqa: F401  one implementation, shared with the robot
 
 
 def quat_from_axis_angle(axis: torch.Tensor, angle_rad: torch.Tensor) -> torch.Tensor:

@@ -57,7 +57,6 @@ class SimRobot:
         self.has_base = model.njnt > 0 and model.jnt_type[0] == mujoco.mjtJoint.mjJNT_FREE
         self.joint_names: tuple[str, ...] = getattr(env, "joint_names", ())
         self.recorder = EpisodeRecorder(task, self.cfg, 1, env.max_episode_steps, per_env=10**9)
-        self.episode_steps = 0
         env.reset()
         self._apply_gap()
 
@@ -105,9 +104,7 @@ class SimRobot:
             pd.kp.copy_(nominal[0])
             pd.kd.copy_(nominal[1])
         self.recorder.add(extras["metrics"], extras["reasons"], terminated, truncated)
-        self.episode_steps += 1
         if ended:
-            self.episode_steps = 0
             self._apply_gap()
         return ended
 

@@ -41,8 +41,7 @@ def test_deploy_runtime_reproduces_the_training_envs_actions(task, policies):
     policy = OnnxPolicy(policies[task])
     robot = SimRobot(task, noise_free(default_cfg(task)), seed=3)
     env, spec = robot.env, robot.spec
-    default = spec.action.offset if spec.action.type == "joint_position" else ()
-    signals = make_signals(spec, default)
+    signals = make_signals(spec)
     builder = ObsBuilder(spec)
     obs_env = env._observations()["policy"].numpy()
     last_action = np.zeros((1, spec.action_dim), np.float32)
@@ -81,8 +80,7 @@ def test_controller_on_the_sim_robot_runs_and_records_episodes(task, policies):
     cfg = RobotConfig.from_yaml(Path(__file__).parents[1] / "ros_ws/src/s2r_ros/config" / f"{ROBOT_YAML[task]}.yaml")
     cfg = dataclasses.replace(cfg, soft_start_s=0.0)
     robot = SimRobot(task, seed=1)
-    default = policy.spec.action.offset if policy.spec.action.type == "joint_position" else ()
-    ctl = Controller(cfg, policy.spec, policy, make_signals(policy.spec, default))
+    ctl = Controller(cfg, policy.spec, policy, make_signals(policy.spec))
     period = cfg.period_ns
     t = 0
     stamps = lambda: {s: t for s in cfg.sensors}  # noqa: E731

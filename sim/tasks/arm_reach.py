@@ -115,7 +115,6 @@ class ArmReachEnv(JointPositionEnv):
     def __init__(self, cfg: ArmReachCfg, num_envs: int, device="cpu", seed: int = 0, backend="mujoco"):
         self.cfg = cfg
         self.param_names = VARIANT_PARAMS + self.actuator_param_names()
-        dr = cfg.randomization
         self._setup(cfg, MODELS_DIR / cfg.model, make_spec, num_envs, device, seed, backend)
         model = self.backend.model
         dev = self.device

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from deploy.signals import world_to_body
+from deploy.signals import quat_to_rotmat, world_to_body
 from deploy.spec import ActionSpec, ObsTerm, PolicySpec
 from sim.actuators import RotorModel
 from sim.backends import make_backend, physics_substeps
 from sim.config import nonnegative, positive
 from sim.env import BatchedEnv
-from sim.math import quat_to_rotmat, tilt_quat
+from sim.math import tilt_quat
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 GRAVITY_MPS2 = 9.81

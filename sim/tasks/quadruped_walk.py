@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 
-from deploy.signals import projected_gravity, world_to_body
+from deploy.signals import projected_gravity, quat_to_rotmat, world_to_body
 from deploy.spec import ActionSpec, ObsTerm, PolicySpec
 from sim.config import nonnegative, positive
 from sim.joint_env import ActuatorRandomizationCfg, JointControlCfg, JointPositionEnv
-from sim.math import quat_to_rotmat
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 LEGS = ("FR", "FL", "RR", "RL")

@@ -17,23 +17,16 @@ Topics (relative names, remap as needed):
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import time
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PointStamped, Twist
 from nav_msgs.msg import Odometry
-try:  # rclpy's C++ events executor (Jazzy and later) wakes callbacks several times faster
-    from rclpy.experimental import EventsExecutor as Executor
-except ImportError:  # Humble
-    from rclpy.executors import SingleThreadedExecutor as Executor
 from rclpy.node import Node
 from rclpy.qos import QoSPresetProfiles
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -43,6 +36,7 @@ from deploy.onnx_policy import OnnxPolicy
 from deploy.robot_config import RobotConfig
 from deploy.signals import make_signals, required_readings
 from s2r_ros import messages as m
+from s2r_ros.run import run
 
 SENSOR_STREAMS = ("joint_state", "imu", "odometry")  # RobotConfig.sensors names this node can watch
 MODES = [mode.value for mode in Mode]
@@ -77,8 +71,7 @@ class PolicyNode(Node):
             raise StartupError(f"parameter trigger: '{self.trigger}' is not 'timer' or one of {SENSOR_STREAMS}")
         self.needed = required_readings(spec)
         joint_robot = self.cfg.is_joint_robot
-        default = spec.action.offset if spec.action.type == "joint_position" else ()
-        self.controller = Controller(self.cfg, spec, self.policy, make_signals(spec, default))
+        self.controller = Controller(self.cfg, spec, self.policy, make_signals(spec))
         self.autostart = bool(get("autostart"))
         self.command_timeout_ns = int(get("command_timeout_s") * 1e9)
 
@@ -258,32 +251,19 @@ class PolicyNode(Node):
         self.diag_pub.publish(msg)
 
 
-def main(args=None) -> int:
-    # our own SIGINT/SIGTERM handling: the node must publish its safe command before the context closes
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    try:
-        node = PolicyNode()
-    except Exception as e:  # noqa: BLE001 - a refusal to start is a named error, and no command is sent
-        print(f"policy_node: refusing to start: {e}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
-    executor = Executor()
-    executor.add_node(node)
+def _start(node: PolicyNode) -> None:
     if node.trigger == "timer":
         node._thread = threading.Thread(target=node.run_timer_loop, name="control_loop", daemon=True)
         node._thread.start()
-    try:
-        while not stopping.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.05)
-    finally:
-        node.stop_loop()
-        node.get_logger().info("stopped: safe command sent")
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+
+
+def _stop(node: PolicyNode) -> None:
+    node.stop_loop()
+    node.get_logger().info("stopped: safe command sent")
+
+
+def main(args=None) -> int:
+    return run("policy_node", PolicyNode, _start, _stop, args)
 
 
 if __name__ == "__main__":

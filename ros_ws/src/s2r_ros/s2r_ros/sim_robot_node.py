@@ -16,23 +16,21 @@ for the first command, and the first episode (soft start, arming) is not scored.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from geometry_msgs.msg import PointStamped, Twist
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
 from rclpy.qos import QoSPresetProfiles
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Float64MultiArray
 
 from s2r_ros import messages as m
+from s2r_ros.run import run
 from sim.sim_robot import SimRobot
 
 PARAMETERS = {  # name: default; the launch files and YAML may set only these
@@ -45,6 +43,7 @@ PARAMETERS = {  # name: default; the launch files and YAML may set only these
     "command_timeout_s": 0.1,  # commands older than this: the drive goes passive
     "frame_id": "base_link",
 }
+WARMUP_EPISODES = 1  # the episode running when commands began includes arming: not scored
 
 
 def parse_gap(items: list[str]) -> dict[str, float]:
@@ -80,7 +79,6 @@ class SimRobotNode(Node):
         self.frame_id = get("frame_id")
         self._command: tuple[np.ndarray, float, np.ndarray | None] | None = None
         self._command_ns = 0
-        self._scored_from = None  # episodes recorded before this index are warm-up
         self.commands_received = 0
 
         qos = QoSPresetProfiles.SENSOR_DATA.value
@@ -129,6 +127,7 @@ class SimRobotNode(Node):
             return self._held_command()
 
         while not self._stop.is_set():
+            self._publish_operator()
             if not self.commands_received:
                 between()
                 continue
@@ -137,10 +136,8 @@ class SimRobotNode(Node):
 
     def _check_done(self) -> None:
         rec = self.robot.recorder
-        if self._scored_from is None:
-            self._scored_from = 1  # the episode running when commands began includes arming
-        if self.episodes and len(rec.episodes) >= self._scored_from + self.episodes:
-            rec.episodes = rec.episodes[self._scored_from : self._scored_from + self.episodes]
+        if self.episodes and len(rec.episodes) >= WARMUP_EPISODES + self.episodes:
+            rec.episodes = rec.episodes[WARMUP_EPISODES : WARMUP_EPISODES + self.episodes]
             summary = {"task": self.robot.task, "episodes": self.episodes, "gap": self.robot.gap, **rec.summary()}
             if self.summary_path:
                 tmp = Path(self.summary_path).with_suffix(".tmp")
@@ -149,12 +146,10 @@ class SimRobotNode(Node):
             self.get_logger().info(f"{self.episodes} episodes scored: {json.dumps(summary)}")
             self.episodes = 0  # keep simulating; score once
 
-    def _publish(self) -> None:
-        """Operator topics first, the pacing sensor stream last: a controller triggered by joint_states
-        (or odom, on a robot without joints) has every other reading of this tick when it steps."""
-        r = self.robot.readings()
-        stamp = self.get_clock().now().to_msg()
+    def _publish_operator(self) -> None:
+        """The episode's command or target: it changes at most once per control period."""
         ops = self.robot.operator()
+        stamp = self.get_clock().now().to_msg()
         if self.cmd_pub is not None:
             c = ops["command"]
             msg = Twist()
@@ -165,6 +160,12 @@ class SimRobotNode(Node):
             msg.header.stamp, msg.header.frame_id = stamp, "world"
             msg.point.x, msg.point.y, msg.point.z = (float(v) for v in ops["target_pos_w"])
             self.target_pub.publish(msg)
+
+    def _publish(self) -> None:
+        """The sensors, every physics step; the joint states last, so a controller paced by them (or by
+        odom, on a robot without joints) has every other reading of this step when it runs."""
+        r = self.robot.readings()
+        stamp = self.get_clock().now().to_msg()
         if self.imu_pub is not None:
             msg = m.imu_msg(Imu(), r["base_quat_wxyz"], r["base_ang_vel_b"])
             msg.header.stamp, msg.header.frame_id = stamp, self.frame_id
@@ -177,28 +178,15 @@ class SimRobotNode(Node):
             msg.header.stamp = stamp
             self.joint_pub.publish(msg)
 
+
+def _stop(node: SimRobotNode) -> None:
+    node._stop.set()
+    node._thread.join(timeout=2.0)
+    node.robot.close()
+
+
 def main(args=None) -> int:
-    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    try:
-        node = SimRobotNode()
-    except Exception as e:  # noqa: BLE001
-        print(f"sim_robot_node: refusing to start: {e}", file=sys.stderr)
-        rclpy.try_shutdown()
-        return 2
-    stopping = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stopping.set())
-    node._thread.start()
-    try:
-        while not stopping.is_set() and rclpy.ok():
-            rclpy.spin_once(node, timeout_sec=0.05)
-    finally:
-        node._stop.set()
-        node._thread.join(timeout=2.0)
-        node.robot.close()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run("sim_robot_node", SimRobotNode, lambda node: node._thread.start(), _stop, args)
 
 
 if __name__ == "__main__":
