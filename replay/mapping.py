@@ -1,0 +1,350 @@
+"""Foreign logs: a small YAML mapping file says where each quantity the replay needs lives in
+another stack's log, and in what units, so CSV logs and bags from other stacks replay unchanged.
+
+A mapping names, per quantity, the CSV columns (or, for bags, a topic and message field paths),
+and the conversion to this stack's units: `value = (raw * scale + offset)`, then `unit: deg` to
+radians, then `quat_order: xyzw` reordered to w, x, y, z. It is validated at load; an error names
+the bad key. `import_csv` streams the file in chunks of rows; clock jumps (time not increasing)
+and gaps (> 1.5 periods, i.e. dropped rows) are counted in the log's `ClockReport`, not fatal.
+The bag reader reuses the same entries through `get_field` and `Entry.from_message`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from deploy.signals import quat_to_rotmat, world_to_body
+
+MAPPINGS_DIR = Path(__file__).resolve().parent / "mappings"
+
+# quantity -> size (None: any); the first five are what replay of a rigid-body robot needs
+REQUIRED = {"pos_w_m": 3, "quat_wxyz": 4, "lin_vel_w_mps": 3, "ang_vel_b_radps": 3, "motor_cmd": None}
+KNOWN_SIZES = {**REQUIRED, "vbat_V": 1, "lin_vel_b_mps": 3}
+DERIVED = ("lin_vel_b_mps",)  # computed on import from the world velocity and the attitude
+FORMATS = ("csv", "bag")
+UNITS = ("", "rad", "deg")
+QUAT_ORDERS = ("wxyz", "xyzw")
+TOP_KEYS = ("description", "format", "rate_hz", "time", "quantities")
+ENTRY_KEYS = ("fields", "topic", "scale", "offset", "unit", "quat_order")
+
+
+class MappingError(ValueError):
+    """A mapping file is malformed, or a log lacks what the mapping names; the message names it."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One quantity: its source fields (CSV columns or message field paths) and unit conversion."""
+
+    name: str
+    fields: tuple[str, ...]
+    topic: str | None = None  # bags only
+    scale: tuple[float, ...] = (1.0,)  # one value, or one per field
+    offset: tuple[float, ...] = (0.0,)
+    unit: str = ""  # "deg": converted to rad after scale/offset
+    quat_order: str = "wxyz"  # order of the four fields; output is always w, x, y, z
+
+    @property
+    def size(self) -> int:
+        return len(self.fields)
+
+    def convert(self, raw: np.ndarray) -> np.ndarray:
+        """(n, size) raw values -> (n, size) values in this stack's units."""
+        out = raw * np.asarray(self.scale) + np.asarray(self.offset)
+        if self.unit == "deg":
+            out = np.deg2rad(out)
+        if self.quat_order == "xyzw":
+            out = out[:, [3, 0, 1, 2]]
+        return out
+
+    def from_message(self, msg) -> np.ndarray:
+        """(size,) converted values read from one decoded bag message by the field paths."""
+        raw = np.array([[_as_float(get_field(msg, path), path) for path in self.fields]])
+        return self.convert(raw)[0]
+
+
+@dataclass(frozen=True)
+class Mapping:
+    description: str
+    format: str  # "csv" or "bag"
+    rate_hz: float  # nominal sample rate: gaps are intervals longer than 1.5 periods
+    time: Entry  # one field, seconds after conversion
+    quantities: tuple[Entry, ...]
+
+    def entry(self, name: str) -> Entry:
+        for e in self.quantities:
+            if e.name == name:
+                return e
+        raise MappingError(f"mapping has no quantity '{name}'")
+
+
+def get_field(msg, path: str):
+    """The value at a dotted field path of a decoded message: attributes, dict keys, `[i]` indices.
+
+    `get_field(odom, "pose.pose.position.x")`, `get_field(arr, "data[2]")`; a missing part raises
+    MappingError naming it and the path.
+    """
+    value = msg
+    for part in path.split("."):
+        name, _, index = part.partition("[")
+        try:
+            if name:
+                value = value[name] if isinstance(value, dict) else getattr(value, name)
+            if index:
+                value = value[int(index.rstrip("]"))]
+        except (AttributeError, KeyError, IndexError, TypeError, ValueError) as e:
+            raise MappingError(f"field path '{path}': no '{part}' in {type(value).__name__}") from e
+    return value
+
+
+def _as_float(value, path: str) -> float:
+    """A number, or a ROS time stamp (sec, nanosec) in seconds."""
+    if hasattr(value, "sec") and hasattr(value, "nanosec"):
+        return value.sec + 1e-9 * value.nanosec
+    try:
+        return float(value)
+    except (TypeError, ValueError) as e:
+        raise MappingError(f"field path '{path}': {type(value).__name__} is not a number") from e
+
+
+# --- loading ---------------------------------------------------------------------------------------
+def load_mapping(path: str | Path) -> Mapping:
+    """Read and validate a mapping YAML; a bare name (`crazyflie_nanobench`) is a shipped mapping."""
+    path = Path(path)
+    if not path.suffix and not path.exists():
+        path = MAPPINGS_DIR / f"{path}.yaml"
+    if not path.is_file():
+        raise MappingError(f"mapping file not found: {path}")
+    with open(path) as f:
+        raw = yaml.safe_load(f)
+    return parse_mapping(raw, where=str(path))
+
+
+def parse_mapping(raw, where: str = "mapping") -> Mapping:
+    """Validate a mapping given as plain data (what the YAML holds)."""
+
+    def fail(key: str, msg: str):
+        raise MappingError(f"{where}: {key}: {msg}")
+
+    if not isinstance(raw, dict):
+        fail("(top level)", f"expected a mapping of keys, got {type(raw).__name__}")
+    for key in raw:
+        if key not in TOP_KEYS:
+            fail(key, f"unknown key (allowed: {', '.join(TOP_KEYS)})")
+    for key in ("format", "rate_hz", "quantities"):
+        if key not in raw:
+            fail(key, "missing")
+    fmt = raw["format"]
+    if fmt not in FORMATS:
+        fail("format", f"'{fmt}' is not one of {FORMATS}")
+    rate = raw["rate_hz"]
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0:
+        fail("rate_hz", f"must be a number > 0, got {rate!r}")
+    if not isinstance(raw["quantities"], dict) or not raw["quantities"]:
+        fail("quantities", "must map quantity names to entries")
+    quantities = tuple(_parse_entry(name, e, fmt, f"quantities.{name}", fail) for name, e in raw["quantities"].items())
+    names = {e.name for e in quantities}
+    for name, size in REQUIRED.items():
+        if name not in names:
+            fail(f"quantities.{name}", "missing (required for replay)")
+    for e in quantities:
+        if e.name in DERIVED:
+            fail(f"quantities.{e.name}", "is derived on import; do not map it")
+        size = KNOWN_SIZES.get(e.name)
+        if size is not None and e.size != size:
+            fail(f"quantities.{e.name}.fields", f"needs {size} fields, got {e.size}")
+    if "time" in raw:
+        time = _parse_entry("t_s", raw["time"], fmt, "time", fail)
+        if time.size != 1:
+            fail("time.fields", f"needs 1 field, got {time.size}")
+    elif fmt == "csv":
+        fail("time", "missing (a CSV needs a time column)")
+    else:
+        time = Entry("t_s", ("log_time",))  # bags: the reader's receive time
+    return Mapping(str(raw.get("description", "")), fmt, float(rate), time, quantities)
+
+
+def _parse_entry(name: str, raw, fmt: str, key: str, fail) -> Entry:
+    if not isinstance(raw, dict):
+        fail(key, f"expected keys {ENTRY_KEYS}, got {raw!r}")
+    for k in raw:
+        if k not in ENTRY_KEYS:
+            fail(f"{key}.{k}", f"unknown key (allowed: {', '.join(ENTRY_KEYS)})")
+    fields = raw.get("fields")
+    if isinstance(fields, str):
+        fields = [fields]
+    if not isinstance(fields, list) or not fields or not all(isinstance(f, str) and f for f in fields):
+        fail(f"{key}.fields", f"must be a non-empty list of column names or field paths, got {fields!r}")
+    topic = raw.get("topic")
+    if fmt == "bag" and not isinstance(topic, str):
+        fail(f"{key}.topic", "missing (a bag mapping names the topic of every quantity)")
+    if fmt == "csv" and topic is not None:
+        fail(f"{key}.topic", "only bags have topics")
+
+    def numbers(k: str, default: float) -> tuple[float, ...]:
+        v = raw.get(k, default)
+        v = v if isinstance(v, list) else [v]
+        if len(v) not in (1, len(fields)) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+            fail(f"{key}.{k}", f"must be a number or one number per field ({len(fields)}), got {raw.get(k)!r}")
+        return tuple(float(x) for x in v)
+
+    unit = raw.get("unit", "")
+    if unit not in UNITS:
+        fail(f"{key}.unit", f"'{unit}' is not one of {UNITS}")
+    order = raw.get("quat_order", "wxyz")
+    if order not in QUAT_ORDERS:
+        fail(f"{key}.quat_order", f"'{order}' is not one of {QUAT_ORDERS}")
+    if "quat_order" in raw and len(fields) != 4:
+        fail(f"{key}.quat_order", f"applies to 4 fields, got {len(fields)}")
+    return Entry(name, tuple(fields), topic, numbers("scale", 1.0), numbers("offset", 0.0), unit, order)
+
+
+# --- the log ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ClockReport:
+    """Irregular sample intervals: counted and located, never fatal."""
+
+    samples: int
+    period_s: float
+    jumps: int  # intervals <= 0: the clock stood still or went back
+    gaps: int  # intervals > 1.5 periods
+    dropped: int  # samples missing in the gaps (interval / period - 1, rounded)
+    first_jumps: tuple[int, ...] = ()  # sample indices after the irregular interval (first 10)
+    first_gaps: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
+class Log:
+    """A log in this stack's units: `t_s` (T,) and named arrays (T, k), rows aligned with it.
+
+    quat_wxyz is body-to-world; ang_vel_b_radps in the body frame (as MuJoCo's free joint);
+    motor_cmd in the source's raw units; `step_ok[i]` says the interval t[i-1] -> t[i] is one period.
+    """
+
+    t_s: np.ndarray  # (T,)
+    pos_w_m: np.ndarray  # (T, 3)
+    quat_wxyz: np.ndarray  # (T, 4), unit
+    lin_vel_w_mps: np.ndarray  # (T, 3)
+    lin_vel_b_mps: np.ndarray  # (T, 3)
+    ang_vel_b_radps: np.ndarray  # (T, 3)
+    motor_cmd: np.ndarray  # (T, num_motors)
+    vbat_V: np.ndarray | None  # (T, 1)
+    step_ok: np.ndarray  # (T,) bool
+    clock: ClockReport
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # whatever else the mapping names
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.t_s)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self.extra:
+            return self.extra[name]
+        if name in KNOWN_SIZES and getattr(self, name) is not None:
+            return getattr(self, name)
+        raise MappingError(f"log {self.source} has no quantity '{name}'")
+
+
+def clock_report(t_s: np.ndarray, period_s: float, t_prev: float | None = None) -> tuple[ClockReport, np.ndarray]:
+    """Count clock jumps and gaps in `t_s` (T,), continuing after `t_prev`; also step_ok (T,)."""
+    dt = np.diff(t_s, prepend=t_s[0] - period_s if t_prev is None else t_prev)
+    jump = dt <= 0
+    gap = dt > 1.5 * period_s
+    dropped = int(np.round(dt[gap] / period_s).sum() - gap.sum())
+    report = ClockReport(
+        len(t_s), period_s, int(jump.sum()), int(gap.sum()), dropped,
+        tuple(np.flatnonzero(jump)[:10].tolist()), tuple(np.flatnonzero(gap)[:10].tolist()),
+    )
+    return report, ~(jump | (dt < 0.5 * period_s) | gap)
+
+
+def _merge(a: ClockReport, b: ClockReport, offset: int) -> ClockReport:
+    return ClockReport(
+        a.samples + b.samples, a.period_s, a.jumps + b.jumps, a.gaps + b.gaps, a.dropped + b.dropped,
+        (a.first_jumps + tuple(i + offset for i in b.first_jumps))[:10],
+        (a.first_gaps + tuple(i + offset for i in b.first_gaps))[:10],
+    )
+
+
+def make_log(t_s: np.ndarray, values: dict[str, np.ndarray], clock: ClockReport, step_ok: np.ndarray, source: str) -> Log:
+    """Assemble a Log from converted (T, k) arrays: normalize the quaternion, derive body velocity."""
+    quat = values["quat_wxyz"] / np.linalg.norm(values["quat_wxyz"], axis=-1, keepdims=True)
+    lin_vel_w = values["lin_vel_w_mps"]
+    extra = {k: v for k, v in values.items() if k not in KNOWN_SIZES}
+    return Log(
+        t_s, values["pos_w_m"], quat, lin_vel_w, world_to_body(quat_to_rotmat(quat), lin_vel_w),
+        values["ang_vel_b_radps"], values["motor_cmd"], values.get("vbat_V"), step_ok, clock, extra, source,
+    )
+
+
+# --- CSV -------------------------------------------------------------------------------------------
+def iter_csv(path: str | Path, mapping: Mapping, chunk_rows: int = 4096) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Yield (t_s (n,), {quantity: (n, k)}) per chunk of rows: memory bounded by the chunk, not the file.
+
+    A column the mapping names and the header lacks raises MappingError naming column and entry.
+    Empty cells read as NaN.
+    """
+    if mapping.format != "csv":
+        raise MappingError(f"mapping format is '{mapping.format}', not csv")
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise MappingError(f"{path}: empty file, no header row") from None
+        index = {h: i for i, h in enumerate(header)}
+        entries = (mapping.time,) + mapping.quantities
+        for e in entries:
+            for col in e.fields:
+                if col not in index:
+                    key = "time" if e is mapping.time else f"quantities.{e.name}"
+                    raise MappingError(f"{path}: column '{col}' (mapping entry {key}) is not in the CSV header")
+        cols = [[index[c] for c in e.fields] for e in entries]
+        flat = [i for c in cols for i in c]
+        rows: list[list[float]] = []
+        for row in reader:
+            if row:
+                rows.append([float(row[i]) if row[i].strip() else math.nan for i in flat])
+            if len(rows) == chunk_rows:
+                yield _convert(rows, entries, cols)
+                rows = []
+        if rows:
+            yield _convert(rows, entries, cols)
+
+
+def _convert(rows: list[list[float]], entries: tuple[Entry, ...], cols: list[list[int]]):
+    raw = np.asarray(rows, dtype=np.float64)
+    out, j = {}, 0
+    for e, c in zip(entries, cols):
+        out[e.name] = e.convert(raw[:, j : j + len(c)])
+        j += len(c)
+    return out.pop("t_s")[:, 0], out
+
+
+def import_csv(path: str | Path, mapping: Mapping | str | Path, chunk_rows: int = 4096) -> Log:
+    """Import a flat CSV log through a mapping (a Mapping, a YAML path or a shipped mapping name)."""
+    if not isinstance(mapping, Mapping):
+        mapping = load_mapping(mapping)
+    period_s = 1.0 / mapping.rate_hz
+    times, oks, parts, clock, t_prev = [], [], [], None, None
+    for t_s, values in iter_csv(path, mapping, chunk_rows):
+        report, ok = clock_report(t_s, period_s, t_prev)
+        clock = report if clock is None else _merge(clock, report, sum(len(t) for t in times))
+        times.append(t_s)
+        oks.append(ok)
+        parts.append(values)
+        t_prev = t_s[-1]
+    if clock is None:
+        raise MappingError(f"{path}: no data rows")
+    values = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return make_log(np.concatenate(times), values, clock, np.concatenate(oks), str(path))
