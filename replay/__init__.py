@@ -1,0 +1,1 @@
+"""Logged rollouts: bags, foreign logs, replay evaluation."""

@@ -1,0 +1,518 @@
+"""rosbag2 bags in MCAP storage, written and read without ROS 2 installed.
+
+A bag is what `ros2 bag record -s mcap` writes: a folder with `metadata.yaml` (rosbag2 format 9) and
+`<folder>_0.mcap` (profile `ros2`, `ros2msg` schemas, CDR messages), so `ros2 bag`, Foxglove and the
+`rosbags` library read ours and we read theirs. Message definitions come from the `.msg` files of the
+installed ROS message packages; decoding uses the definition stored in the bag, so bags from other
+stacks decode without their packages.
+
+A recorder killed mid-write leaves its complete chunks on disk (small chunks, flushed at least every
+`flush_period_s`); the reader then reads records in order and stops at the first incomplete one.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import io
+import json
+import os
+import struct
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+
+import numpy as np
+import yaml
+from mcap.exceptions import McapError
+from mcap.reader import SeekingReader
+from mcap.records import Channel, Chunk, Message, Metadata, Schema
+from mcap.stream_reader import StreamReader, breakup_chunk
+from mcap.writer import CompressionType, Writer
+from mcap_ros2._dynamic import serialize_dynamic  # the encoder mcap_ros2.writer uses; no public factory
+from mcap_ros2.decoder import DecoderFactory
+
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+ROSBAG2_VERSION = 9  # metadata.yaml format of Jazzy and later (QoS as a list of dicts)
+CUSTOM_DATA_RECORD = "s2r"  # MCAP metadata record holding the bag's custom data, written at open
+SEPARATOR = "=" * 80  # between concatenated message definitions, as rosbag2 writes them
+PRIMITIVES = frozenset(
+    "bool byte char float32 float64 int8 uint8 int16 uint16 int32 uint32 int64 uint64 string wstring".split()
+)
+_INFINITE = {"sec": 9223372036, "nsec": 854775807}  # rosbag2's spelling of an infinite QoS duration
+DEFAULT_QOS = {  # offered QoS recorded for a topic whose publishers were not asked: a default publisher
+    "history": "keep_last", "depth": 10, "reliability": "reliable", "durability": "volatile",
+    "deadline": _INFINITE, "lifespan": _INFINITE, "liveliness": "automatic",
+    "liveliness_lease_duration": _INFINITE, "avoid_ros_namespace_conventions": False,
+}
+
+
+class BagError(ValueError):
+    """The bag cannot be written or read as asked: a missing topic, a file that is not a bag, a bad type."""
+
+
+# --- message definitions -------------------------------------------------------------------------
+def _split_type(msgtype: str) -> tuple[str, str]:
+    parts = msgtype.split("/")
+    if len(parts) != 3 or parts[1] != "msg" or not all(parts):
+        raise BagError(f"message type '{msgtype}' is not of the form package/msg/Type")
+    return parts[0], parts[2]
+
+
+def _share_dirs() -> list[Path]:
+    """Where ROS packages install their interface files: this Python's prefix (the ROS wheels), then
+    every prefix of a sourced ROS 2 install."""
+    prefixes = [sys.prefix] + [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    return [Path(p) / "share" for p in prefixes]
+
+
+def _interface_file(msgtype: str, suffix: str) -> Path | None:
+    pkg, name = _split_type(msgtype)
+    return next((f for d in _share_dirs() if (f := d / pkg / "msg" / f"{name}{suffix}").is_file()), None)
+
+
+def _dependencies(text: str, pkg: str) -> list[str]:
+    """The complex field types of one .msg text, as package/msg/Type, in order of appearance."""
+    deps = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        base = line.split()[0].split("[", 1)[0].split("<=", 1)[0]  # float64[3], string<=8
+        if base in PRIMITIVES:  # constants (NAME=value) are always primitive
+            continue
+        if base == "Header":
+            dep = "std_msgs/msg/Header"
+        elif "/" in base:
+            p, _, t = base.partition("/")
+            dep = f"{p}/msg/{t.rsplit('/', 1)[-1]}"
+        else:
+            dep = f"{pkg}/msg/{base}"
+        if dep not in deps:
+            deps.append(dep)
+    return deps
+
+
+@functools.lru_cache(maxsize=None)
+def message_definition(msgtype: str) -> str:
+    """The full ros2msg definition of `msgtype` as rosbag2 stores it: its .msg text, then each type it
+    depends on (recursively, once) after a separator line and a `MSG: pkg/Type` header."""
+    texts: dict[str, str] = {}
+    pending = [msgtype]
+    while pending:
+        t = pending.pop(0)
+        if t in texts:
+            continue
+        f = _interface_file(t, ".msg")
+        if f is None:
+            where = ", ".join(str(d) for d in _share_dirs())
+            needed = "" if t == msgtype else f" (needed by {msgtype})"
+            raise BagError(f"no message definition for {t}{needed}: no {t}.msg under {where}; install its ROS message package")
+        texts[t] = f.read_text()
+        pending += [d for d in _dependencies(texts[t], _split_type(t)[0]) if d not in texts]
+    main, *deps = texts
+    parts = [texts[main]]
+    for dep in deps:
+        pkg, name = _split_type(dep)
+        parts.append(f"\n{SEPARATOR}\nMSG: {pkg}/{name}\n{texts[dep]}")
+    return "".join(parts)
+
+
+@functools.lru_cache(maxsize=None)
+def type_description_hash(msgtype: str) -> str:
+    """RIHS01 hash of the type from its installed .json description; '' when the package ships none."""
+    f = _interface_file(msgtype, ".json")
+    if f is None:
+        return ""
+    hashes = json.loads(f.read_text()).get("type_hashes", [])
+    return next((h["hash_string"] for h in hashes if h.get("type_name") == msgtype), "")
+
+
+# --- writing -------------------------------------------------------------------------------------
+class _Dumper(yaml.SafeDumper):
+    """Plain YAML for other readers (yaml-cpp in rosbag2): no anchors for repeated values."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _yaml_text(info: dict) -> str:
+    return yaml.dump({"rosbag2_bagfile_information": info}, Dumper=_Dumper, sort_keys=False)
+
+
+@dataclass
+class _Topic:
+    channel_id: int
+    msgtype: str
+    offered_qos: list[dict]
+    count: int = 0
+
+
+class BagWriter:
+    """Writes one rosbag2 bag (MCAP storage) into a new folder `path`; `metadata` (str -> str) is the
+    bag's custom data: in metadata.yaml's `custom_data` and in an MCAP metadata record written at open.
+
+    Use as a context manager or call `close()`: only a closed bag has its summary, index and final
+    metadata.yaml; a killed one still reads up to its last flushed chunk."""
+
+    def __init__(self, path: str | Path, metadata: Mapping[str, str] | None = None, *,
+                 chunk_size: int = 256 * 1024, flush_period_s: float = 0.5):
+        self.path = Path(path)
+        self.custom_data = dict(metadata or {})
+        bad = [k for k, v in self.custom_data.items() if not isinstance(k, str) or not isinstance(v, str)]
+        if bad:
+            raise BagError(f"bag metadata must map str to str (rosbag2 custom_data); not so for keys {bad}")
+        if self.path.exists():
+            raise BagError(f"bag folder {self.path} already exists: refusing to overwrite it")
+        self.path.mkdir(parents=True)
+        self.mcap_path = self.path / f"{self.path.name}_0.mcap"
+        self.flush_period_s = flush_period_s
+        self._file = open(self.mcap_path, "wb")
+        self._writer = Writer(self._file, chunk_size=chunk_size, compression=CompressionType.ZSTD)
+        self._writer.start(profile="ros2", library="s2r replay.bag")
+        self._writer.add_metadata(CUSTOM_DATA_RECORD, self.custom_data)
+        self._topics: dict[str, _Topic] = {}
+        self._schemas: dict[str, int] = {}
+        self._encoders: dict[str, Any] = {}
+        self._start_ns: int | None = None
+        self._end_ns = 0
+        self._last_flush = time.monotonic()
+        self.closed = False
+        self.flush()  # header and custom data on disk, and a metadata.yaml that marks the folder as a bag
+
+    def add_topic(self, topic: str, msgtype: str, offered_qos: list[dict] | None = None) -> None:
+        """Registers `topic` (done by the first `write` otherwise) with its publishers' offered QoS in
+        rosbag2's form (`DEFAULT_QOS` keys); the definition of `msgtype` must be installed."""
+        if topic in self._topics:
+            if self._topics[topic].msgtype != msgtype:
+                raise BagError(f"topic {topic} is {self._topics[topic].msgtype} in this bag, not {msgtype}")
+            return
+        if msgtype not in self._schemas:
+            self._schemas[msgtype] = self._writer.register_schema(msgtype, "ros2msg", message_definition(msgtype).encode())
+        qos = list(offered_qos) if offered_qos else [DEFAULT_QOS]
+        channel_id = self._writer.register_channel(topic, "cdr", self._schemas[msgtype], {
+            "offered_qos_profiles": yaml.dump(qos, Dumper=_Dumper, sort_keys=False),
+            "topic_type_hash": type_description_hash(msgtype),
+        })
+        self._topics[topic] = _Topic(channel_id, msgtype, qos)
+
+    def write(self, topic: str, msgtype: str, cdr: bytes, log_time_ns: int) -> None:
+        """One already serialized message (CDR, as a raw subscription receives it) at its receive time."""
+        if topic not in self._topics or self._topics[topic].msgtype != msgtype:
+            self.add_topic(topic, msgtype)
+        t = self._topics[topic]
+        self._writer.add_message(t.channel_id, log_time=log_time_ns, data=bytes(cdr), publish_time=log_time_ns,
+                                 sequence=t.count)
+        t.count += 1
+        self._start_ns = log_time_ns if self._start_ns is None else min(self._start_ns, log_time_ns)
+        self._end_ns = max(self._end_ns, log_time_ns)
+        if time.monotonic() - self._last_flush > self.flush_period_s:
+            self.flush()
+
+    def write_msg(self, topic: str, msgtype: str, msg: Any, log_time_ns: int) -> None:
+        """Serializes `msg` (a dict or any object with the message's fields, e.g. a ROS message) and writes it."""
+        if msgtype not in self._encoders:
+            self._encoders[msgtype] = serialize_dynamic(msgtype, message_definition(msgtype))[msgtype]
+        try:
+            data = self._encoders[msgtype](msg)
+        except (AttributeError, KeyError, TypeError, ValueError, struct.error) as e:
+            raise BagError(f"cannot serialize a {msgtype} for {topic}: {type(e).__name__}: {e}") from e
+        self.write(topic, msgtype, data, log_time_ns)
+
+    def flush(self) -> None:
+        """Closes the chunk in progress and hands everything to the OS: a kill after this loses nothing."""
+        self._writer.flush()
+        self._file.flush()
+        if not (self.path / "metadata.yaml").exists():
+            _write_atomic(self.path / "metadata.yaml", _yaml_text(self._metadata_info()))
+        self._last_flush = time.monotonic()
+
+    @property
+    def message_count(self) -> int:
+        return sum(t.count for t in self._topics.values())
+
+    def _metadata_info(self) -> dict:
+        count, start = self.message_count, self._start_ns or 0
+        duration = self._end_ns - start if count else 0
+        info = {
+            "version": ROSBAG2_VERSION,
+            "storage_identifier": "mcap",
+            "duration": {"nanoseconds": duration},
+            "starting_time": {"nanoseconds_since_epoch": start},
+            "message_count": count,
+            "topics_with_message_count": [
+                {"topic_metadata": {"name": name, "type": t.msgtype, "serialization_format": "cdr",
+                                    "offered_qos_profiles": t.offered_qos,
+                                    "type_description_hash": type_description_hash(t.msgtype)},
+                 "message_count": t.count}
+                for name, t in self._topics.items()
+            ],
+            "compression_format": "",
+            "compression_mode": "",
+            "relative_file_paths": [self.mcap_path.name],
+            "files": [{"path": self.mcap_path.name, "starting_time": {"nanoseconds_since_epoch": start},
+                       "duration": {"nanoseconds": duration}, "message_count": count}],
+            "custom_data": self.custom_data,
+            "ros_distro": os.environ.get("ROS_DISTRO", ""),
+        }
+        return info
+
+    def close(self) -> None:
+        """Writes the summary and index, then metadata.yaml with the final counts (atomically)."""
+        if self.closed:
+            return
+        self.closed = True
+        info = self._metadata_info()
+        # rosbag2's MCAP storage keeps a copy of metadata.yaml's content inside the file too
+        inner = yaml.dump(info, Dumper=_Dumper, sort_keys=False)
+        self._writer.add_metadata("rosbag2", {"serialized_metadata": inner, "ROS_DISTRO": info["ros_distro"]})
+        self._writer.finish()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        _write_atomic(self.path / "metadata.yaml", _yaml_text(info))
+
+    def __enter__(self) -> "BagWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --- reading -------------------------------------------------------------------------------------
+class TopicInfo(NamedTuple):
+    msgtype: str
+    count: int
+
+
+class BagMessage(NamedTuple):
+    topic: str
+    msgtype: str
+    log_time_ns: int
+    msg: Any  # decoded from the schema stored in the bag: attributes named as the message's fields
+
+
+# what reading a file cut inside a record raises: too few bytes (EndOfFile, struct.error), or bytes
+# of a cut record read as something else (a bad opcode, length, string or CRC)
+_TRUNCATED = (McapError, struct.error, ValueError)
+
+
+@dataclass
+class _File:
+    path: Path
+    indexed: bool  # summary and chunk index present: read in log-time order by the index
+    schemas: dict[int, Schema]
+    channels: dict[int, Channel]
+    counts: dict[int, int]
+    custom_data: dict[str, str]
+    end_offset: int  # end of the last complete record
+    note: str = ""
+
+    def add(self, record) -> None:
+        if isinstance(record, Schema):
+            self.schemas[record.id] = record
+        elif isinstance(record, Channel):
+            self.channels[record.id] = record
+        elif isinstance(record, Message):
+            self.counts[record.channel_id] = self.counts.get(record.channel_id, 0) + 1
+        elif isinstance(record, Metadata) and record.name == CUSTOM_DATA_RECORD:
+            self.custom_data.update(record.metadata)
+
+
+class BagReader:
+    """Reads a rosbag2 bag in MCAP storage (the folder or its .mcap file), complete or cut short.
+
+    `topics` maps each topic to (type, message count); `metadata` is the bag's custom data;
+    `messages(topics)` streams `BagMessage`s in log-time order, one chunk in memory at a time;
+    `notes` says what was recovered from a bag whose writer did not close it."""
+
+    def __init__(self, path: str | Path):
+        path = Path(path)
+        if not path.exists():
+            raise BagError(f"no bag at {path}")
+        custom_data: dict[str, str] = {}
+        if path.is_dir():
+            files, custom_data = self._bag_files(path)
+        else:
+            files = [path]
+        self.path = path
+        self._files = [self._open(f) for f in files]
+        self.metadata: dict[str, str] = dict(custom_data)
+        for f in self._files:
+            self.metadata.update(f.custom_data)
+        self.notes = [f.note for f in self._files if f.note]
+        topics: dict[str, TopicInfo] = {}
+        for f in self._files:
+            for cid, ch in f.channels.items():
+                msgtype = f.schemas[ch.schema_id].name if ch.schema_id in f.schemas else ""
+                prev = topics.get(ch.topic, TopicInfo(msgtype, 0))
+                topics[ch.topic] = TopicInfo(prev.msgtype, prev.count + f.counts.get(cid, 0))
+        self.topics = topics
+        self._decoders = DecoderFactory()
+
+    @property
+    def message_count(self) -> int:
+        return sum(t.count for t in self.topics.values())
+
+    @property
+    def complete(self) -> bool:
+        """Every file was closed by its writer (has its summary and index)."""
+        return all(f.indexed for f in self._files)
+
+    @staticmethod
+    def _bag_files(folder: Path) -> tuple[list[Path], dict[str, str]]:
+        """The .mcap files of a bag folder, by metadata.yaml when it names existing ones, else all of them
+        (a stale or missing metadata.yaml is what a killed recorder leaves)."""
+        meta = folder / "metadata.yaml"
+        info: dict = {}
+        if meta.is_file():
+            try:
+                info = (yaml.safe_load(meta.read_text()) or {}).get("rosbag2_bagfile_information") or {}
+            except (yaml.YAMLError, AttributeError) as e:
+                raise BagError(f"{meta} is not a rosbag2 metadata file: {e}") from e
+            if info.get("storage_identifier", "mcap") != "mcap":
+                raise BagError(f"{folder} is a rosbag2 bag in '{info['storage_identifier']}' storage; only mcap is read")
+        named = [folder / Path(p).name for p in info.get("relative_file_paths") or []]
+        files = named if named and all(f.is_file() for f in named) else sorted(folder.glob("*.mcap"))
+        if not files:
+            raise BagError(f"{folder} holds no .mcap file: not a rosbag2 bag in MCAP storage")
+        return files, dict(info.get("custom_data") or {})
+
+    @staticmethod
+    def _open(path: Path) -> _File:
+        with open(path, "rb") as f:
+            if f.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
+                raise BagError(f"{path} is not an MCAP file (it does not start with the MCAP magic bytes)")
+            f.seek(0)
+            try:
+                reader = SeekingReader(f)
+                summary = reader.get_summary()
+                custom = {}
+                for m in reader.iter_metadata():
+                    if m.name == CUSTOM_DATA_RECORD:
+                        custom.update(m.metadata)
+            except _TRUNCATED:
+                summary = None
+            if summary is not None and summary.statistics is not None and summary.chunk_indexes:
+                return _File(path, True, dict(summary.schemas), dict(summary.channels),
+                             dict(summary.statistics.channel_message_counts), custom, os.path.getsize(path))
+            return BagReader._scan(path, f)
+
+    @staticmethod
+    def _scan(path: Path, f: io.BufferedReader) -> _File:
+        """One pass over the records of a file without a usable summary, up to the first incomplete one."""
+        out = _File(path, False, {}, {}, {}, {}, len(MCAP_MAGIC))
+        f.seek(0)
+        size = os.path.getsize(path)
+        stream = StreamReader(f, emit_chunks=True, record_size_limit=size)
+        try:
+            for record in stream.records:
+                for r in breakup_chunk(record) if isinstance(record, Chunk) else [record]:
+                    out.add(r)
+                out.end_offset = f.tell()  # only after the whole record was read and decoded
+        except _TRUNCATED:
+            messages = sum(out.counts.values())
+            out.note = (f"{path.name} ends inside a record at byte {out.end_offset} of {size} (its writer did not "
+                        f"close it): {messages} complete messages recovered")
+        return out
+
+    def _resolve(self, topics: Iterable[str] | None) -> set[str] | None:
+        if topics is None:
+            return None
+        if isinstance(topics, str):
+            topics = [topics]
+        wanted = set()
+        for t in topics:
+            name = t if t in self.topics else f"/{t}" if f"/{t}" in self.topics else None
+            if name is None:
+                raise BagError(f"topic {t} is not in bag {self.path}; it has {sorted(self.topics)}")
+            wanted.add(name)
+        return wanted
+
+    def messages(self, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
+        """Decoded messages of `topics` (all when None; a name without its leading '/' matches too),
+        in log-time order (within each chunk for a file cut short)."""
+        wanted = self._resolve(topics)
+        for f in self._files:
+            for schema, channel, message in self._records(f, wanted):
+                decode = self._decoders.decoder_for(channel.message_encoding, schema)
+                if decode is None:
+                    raise BagError(f"topic {channel.topic}: cannot decode encoding '{channel.message_encoding}' with "
+                                   f"schema encoding '{schema.encoding if schema else None}' (only cdr + ros2msg)")
+                yield BagMessage(channel.topic, schema.name, message.log_time, decode(message.data))
+
+    @staticmethod
+    def _records(f: _File, wanted: set[str] | None) -> Iterator[tuple[Schema, Channel, Message]]:
+        with open(f.path, "rb") as stream:
+            if f.indexed:
+                yield from SeekingReader(stream).iter_messages(topics=wanted, log_time_order=True)
+                return
+            records = StreamReader(stream, emit_chunks=True, record_size_limit=f.end_offset).records
+            while True:
+                try:  # the scan found where the file stops being readable: stop there the same way
+                    record = next(records)
+                except (StopIteration, *_TRUNCATED):
+                    return
+                batch = breakup_chunk(record) if isinstance(record, Chunk) else [record]
+                msgs = []
+                for r in batch:
+                    if isinstance(r, Message):
+                        ch = f.channels[r.channel_id]
+                        if wanted is None or ch.topic in wanted:
+                            msgs.append((r.log_time, len(msgs), (f.schemas.get(ch.schema_id), ch, r)))
+                heapq.heapify(msgs)
+                while msgs:
+                    yield heapq.heappop(msgs)[2]
+
+
+
+# --- helpers for replay --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StreamHealth:
+    """How regular one stream's timestamps are; counted, not raised, as real logs have both."""
+
+    messages: int
+    backward_jumps: int  # a time earlier than the one before it (a clock stepped back, reordering)
+    gaps: int  # steps longer than `gap_periods` periods (dropped messages, a stalled driver)
+    max_gap_s: float
+    span_s: float
+
+
+def stream_health(times_ns: Iterable[int], period_s: float, gap_periods: float = 3.0) -> StreamHealth:
+    """Counts clock jumps and gaps in a stream expected every `period_s`, in one pass over `times_ns`."""
+    if period_s <= 0:
+        raise ValueError(f"period_s must be > 0, got {period_s}")
+    gap_ns = gap_periods * period_s * 1e9
+    n = back = gaps = 0
+    max_gap = 0
+    first = prev = None
+    for t in times_ns:
+        n += 1
+        if prev is None:
+            first = t
+        elif t < prev:
+            back += 1
+        else:
+            step = t - prev
+            max_gap = max(max_gap, step)
+            gaps += step > gap_ns
+        prev = t
+    return StreamHealth(n, back, gaps, max_gap / 1e9, 0.0 if n == 0 else (prev - first) / 1e9)
+
+
+def policy_io_fields(msg: Any) -> dict[str, np.ndarray]:
+    """A logged `policy_io` Float64MultiArray -> {obs, action, command, timing}: each layout dimension
+    names a segment, its size and (in `stride`) its start offset (s2r_ros.messages.policy_io_msg)."""
+    data = np.asarray(msg.data, dtype=np.float64)
+    return {d.label: data[d.stride : d.stride + d.size] for d in msg.layout.dim}

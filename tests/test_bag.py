@@ -1,0 +1,274 @@
+"""rosbag2 bags in MCAP storage (replay/bag.py): round trips, the independent `rosbags` library as reader
+and writer, bags cut short, errors; and the recorder node as a real process over DDS, closed cleanly
+and killed mid-recording."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mcap.reader import SeekingReader
+from mcap.records import Chunk, Message
+from mcap.stream_reader import StreamReader, breakup_chunk
+
+from replay.bag import BagError, BagReader, BagWriter, message_definition, policy_io_fields, stream_health
+
+JS, ARRAY, ODOM = "sensor_msgs/msg/JointState", "std_msgs/msg/Float64MultiArray", "nav_msgs/msg/Odometry"
+
+
+def joint_state(i: int) -> dict:
+    return {"header": {"stamp": {"sec": i, "nanosec": 7 * i}, "frame_id": "base"}, "name": ["hip", "knee"],
+            "position": [0.1 * i, -0.2 * i], "velocity": [1.5, -2.5 + i], "effort": []}
+
+
+def policy_io(i: int) -> dict:
+    segments = [("obs", 3), ("action", 2), ("command", 2), ("timing", 4)]
+    dims, offset = [], 0
+    for label, size in segments:
+        dims.append({"label": label, "size": size, "stride": offset})
+        offset += size
+    return {"layout": {"dim": dims, "data_offset": 0}, "data": [float(i + k) / 3 for k in range(offset)]}
+
+
+def odometry(i: int) -> dict:
+    cov = [float(k) for k in range(36)]
+    return {"header": {"stamp": {"sec": 100 + i, "nanosec": 0}, "frame_id": "world"}, "child_frame_id": "base",
+            "pose": {"pose": {"position": {"x": 1.0 * i, "y": 2.0, "z": 0.3},
+                              "orientation": {"x": 0.0, "y": 0.0, "z": 0.6, "w": 0.8}}, "covariance": cov},
+            "twist": {"twist": {"linear": {"x": 0.5, "y": -0.5, "z": 0.0}, "angular": {"x": 0.0, "y": 0.1, "z": i / 10}},
+                      "covariance": cov}}
+
+
+MAKERS = {"/joint_states": (JS, joint_state), "/policy_io": (ARRAY, policy_io), "/odom": (ODOM, odometry)}
+META = {"policy_spec": '{"robot": "arm", "obs": [1, 2]}', "policy_sha256": "ab" * 32}
+
+
+def expected_stream(n: int) -> list[tuple[str, int, dict]]:
+    """n messages per topic, interleaved, 10 ms apart per topic."""
+    out = []
+    for i in range(n):
+        for k, topic in enumerate(MAKERS):
+            out.append((topic, 1_700_000_000_000_000_000 + i * 10_000_000 + k * 1000, MAKERS[topic][1](i)))
+    return out
+
+
+def write_bag(path: Path, n: int = 20, **kw) -> list[tuple[str, int, dict]]:
+    stream = expected_stream(n)
+    with BagWriter(path, META, **kw) as bag:
+        for topic, t, msg in stream:
+            bag.write_msg(topic, MAKERS[topic][0], msg, t)
+    return stream
+
+
+def as_plain(msg):
+    """A decoded message (ours or rosbags') as dicts and lists, for comparison with what was written."""
+    if isinstance(msg, (list, tuple, np.ndarray)):
+        return [as_plain(x) for x in msg]
+    if isinstance(msg, (bool, int, float, str)):
+        return msg
+    fields = getattr(msg, "__slots__", None) or [k for k in vars(msg) if not k.startswith("_")]
+    return {k: as_plain(getattr(msg, k)) for k in fields if k != "__msgtype__"}
+
+
+def subset_equal(written, read) -> bool:
+    """Every field written equals the one read (readers add defaulted fields we did not set)."""
+    if isinstance(written, dict):
+        return all(subset_equal(v, read[k]) for k, v in written.items())
+    if isinstance(written, list):
+        return len(written) == len(read) and all(subset_equal(a, b) for a, b in zip(written, read))
+    return written == read
+
+
+def test_round_trip_values_order_topics_and_metadata(tmp_path):
+    stream = write_bag(tmp_path / "bag")
+    for path in (tmp_path / "bag", tmp_path / "bag" / "bag_0.mcap"):
+        reader = BagReader(path)
+        assert reader.complete and not reader.notes
+        assert reader.metadata == META
+        assert reader.topics == {t: (MAKERS[t][0], 20) for t in MAKERS}
+        got = list(reader.messages())
+        assert [(m.topic, m.log_time_ns) for m in got] == [(t, ns) for t, ns, _ in stream]
+        for m, (topic, _, msg) in zip(got, stream):
+            assert m.msgtype == MAKERS[topic][0]
+            assert subset_equal(msg, as_plain(m.msg)), topic
+    # one topic, named with or without its leading slash; policy_io's segments by label
+    io = list(BagReader(tmp_path / "bag").messages(["policy_io"]))
+    assert len(io) == 20 and {m.topic for m in io} == {"/policy_io"}
+    fields = policy_io_fields(io[3].msg)
+    assert list(fields) == ["obs", "action", "command", "timing"]
+    np.testing.assert_array_equal(fields["action"], [(3 + 3) / 3, (3 + 4) / 3])
+
+
+def test_raw_cdr_write_and_log_time_order(tmp_path):
+    """write() takes bytes as a raw subscription gets them; out-of-order receive times come back sorted."""
+    with BagWriter(tmp_path / "src", {}) as src:
+        for i in range(5):
+            src.write_msg("/a", JS, joint_state(i), 1000 + i)
+    with open(tmp_path / "src" / "src_0.mcap", "rb") as f:
+        cdr = [msg.data for _, _, msg in SeekingReader(f).iter_messages()]
+    with BagWriter(tmp_path / "dst", {}) as dst:
+        for t, data in zip([5, 3, 4, 1, 2], cdr):
+            dst.write("/a", JS, data, t)
+    got = list(BagReader(tmp_path / "dst").messages())
+    assert [m.log_time_ns for m in got] == [1, 2, 3, 4, 5]
+    assert [m.msg.header.stamp.sec for m in got] == [3, 4, 1, 2, 0]
+
+
+def test_metadata_yaml_is_rosbag2_and_rosbags_reads_our_bag(tmp_path):
+    from rosbags.rosbag2 import Reader
+    from rosbags.typesys import Stores, get_typestore
+
+    stream = write_bag(tmp_path / "bag")
+    info = yaml.safe_load((tmp_path / "bag" / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert info["version"] == 9 and info["storage_identifier"] == "mcap" and info["message_count"] == 60
+    assert info["relative_file_paths"] == ["bag_0.mcap"] and info["custom_data"] == META
+    assert info["starting_time"]["nanoseconds_since_epoch"] == stream[0][1]
+    assert info["duration"]["nanoseconds"] == stream[-1][1] - stream[0][1]
+    topics = {t["topic_metadata"]["name"]: t for t in info["topics_with_message_count"]}
+    assert topics["/joint_states"]["topic_metadata"]["type_description_hash"].startswith("RIHS01_")
+    assert all(t["topic_metadata"]["serialization_format"] == "cdr" and t["message_count"] == 20 for t in topics.values())
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    with Reader(tmp_path / "bag") as reader:
+        assert reader.message_count == 60
+        assert reader.storage.metadata.custom == META
+        assert {c.topic: c.msgtype for c in reader.connections} == {t: MAKERS[t][0] for t in MAKERS}
+        assert {c.digest for c in reader.connections if c.topic == "/joint_states"} == {
+            topics["/joint_states"]["topic_metadata"]["type_description_hash"]}
+        got = [(c.topic, t, store.deserialize_cdr(raw, c.msgtype)) for c, t, raw in reader.messages()]
+    assert [(topic, t) for topic, t, _ in got] == [(topic, t) for topic, t, _ in stream]
+    for (_, _, theirs), (topic, _, msg) in zip(got, stream):
+        assert subset_equal(msg, as_plain(theirs)), topic
+
+
+def test_bag_written_by_rosbags_reads(tmp_path):
+    """The independent writer: rosbags' own rosbag2 writer in MCAP storage."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+    from rosbags.typesys.stores.ros2_jazzy import (
+        builtin_interfaces__msg__Time as Time,
+        sensor_msgs__msg__JointState as JointState,
+        std_msgs__msg__Header as Header,
+    )
+
+    store = get_typestore(Stores.ROS2_JAZZY)
+    with Writer(tmp_path / "theirs", version=9, storage_plugin=StoragePlugin.MCAP) as writer:
+        writer.set_custom_data("policy_sha256", "cd" * 32)
+        conn = writer.add_connection("/joint_states", JS, typestore=store)
+        for i in range(30):
+            msg = JointState(header=Header(stamp=Time(sec=i, nanosec=1), frame_id="base"), name=["a", "b"],
+                             position=np.array([i, -i], dtype=np.float64), velocity=np.array([0.5, 1.5]),
+                             effort=np.array([], dtype=np.float64))
+            writer.write(conn, 1000 + i, store.serialize_cdr(msg, JS))
+    reader = BagReader(tmp_path / "theirs")
+    assert reader.topics == {"/joint_states": (JS, 30)} and reader.metadata == {"policy_sha256": "cd" * 32}
+    got = list(reader.messages(["/joint_states"]))
+    assert [m.log_time_ns for m in got] == list(range(1000, 1030))
+    assert [list(m.msg.position) for m in got] == [[float(i), float(-i)] for i in range(30)]
+    assert got[7].msg.header.stamp.sec == 7 and list(got[7].msg.name) == ["a", "b"]
+
+
+def test_bag_cut_short_reads_its_complete_chunks(tmp_path):
+    """A recorder killed mid-write leaves a file cut anywhere and a stale metadata.yaml: the reader
+    returns exactly the messages of the complete chunks, in order, without raising."""
+    stream = write_bag(tmp_path / "full", n=200, chunk_size=4096)
+    full = tmp_path / "full" / "full_0.mcap"
+    with open(full, "rb") as f:
+        summary = SeekingReader(f).get_summary()
+    chunks = sorted(summary.chunk_indexes, key=lambda c: c.chunk_start_offset)
+    assert len(chunks) > 5
+    data = full.read_bytes()
+    data_end = chunks[-1].chunk_start_offset + chunks[-1].chunk_length
+    stale = yaml.safe_dump({"rosbag2_bagfile_information": {
+        "version": 9, "storage_identifier": "mcap", "relative_file_paths": ["cut_0.mcap"], "message_count": 0,
+        "topics_with_message_count": [], "custom_data": META}})
+    rng = random.Random(0)
+    cuts = [40, chunks[0].chunk_start_offset + 10, chunks[2].chunk_start_offset, data_end - 3, data_end + 5, len(data) - 1]
+    cuts += [rng.randrange(chunks[0].chunk_start_offset, data_end) for _ in range(6)]
+    for cut in cuts:
+        folder = tmp_path / f"cut{cut}"
+        folder.mkdir()
+        (folder / "metadata.yaml").write_text(stale)
+        (folder / "cut_0.mcap").write_bytes(data[:cut])
+        complete_messages = sum(_messages_in(data, c) for c in chunks if c.chunk_start_offset + c.chunk_length <= cut)
+        reader = BagReader(folder)
+        got = list(reader.messages())
+        assert not reader.complete and reader.metadata == META, cut
+        assert len(got) == complete_messages == reader.message_count, cut
+        assert [(m.topic, m.log_time_ns) for m in got] == [(t, ns) for t, ns, _ in stream[: len(got)]], cut
+        if got:
+            assert subset_equal(stream[len(got) - 1][2], as_plain(got[-1].msg)), cut
+        assert f"{complete_messages} complete messages recovered" in reader.notes[0], (cut, reader.notes)
+
+
+def _messages_in(data: bytes, chunk_index) -> int:
+    start, end = chunk_index.chunk_start_offset, chunk_index.chunk_start_offset + chunk_index.chunk_length
+    chunk = next(StreamReader(io.BytesIO(data[start:end]), skip_magic=True, emit_chunks=True).records)
+    assert isinstance(chunk, Chunk)
+    return sum(isinstance(r, Message) for r in breakup_chunk(chunk))
+
+
+def test_missing_topic_names_it_and_the_topics_present(tmp_path):
+    write_bag(tmp_path / "bag", n=2)
+    reader = BagReader(tmp_path / "bag")
+    with pytest.raises(BagError, match=r"topic /imu is not in bag .*'/joint_states'.*'/odom'.*'/policy_io'"):
+        list(reader.messages(["/joint_states", "/imu"]))
+
+
+def test_not_a_bag_is_a_named_error(tmp_path):
+    junk = tmp_path / "junk.mcap"
+    junk.write_bytes(bytes(random.Random(1).randrange(256) for _ in range(5000)))
+    with pytest.raises(BagError, match="junk.mcap is not an MCAP file"):
+        BagReader(junk)
+    (tmp_path / "folder").mkdir()
+    shutil.copy(junk, tmp_path / "folder" / "folder_0.mcap")
+    with pytest.raises(BagError, match="is not an MCAP file"):
+        BagReader(tmp_path / "folder")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BagError, match="holds no .mcap file"):
+        BagReader(tmp_path / "empty")
+    (tmp_path / "notes.txt").write_text("rosbag2_bagfile_information: no\n")
+    with pytest.raises(BagError, match="not an MCAP file"):
+        BagReader(tmp_path / "notes.txt")
+    with pytest.raises(BagError, match="no bag at"):
+        BagReader(tmp_path / "missing")
+
+
+def test_writer_refusals(tmp_path):
+    write_bag(tmp_path / "bag", n=1)
+    with pytest.raises(BagError, match="bag folder .*bag already exists"):
+        BagWriter(tmp_path / "bag", {})
+    with pytest.raises(BagError, match=r"keys \['sha'\]"):
+        BagWriter(tmp_path / "b2", {"sha": 3})
+    with pytest.raises(BagError, match="no message definition for my_msgs/msg/Thing"):
+        message_definition("my_msgs/msg/Thing")
+    with BagWriter(tmp_path / "b3", {}) as bag:
+        bag.write_msg("/x", ARRAY, {"data": [1.0]}, 1)
+        with pytest.raises(BagError, match="topic /x is std_msgs/msg/Float64MultiArray in this bag, not sensor_msgs/msg/JointState"):
+            bag.write_msg("/x", JS, joint_state(0), 2)
+
+
+def test_message_definition_concatenates_dependencies_once():
+    text = message_definition(ODOM)
+    sections = text.split("\n" + "=" * 80 + "\n")
+    headers = [s.splitlines()[0] for s in sections[1:]]
+    assert sections[0].startswith("# This represents an estimate")
+    assert len(headers) == len(set(headers)) and {"MSG: std_msgs/Header", "MSG: builtin_interfaces/Time",
+                                                   "MSG: geometry_msgs/Point", "MSG: geometry_msgs/Quaternion"} <= set(headers)
+
+
+def test_stream_health_counts_jumps_and_gaps():
+    ms = 1_000_000
+    times = [0, 10, 20, 30, 25, 35, 45, 100, 110]  # one step back (30 -> 25), one gap of 55 ms at 10 ms period
+    health = stream_health((t * ms for t in times), period_s=0.01)
+    assert (health.messages, health.backward_jumps, health.gaps) == (9, 1, 1)
+    assert health.max_gap_s == pytest.approx(0.055) and health.span_s == pytest.approx(0.11)
+    assert stream_health([], 0.01).messages == 0
