@@ -239,6 +239,11 @@ class BagWriter:
         self._last_flush = time.monotonic()
 
     @property
+    def counts(self) -> dict[str, int]:
+        """Messages written per topic."""
+        return {name: t.count for name, t in self._topics.items()}
+
+    @property
     def message_count(self) -> int:
         return sum(t.count for t in self._topics.values())
 
@@ -423,8 +428,10 @@ class BagReader:
                 out.end_offset = f.tell()  # only after the whole record was read and decoded
         except _TRUNCATED:
             messages = sum(out.counts.values())
-            out.note = (f"{path.name} ends inside a record at byte {out.end_offset} of {size} (its writer did not "
-                        f"close it): {messages} complete messages recovered")
+            where = (f"after its last complete record (byte {size})" if out.end_offset == size
+                     else f"inside a record (bytes {out.end_offset}..{size})")
+            out.note = (f"{path.name} ends {where} without its summary, its writer did not close it: "
+                        f"{messages} complete messages recovered")
         return out
 
     def _resolve(self, topics: Iterable[str] | None) -> set[str] | None:

@@ -272,3 +272,77 @@ def test_stream_health_counts_jumps_and_gaps():
     assert (health.messages, health.backward_jumps, health.gaps) == (9, 1, 1)
     assert health.max_gap_s == pytest.approx(0.055) and health.span_s == pytest.approx(0.11)
     assert stream_health([], 0.01).messages == 0
+
+
+@pytest.mark.slow
+def test_recorder_node_records_over_dds_and_survives_kill(tmp_path):
+    """The recorder as a real process (as the launch file starts it) records what this test publishes
+    over Fast DDS; closed by SIGTERM its bag is complete; killed with SIGKILL it still reads."""
+    rclpy = pytest.importorskip("rclpy")
+    from rclpy.node import Node
+    from s2r_ros.messages import policy_io_msg
+    from s2r_ros.processes import SHIPPED_POLICIES, ros_env, start_node, stop, wait_for
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Bool, Float64MultiArray
+
+    from deploy.onnx_policy import file_sha256, read_spec
+    from deploy.spec import PolicySpec
+
+    policy = SHIPPED_POLICIES / "arm.onnx"
+    domain = random.randint(1, 200)
+    os.environ.update({k: v for k, v in ros_env(domain).items() if k.startswith(("ROS_", "RMW_"))})
+    rclpy.init()
+    node = Node("test_publisher")
+    pubs = {"joint_states": node.create_publisher(JointState, "joint_states", 100),
+            "policy_io": node.create_publisher(Float64MultiArray, "policy_io", 100),
+            "estop": node.create_publisher(Bool, "estop", 10)}
+
+    def record(bag: Path, n: int):
+        proc = start_node("recorder_node", "arm", tmp_path, domain, {
+            "bag": str(bag), "policy": str(policy), "topics": list(pubs),
+            "discovery_period_s": 0.1, "flush_period_s": 0.1})
+        wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()) or proc.poll() is not None, 30,
+                 what="the recorder's subscriptions")
+        assert proc.poll() is None, (tmp_path / "recorder_node.log").read_text()
+        for i in range(n):
+            pubs["joint_states"].publish(JointState(name=["j0", "j1"], position=[0.01 * i, -0.01 * i], velocity=[1.0, 2.0]))
+            pubs["policy_io"].publish(policy_io_msg(np.arange(4) + i, [0.5 * i], [i, -i], [i / 100, 1.0, 2.0, 3]))
+            time.sleep(0.005)
+        pubs["estop"].publish(Bool(data=True))
+        time.sleep(0.6)  # several flush periods: everything received is on disk
+        return proc
+
+    def check(bag: Path, n: int) -> BagReader:
+        reader = BagReader(bag)
+        assert reader.topics == {"/joint_states": (JS, n), "/policy_io": (ARRAY, n), "/estop": ("std_msgs/msg/Bool", 1)}
+        assert reader.metadata["policy_sha256"] == file_sha256(policy)
+        assert PolicySpec.from_json(reader.metadata["policy_spec"]) == read_spec(policy)
+        js = [m.msg for m in reader.messages(["/joint_states"])]
+        assert [list(m.position) for m in js] == [[0.01 * i, -0.01 * i] for i in range(n)]
+        ios = [policy_io_fields(m.msg) for m in reader.messages(["policy_io"])]
+        assert [list(f["action"]) for f in ios] == [[0.5 * i] for i in range(n)]
+        np.testing.assert_array_equal(ios[-1]["obs"], np.arange(4) + n - 1)
+        times = [m.log_time_ns for m in reader.messages()]
+        assert times == sorted(times) and stream_health(times, 0.005, gap_periods=100).backward_jumps == 0
+        return reader
+
+    try:
+        closed = record(tmp_path / "closed", 40)
+        stop(closed)
+        assert closed.returncode == 0, (tmp_path / "recorder_node.log").read_text()
+        assert check(tmp_path / "closed", 40).complete
+        info = yaml.safe_load((tmp_path / "closed" / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        assert info["message_count"] == 81 and info["custom_data"]["policy_sha256"] == file_sha256(policy)
+
+        killed = record(tmp_path / "killed", 30)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=10)
+        reader = check(tmp_path / "killed", 30)
+        assert not reader.complete and "61 complete messages recovered" in reader.notes[0]
+
+        refused = start_node("recorder_node", "arm", tmp_path, domain, {"bag": str(tmp_path / "closed")})
+        assert refused.wait(timeout=30) == 2
+        assert f"bag folder {tmp_path / 'closed'} already exists" in (tmp_path / "recorder_node.log").read_text()
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()

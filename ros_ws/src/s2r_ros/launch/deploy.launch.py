@@ -3,7 +3,9 @@
 Starts policy_node for `robot` (config/<robot>.yaml is its RobotConfig, config/<robot>_nodes.yaml its
 node parameters) and, with hardware:=sim, sim_robot_node as the robot; with hardware:=real, the
 robot's own driver must serve the topics (see the README). Simulated robots autostart; a real one
-waits for `ros2 service call /policy_node/arm std_srvs/srv/Trigger` and `.../start`.
+waits for `ros2 service call /policy_node/arm std_srvs/srv/Trigger` and `.../start`. record:=true also
+starts the recorder, which writes the rollout into the rosbag2 bag folder `bag` (MCAP storage; empty:
+rosbag2_<date>-<time> in the working directory) with the policy's PolicySpec and sha256 in its metadata.
 """
 
 import os
@@ -22,10 +24,13 @@ def _nodes(context):
     robot = LaunchConfiguration("robot").perform(context)
     policy = LaunchConfiguration("policy").perform(context)
     hardware = LaunchConfiguration("hardware").perform(context)
+    record = LaunchConfiguration("record").perform(context).lower()
     if robot not in ROBOTS:
         raise RuntimeError(f"robot:={robot} is not one of {ROBOTS}")
     if hardware not in HARDWARE:
         raise RuntimeError(f"hardware:={hardware} is not one of {HARDWARE}")
+    if record not in ("true", "false"):
+        raise RuntimeError(f"record:={record} is not true or false")
     config = os.path.join(get_package_share_directory("s2r_ros"), "config")
     node_params = os.path.join(config, f"{robot}_nodes.yaml")
     params = {"robot_config": os.path.join(config, f"{robot}.yaml"), "policy": policy, "autostart": hardware == "sim"}
@@ -40,6 +45,12 @@ def _nodes(context):
             Node(package="s2r_ros", executable="sim_robot_node", name="sim_robot_node", output="screen",
                  parameters=[node_params])
         )
+    if record == "true":
+        bag = LaunchConfiguration("bag").perform(context)
+        nodes.append(
+            Node(package="s2r_ros", executable="recorder_node", name="recorder", output="screen",
+                 parameters=[{"bag": bag, "policy": policy}])
+        )
     return nodes
 
 
@@ -48,5 +59,7 @@ def generate_launch_description():
         DeclareLaunchArgument("robot", description=f"one of {ROBOTS}"),
         DeclareLaunchArgument("policy", description="path to the exported policy.onnx"),
         DeclareLaunchArgument("hardware", default_value="sim", description=f"one of {HARDWARE}"),
+        DeclareLaunchArgument("record", default_value="false", description="true: record the rollout into a bag"),
+        DeclareLaunchArgument("bag", default_value="", description="bag folder to create (record:=true)"),
         OpaqueFunction(function=_nodes),
     ])
