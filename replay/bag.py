@@ -383,9 +383,12 @@ class BagReader:
         info: dict = {}
         if meta.is_file():
             try:
-                info = (yaml.safe_load(meta.read_text()) or {}).get("rosbag2_bagfile_information") or {}
-            except (yaml.YAMLError, AttributeError) as e:
+                doc = yaml.safe_load(meta.read_text())
+            except yaml.YAMLError as e:
                 raise BagError(f"{meta} is not a rosbag2 metadata file: {e}") from e
+            info = doc.get("rosbag2_bagfile_information") if isinstance(doc, dict) else None
+            if not isinstance(info, dict):
+                raise BagError(f"{meta} is not a rosbag2 metadata file: no rosbag2_bagfile_information mapping")
             if info.get("storage_identifier", "mcap") != "mcap":
                 raise BagError(f"{folder} is a rosbag2 bag in '{info['storage_identifier']}' storage; only mcap is read")
         named = [folder / Path(p).name for p in info.get("relative_file_paths") or []]
@@ -409,7 +412,7 @@ class BagReader:
                         custom.update(m.metadata)
             except _TRUNCATED:
                 summary = None
-            if summary is not None and summary.statistics is not None and summary.chunk_indexes:
+            if summary is not None and summary.statistics is not None:
                 return _File(path, True, dict(summary.schemas), dict(summary.channels),
                              dict(summary.statistics.channel_message_counts), custom, os.path.getsize(path))
             return BagReader._scan(path, f)
@@ -449,7 +452,7 @@ class BagReader:
 
     def messages(self, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
         """Decoded messages of `topics` (all when None; a name without its leading '/' matches too),
-        in log-time order (within each chunk for a file cut short)."""
+        in log-time order (within each chunk for a file cut short; file after file for a split bag)."""
         wanted = self._resolve(topics)
         for f in self._files:
             for schema, channel, message in self._records(f, wanted):
@@ -465,6 +468,7 @@ class BagReader:
             if f.indexed:
                 yield from SeekingReader(stream).iter_messages(topics=wanted, log_time_order=True)
                 return
+            # no record is longer than the readable part: a length read from a cut is garbage
             records = StreamReader(stream, emit_chunks=True, record_size_limit=f.end_offset).records
             while True:
                 try:  # the scan found where the file stops being readable: stop there the same way

@@ -235,6 +235,9 @@ def test_not_a_bag_is_a_named_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(BagError, match="holds no .mcap file"):
         BagReader(tmp_path / "empty")
+    (tmp_path / "folder" / "metadata.yaml").write_text("rosbag2_bagfile_information: no\n")
+    with pytest.raises(BagError, match="metadata.yaml is not a rosbag2 metadata file"):
+        BagReader(tmp_path / "folder")
     (tmp_path / "notes.txt").write_text("rosbag2_bagfile_information: no\n")
     with pytest.raises(BagError, match="not an MCAP file"):
         BagReader(tmp_path / "notes.txt")
