@@ -1,0 +1,156 @@
+"""Foreign-log import through a mapping file, the dynamics gap, and system identification against two
+real Crazyflie 2.1 flights (NanoBench)."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from replay.dynamics_gap import Plant, dynamics_gap
+from replay.mapping import MappingError, clock_report, get_field, import_csv, load_mapping, make_log, parse_mapping
+from replay.sysid import STOCK_MJCF, fit_crazyflie, in_flight, stock_plant, stock_thrust_N
+from sim.actuators import RotorModel
+from sim.backends.mujoco_cpu import MujocoCpuBackend
+
+DATA = Path(__file__).parents[2] / "shared/data/crazyflie-flights"
+FIT, HELDOUT = DATA / "B3_figure8_fast_rep1.csv", DATA / "B2_circle_fast_rep1.csv"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real Crazyflie flights not found at {DATA}")
+
+
+@pytest.fixture(scope="module")
+def mapping():
+    return load_mapping("crazyflie_nanobench")
+
+
+def _write_rows(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    path.write_text("\n".join([",".join(header)] + [",".join(r) for r in rows]) + "\n")
+
+
+def _read_rows(path: Path, n: int) -> tuple[list[str], list[list[str]]]:
+    lines = path.read_text().splitlines()
+    return lines[0].split(","), [line.split(",") for line in lines[1 : n + 1]]
+
+
+@needs_data
+@pytest.mark.parametrize("name, rows", [(FIT.name, 2677), (HELDOUT.name, 2674)])
+def test_import_real_flights(mapping, name, rows):
+    log = import_csv(DATA / name, mapping, chunk_rows=500)  # several chunks
+    assert len(log) == rows and log.motor_cmd.shape == (rows, 4) and log.quat_wxyz.shape == (rows, 4)
+    assert np.median(np.diff(log.t_s)) == pytest.approx(0.01, abs=1e-5)
+    assert log.clock.jumps == 0 and log.clock.gaps <= 3  # a few 20 ms intervals: one sample dropped each
+    np.testing.assert_allclose(np.linalg.norm(log.quat_wxyz, axis=1), 1.0, atol=1e-9)
+    fly = in_flight(log)
+    assert fly.sum() > 1500
+    assert 50_000 < np.median(log.motor_cmd[fly]) < 58_000  # hover PWM ~54k
+    assert 3.2 < np.median(log.vbat_V[fly]) < 4.2
+    assert np.median(np.abs(log.pos_w_m[fly, 2] - log["setpoint_pos_w_m"][fly, 2])) < 0.1
+    assert np.median(log.pos_w_m[fly, 2]) == pytest.approx(1.0, abs=0.1)
+    assert np.median(log["specific_force_b_mps2"][fly, 2]) == pytest.approx(9.81, rel=0.05)  # g -> m/s^2
+    assert np.abs(log["rpy_rad"][fly]).max() < np.pi  # deg -> rad
+
+
+@needs_data
+def test_missing_column_names_it(mapping, tmp_path):
+    header, rows = _read_rows(HELDOUT, 20)
+    j = header.index("pz")
+    _write_rows(tmp_path / "cut.csv", header[:j] + header[j + 1 :], [r[:j] + r[j + 1 :] for r in rows])
+    with pytest.raises(MappingError, match=r"column 'pz' \(mapping entry quantities.pos_w_m\)"):
+        import_csv(tmp_path / "cut.csv", mapping)
+
+
+def test_bad_mapping_key_names_it():
+    good = {
+        "format": "csv", "rate_hz": 100, "time": {"fields": ["t"]},
+        "quantities": {
+            "pos_w_m": {"fields": ["x", "y", "z"]}, "quat_wxyz": {"fields": ["qw", "qx", "qy", "qz"]},
+            "lin_vel_w_mps": {"fields": ["vx", "vy", "vz"]}, "ang_vel_b_radps": {"fields": ["p", "q", "r"], "unit": "deg"},
+            "motor_cmd": {"fields": ["m1", "m2"]},
+        },
+    }
+    parse_mapping(good)
+    bad = {**good, "quantities": {**good["quantities"], "pos_w_m": {"colums": ["x", "y", "z"]}}}
+    with pytest.raises(MappingError, match=r"quantities.pos_w_m.colums: unknown key"):
+        parse_mapping(bad)
+    with pytest.raises(MappingError, match=r"quantities.ang_vel_b_radps.unit"):
+        parse_mapping({**good, "quantities": {**good["quantities"], "ang_vel_b_radps": {"fields": ["p", "q", "r"], "unit": "grad"}}})
+    with pytest.raises(MappingError, match=r"quantities.pos_w_m.fields: needs 3 fields"):
+        parse_mapping({**good, "quantities": {**good["quantities"], "pos_w_m": {"fields": ["x", "y"]}}})
+    with pytest.raises(MappingError, match=r"rate_hz"):
+        parse_mapping({**good, "rate_hz": 0})
+    with pytest.raises(MappingError, match=r"quantities.motor_cmd: missing"):
+        parse_mapping({**good, "quantities": {k: v for k, v in good["quantities"].items() if k != "motor_cmd"}})
+
+
+def test_get_field_paths():
+    odom = SimpleNamespace(pose=SimpleNamespace(pose=SimpleNamespace(position=SimpleNamespace(x=1.5))))
+    assert get_field(odom, "pose.pose.position.x") == 1.5
+    assert get_field({"data": [0.0, 2.0]}, "data[1]") == 2.0
+    with pytest.raises(MappingError, match=r"pose.pose.orientation.w.*'orientation'"):
+        get_field(odom, "pose.pose.orientation.w")
+
+
+@needs_data
+def test_clock_jump_and_dropped_row_are_reported(mapping, tmp_path):
+    header, rows = _read_rows(HELDOUT, 300)
+    rows = rows[:100] + rows[101:]  # row 100 dropped
+    rows[200][0] = rows[150][0]  # the clock jumps back half a second
+    _write_rows(tmp_path / "bad_clock.csv", header, rows)
+    log = import_csv(tmp_path / "bad_clock.csv", mapping, chunk_rows=64)
+    assert len(log) == 299
+    assert log.clock.jumps == 1 and log.clock.first_jumps == (200,)
+    assert log.clock.gaps == 2 and log.clock.first_gaps == (100, 201)  # the drop, and the jump's return
+    assert log.clock.dropped >= 1
+    assert not log.step_ok[[100, 200, 201]].any() and log.step_ok.sum() == 296
+
+
+def _simulated_log(plant: Plant, steps: int = 300, seed: int = 0):
+    """A log written by the simulator itself: rotor thrust commands around hover, states every step."""
+    rng = np.random.default_rng(seed)
+    backend = MujocoCpuBackend(plant.mjcf_path, 1)
+    rotors = RotorModel(1, 4, 0.01, plant.max_thrust_N, "cpu")
+    rotors.set_params(torch.arange(1), tau_s=torch.tensor([plant.tau_s]), thrust_scale=torch.ones(1))
+    hover_N = 0.027 * 9.81 / 4
+    cmd_N = hover_N * (1 + 0.05 * rng.standard_normal((steps, 4))) + 0.002 * np.sin(np.arange(steps) / 20)[:, None]
+    rotors.reset(torch.arange(1), torch.full((1, 4), hover_N))
+    states = np.empty((steps, 13))
+    for i in range(steps):
+        states[i] = np.concatenate((backend.qpos[0].numpy(), backend.qvel[0].numpy()))
+        backend.ctrl.copy_(rotors.step(torch.from_numpy(cmd_N[i : i + 1]).float()))
+        backend.step(1)
+    backend.close()
+    t_s = np.arange(steps) * 0.01
+    clock, ok = clock_report(t_s, 0.01)
+    values = {"pos_w_m": states[:, :3], "quat_wxyz": states[:, 3:7], "lin_vel_w_mps": states[:, 7:10],
+              "ang_vel_b_radps": states[:, 10:13], "motor_cmd": cmd_N}
+    return make_log(t_s, values, clock, ok, "simulated"), cmd_N
+
+
+def test_dynamics_gap_self_consistent():
+    plant = Plant("sim", str(STOCK_MJCF), 0.03, 0.15)
+    log, cmd_N = _simulated_log(plant)
+    gap = dynamics_gap(log, cmd_N, plant, ks=(1, 10, 50), chunk=64)  # several chunks
+    assert gap["windows"] == 300 - 50 - plant.warmup_steps(0.01)
+    k1, k10 = gap["k"]["1"], gap["k"]["10"]
+    assert k1["pos_m"]["norm"]["p90"] < 1e-7 and k1["vel_mps"]["norm"]["p90"] < 1e-5 and k1["att_rad"]["norm"]["p90"] < 1e-6
+    # the rotor state at a start is rebuilt from 27 steps of commands: within e^-8 of the truth
+    assert k10["pos_m"]["norm"]["p90"] < 1e-5 and k10["att_rad"]["norm"]["p90"] < 1e-4
+    # a wrong motor lag shows up as a gap
+    wrong = dynamics_gap(log, cmd_N, Plant("slow", str(STOCK_MJCF), 0.08, 0.15), ks=(10,))
+    assert wrong["k"]["10"]["att_rad"]["norm"]["mean"] > 100 * gap["k"]["10"]["att_rad"]["norm"]["mean"]
+
+
+@needs_data
+@pytest.mark.slow
+def test_fitted_model_beats_stock_on_heldout_flight(mapping, tmp_path):
+    fit_log, heldout = import_csv(FIT, mapping), import_csv(HELDOUT, mapping)
+    result, fitted = fit_crazyflie(fit_log, tmp_path)
+    assert (tmp_path / "quadrotor_crazyflie_fit.xml").is_file()
+    assert result.curve.form == "vbat_quadratic"  # battery sag matters: the README's caveat
+    fly = in_flight(heldout)
+    stock = dynamics_gap(heldout, stock_thrust_N(heldout), stock_plant(), ks=(10,), valid=fly)
+    ours = dynamics_gap(heldout, result.thrust_N(heldout), fitted, ks=(10,), valid=fly)
+    assert ours["windows"] > 1500
+    assert ours["k"]["10"]["pos_m"]["norm"]["mean"] < 0.5 * stock["k"]["10"]["pos_m"]["norm"]["mean"]
+    assert ours["k"]["10"]["pos_m"]["norm"]["mean"] < 0.01
