@@ -36,7 +36,7 @@ def test_launch_file_names_nodes_and_parameters_that_exist():
             exe = next(k.value.value for k in call.keywords if k.arg == "executable")
             assert f"{exe} = s2r_ros.{exe}:main" in setup, exe
             executables.add(exe)
-    assert executables == {"policy_node", "sim_robot_node"}
+    assert executables == {"policy_node", "sim_robot_node", "recorder_node"}
     # the parameters the launch file sets on policy_node: `params = {...}` and `params[...] = ...`
     launch_keys = []
     for a in ast.walk(tree):
@@ -45,7 +45,7 @@ def test_launch_file_names_nodes_and_parameters_that_exist():
         if isinstance(a, ast.Assign) and isinstance(a.targets[0], ast.Subscript) and a.targets[0].value.id == "params":
             launch_keys.append(a.targets[0].slice.value)
     assert {"robot_config", "policy", "autostart"} <= set(launch_keys)
-    nodes = {"policy_node": launch_keys, "sim_robot_node": []}
+    nodes = {"policy_node": launch_keys, "sim_robot_node": [], "recorder_node": ["bag", "policy"]}
     robots = ast.literal_eval(next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "ROBOTS"))
     import yaml
 
@@ -54,7 +54,7 @@ def test_launch_file_names_nodes_and_parameters_that_exist():
         assert set(keys) <= set(declared), (exe, set(keys) - set(declared))
         for robot in robots:
             RobotConfig.from_yaml(CONFIG / f"{robot}.yaml")
-            params = yaml.safe_load((CONFIG / f"{robot}_nodes.yaml").read_text())[exe]["ros__parameters"]
+            params = yaml.safe_load((CONFIG / f"{robot}_nodes.yaml").read_text()).get(exe, {}).get("ros__parameters", {})
             assert set(params) <= set(declared), (robot, exe, set(params) - set(declared))
 
 
