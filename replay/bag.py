@@ -500,26 +500,39 @@ class StreamHealth:
     span_s: float
 
 
+class StreamHealthCounter:
+    """`stream_health` fed one timestamp at a time, for streams read interleaved from one bag."""
+
+    def __init__(self, period_s: float, gap_periods: float = 3.0):
+        if period_s <= 0:
+            raise ValueError(f"period_s must be > 0, got {period_s}")
+        self.gap_ns = gap_periods * period_s * 1e9
+        self.n = self.back = self.gaps = self.max_gap_ns = 0
+        self.first = self.prev = None
+
+    def add(self, t_ns: int) -> None:
+        self.n += 1
+        if self.prev is None:
+            self.first = t_ns
+        elif t_ns < self.prev:
+            self.back += 1
+        else:
+            step = t_ns - self.prev
+            self.max_gap_ns = max(self.max_gap_ns, step)
+            self.gaps += step > self.gap_ns
+        self.prev = t_ns
+
+    def result(self) -> StreamHealth:
+        span = 0.0 if self.n == 0 else (self.prev - self.first) / 1e9
+        return StreamHealth(self.n, self.back, int(self.gaps), self.max_gap_ns / 1e9, span)
+
+
 def stream_health(times_ns: Iterable[int], period_s: float, gap_periods: float = 3.0) -> StreamHealth:
     """Counts clock jumps and gaps in a stream expected every `period_s`, in one pass over `times_ns`."""
-    if period_s <= 0:
-        raise ValueError(f"period_s must be > 0, got {period_s}")
-    gap_ns = gap_periods * period_s * 1e9
-    n = back = gaps = 0
-    max_gap = 0
-    first = prev = None
+    counter = StreamHealthCounter(period_s, gap_periods)
     for t in times_ns:
-        n += 1
-        if prev is None:
-            first = t
-        elif t < prev:
-            back += 1
-        else:
-            step = t - prev
-            max_gap = max(max_gap, step)
-            gaps += step > gap_ns
-        prev = t
-    return StreamHealth(n, back, gaps, max_gap / 1e9, 0.0 if n == 0 else (prev - first) / 1e9)
+        counter.add(t)
+    return counter.result()
 
 
 def policy_io_fields(msg: Any) -> dict[str, np.ndarray]:

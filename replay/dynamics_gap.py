@@ -66,7 +66,7 @@ def attitude_error_rad(q_pred: np.ndarray, q_ref: np.ndarray) -> np.ndarray:
     return np.where(vec_norm > 1e-12, d[..., 1:] * angle / np.maximum(vec_norm, 1e-12), 2 * d[..., 1:])
 
 
-def valid_starts(log: Log, horizon: int, history: int, valid: np.ndarray | None = None, stride: int = 1) -> np.ndarray:
+def valid_starts(log: "Log | JointLog", horizon: int, history: int, valid: np.ndarray | None = None, stride: int = 1) -> np.ndarray:
     """Start rows whose window [start - history, start + horizon] lies in valid rows with regular clock."""
     ok = log.step_ok.copy()
     if valid is not None:
@@ -140,6 +140,58 @@ def predict_windows(
     return out
 
 
+RIGID_QUANTITIES = (("pos_m", ("x", "y", "z")), ("vel_mps", ("x", "y", "z")), ("att_rad", ("x", "y", "z")))
+
+
+class GapStats:
+    """k-step |error| statistics per quantity, per axis or joint and for the norm, fed window batch by
+    window batch (from one log, or segment after segment of a long one): memory independent of length."""
+
+    def __init__(self, ks: tuple[int, ...], quantities: tuple[tuple[str, tuple[str, ...]], ...]):
+        self.ks = tuple(ks)
+        self.quantities = quantities
+        self.stats = {k: {q: StreamingStats(len(names) + 1) for q, names in quantities} for k in self.ks}
+        self.windows = 0
+
+    def add(self, k: int, quantity: str, error: np.ndarray) -> None:
+        """error (n, width): signed errors of n windows."""
+        self.stats[k][quantity].add(np.concatenate((np.abs(error), np.linalg.norm(error, axis=-1, keepdims=True)), -1))
+
+    def summary(self, period_s: float) -> dict:
+        return {
+            str(k): {"horizon_s": k * period_s,
+                     **{q: self.stats[k][q].summary(names + ("norm",)) for q, names in self.quantities}}
+            for k in self.ks
+        }
+
+
+def rigid_gap_stats(
+    log: Log, thrust_N: np.ndarray, plant: Plant, stats: GapStats, valid: np.ndarray | None = None,
+    stride: int = 1, chunk: int = 512,
+) -> int:
+    """Adds the k-step errors of `plant` against `log` over every valid start (every `stride`-th row)
+    into `stats`; returns the number of windows. Errors: position (m), velocity (world, m/s), attitude
+    (rad; per axis the body rotation vector, norm the geodesic angle)."""
+    horizon = max(stats.ks)
+    history = plant.delay_steps + plant.warmup_steps(log.clock.period_s)
+    starts = valid_starts(log, horizon, history, valid, stride)
+    if len(starts) == 0:
+        return 0
+    backend = MujocoCpuBackend(plant.mjcf_path, min(chunk, len(starts)))
+    for i in range(0, len(starts), backend.num_envs):
+        s = starts[i : i + backend.num_envs]
+        padded = np.concatenate((s, np.full(backend.num_envs - len(s), s[-1])))  # last chunk: same batch size
+        pred = predict_windows(log, thrust_N, plant, padded, horizon, backend)[: len(s)]
+        for k in stats.ks:
+            p, r = pred[:, k - 1], s + k
+            stats.add(k, "pos_m", p[:, 0:3] - log.pos_w_m[r])
+            stats.add(k, "vel_mps", p[:, 7:10] - log.lin_vel_w_mps[r])
+            stats.add(k, "att_rad", attitude_error_rad(p[:, 3:7], log.quat_wxyz[r]))
+    backend.close()
+    stats.windows += len(starts)
+    return len(starts)
+
+
 def dynamics_gap(
     log: Log,
     thrust_N: np.ndarray,
@@ -156,40 +208,71 @@ def dynamics_gap(
     thrust_N (T, num_rotors): the logged commands mapped to rotor thrust commands by the model's
     thrust curve. valid (T,) bool: rows that may be used (e.g. in flight).
     """
-    horizon = max(ks)
-    period_s = log.clock.period_s
-    history = plant.delay_steps + plant.warmup_steps(period_s)
-    starts = valid_starts(log, horizon, history, valid, stride)
-    if len(starts) == 0:
-        raise ValueError(f"log {log.source}: no valid window of {horizon} steps for plant {plant.name}")
-    stats = {k: [StreamingStats(4) for _ in range(3)] for k in ks}
-    backend = MujocoCpuBackend(plant.mjcf_path, min(chunk, len(starts)))
-    for i in range(0, len(starts), backend.num_envs):
-        s = starts[i : i + backend.num_envs]
-        padded = np.concatenate((s, np.full(backend.num_envs - len(s), s[-1])))  # last chunk: same batch size
-        pred = predict_windows(log, thrust_N, plant, padded, horizon, backend)[: len(s)]
-        for k in ks:
-            p, r = pred[:, k - 1], s + k
-            errors = (
-                p[:, 0:3] - log.pos_w_m[r],
-                p[:, 7:10] - log.lin_vel_w_mps[r],
-                attitude_error_rad(p[:, 3:7], log.quat_wxyz[r]),
-            )
-            for st, e in zip(stats[k], errors):
-                st.add(np.concatenate((np.abs(e), np.linalg.norm(e, axis=-1, keepdims=True)), -1))
-    backend.close()
-    names = ("x", "y", "z", "norm")
-    return {
-        "plant": plant.name,
-        "windows": int(len(starts)),
-        "period_s": period_s,
-        "k": {
-            str(k): {
-                "horizon_s": k * period_s,
-                "pos_m": stats[k][0].summary(names),
-                "vel_mps": stats[k][1].summary(names),
-                "att_rad": stats[k][2].summary(names),
-            }
-            for k in ks
-        },
-    }
+    stats = GapStats(ks, RIGID_QUANTITIES)
+    if rigid_gap_stats(log, thrust_N, plant, stats, valid, stride, chunk) == 0:
+        raise ValueError(f"log {log.source}: no valid window of {max(ks)} steps for plant {plant.name}")
+    return {"plant": plant.name, "windows": stats.windows, "period_s": log.clock.period_s, "k": stats.summary(log.clock.period_s)}
+
+
+# --- joint robots ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JointLog:
+    """Control-rate rows of a joint robot's log: the joint state when each logged position target
+    started acting, and that target. Rows are in the robot config's actuator order."""
+
+    t_s: np.ndarray  # (T,)
+    joint_pos_rad: np.ndarray  # (T, J)
+    joint_vel_radps: np.ndarray  # (T, J)
+    target_rad: np.ndarray  # (T, J) position target that acts from row i to row i + 1
+    step_ok: np.ndarray  # (T,) bool: row i - 1 -> i is one regular control period with a plain target
+
+    def __len__(self) -> int:
+        return len(self.t_s)
+
+
+def joint_gap_stats(log: JointLog, env, joint_names: tuple[str, ...], stats: GapStats, chunk: int = 256) -> int:
+    """Adds the k-step joint position (rad) and velocity (rad/s) errors of the task env `env` (built
+    with `make_env`, nominal parameters) into `stats`: one env per start, put in the logged joint
+    state (`env.backend.reset`), driven by the logged targets through `env.step_command`. Windows in
+    which the env terminated are left out. Returns the number of windows used."""
+    import mujoco
+
+    horizon = max(stats.ks)
+    starts = valid_starts(log, horizon, 0)
+    model = env.backend.model
+    jids = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, n) for n in joint_names]
+    missing = [n for n, j in zip(joint_names, jids) if j < 0]
+    if missing:
+        raise ValueError(f"the simulated robot has no joints {missing}")
+    qadr = torch.as_tensor([model.jnt_qposadr[j] for j in jids])
+    dadr = torch.as_tensor([model.jnt_dofadr[j] for j in jids])
+    n_env = env.num_envs
+    used = 0
+    for i in range(0, len(starts), n_env):
+        s = starts[i : i + n_env]
+        padded = np.concatenate((s, np.full(n_env - len(s), s[-1])))
+        env.reset()
+        ids = env.env_ids
+        qpos, qvel = env.backend.qpos.clone(), torch.zeros_like(env.backend.qvel)
+        qpos[:, qadr] = torch.from_numpy(log.joint_pos_rad[padded]).to(qpos)
+        qvel[:, dadr] = torch.from_numpy(log.joint_vel_radps[padded]).to(qvel)
+        env.backend.reset(ids, qpos, qvel)
+        if hasattr(env, "joint_pos"):  # the env's PD reads its own copy of the joint state before the first physics step
+            env.joint_pos = qpos[:, qadr].to(env.joint_pos)
+            env.joint_vel = qvel[:, dadr].to(env.joint_vel)
+        alive = np.ones(n_env, bool)
+        for j in range(horizon):
+            target = torch.from_numpy(log.target_rad[padded + j]).to(env.device, torch.float32)
+            _, _, terminated, truncated, _ = env.step_command(target)
+            alive &= ~(terminated | truncated).cpu().numpy()
+            k = j + 1
+            if k in stats.ks:
+                ok = alive[: len(s)]
+                pos = env.backend.qpos[: len(s), qadr].double().numpy()[ok]
+                vel = env.backend.qvel[: len(s), dadr].double().numpy()[ok]
+                r = (s + k)[ok]
+                stats.add(k, "joint_pos_rad", pos - log.joint_pos_rad[r])
+                stats.add(k, "joint_vel_radps", vel - log.joint_vel_radps[r])
+        used += int(alive[: len(s)].sum())
+    stats.windows += used
+    return used
