@@ -1,4 +1,4 @@
-"""The `s2r` command: train, export, eval, bench, tasks."""
+"""The `s2r` command: train, export, eval, replay, bench, tasks."""
 
 from __future__ import annotations
 
@@ -25,7 +25,12 @@ def _known_errors():
     from sim.tasks import UnknownTaskError
     from sim.video import VideoError
 
-    return (ConfigError, UnknownTaskError, CheckpointError, PolicyLoadError, SpecError, ModelError, ExportError, VideoError)
+    from replay.bag import BagError
+    from replay.evaluate import ReplayError
+    from replay.mapping import MappingError
+
+    return (ConfigError, UnknownTaskError, CheckpointError, PolicyLoadError, SpecError, ModelError, ExportError, VideoError,
+            BagError, ReplayError, MappingError)
 
 
 def _apply_sets(train_cfg, task_cfg, sets: list[str]):
@@ -184,6 +189,57 @@ def cmd_bench_deploy(args) -> None:
         Path(args.json).write_text(json.dumps(out, indent=2))
 
 
+def cmd_replay(args) -> None:
+    from replay.evaluate import ReplayError, replay_bag
+
+    log, out = Path(args.log), Path(args.out)
+    if any(k < 1 for k in args.k):
+        raise ReplayError(f"--k values must be >= 1, got {args.k}")
+    if log.suffix == ".csv":
+        from replay.sysid import crazyflie_report
+
+        if not (args.fit and args.mapping):
+            raise ReplayError(f"{log} is a CSV log: give --mapping NAME_OR_YAML and --fit OTHER.csv (the flight to fit the model on)")
+        metrics = crazyflie_report(args.fit, log, args.mapping, out)
+        print(f"fitted the quadrotor model on {args.fit}; dynamics gap on {log} (mean error norm, stock -> fitted):")
+        for k, d in metrics["heldout"]["stock"]["k"].items():
+            f = metrics["heldout"]["fitted"]["k"][k]
+            print(f"  k={k:>3}  position {d['pos_m']['norm']['mean']:.4f} -> {f['pos_m']['norm']['mean']:.4f} m   velocity "
+                  f"{d['vel_mps']['norm']['mean']:.4f} -> {f['vel_mps']['norm']['mean']:.4f} m/s   attitude "
+                  f"{d['att_rad']['norm']['mean']:.4f} -> {f['att_rad']['norm']['mean']:.4f} rad")
+        print(f"wrote {out / 'dynamics_gap.json'}, {out / 'sysid.json'}, {out / 'gap_errors.png'}, {out / 'heldout_predictions.png'}")
+        return
+    if args.fit or args.mapping:
+        raise ReplayError("--fit and --mapping apply to foreign CSV logs; a rosbag2 bag carries its PolicySpec")
+    m = replay_bag(log, args.policy, out, tuple(args.k), dynamics=not args.no_dynamics_gap, sim_episodes=args.episodes)
+    print(f"{m['task']}: {m['rows']} control steps, {m['logged_s']:.1f} s logged; policy_io pass "
+          f"{m['throughput_x_realtime']:.0f}x real time" + ("" if m["complete"] else f"; bag cut short: {m['recovery_notes']}"))
+    for name, a in m["action_agreement"].items():
+        flew = " (the policy that flew)" if m["candidates"][name]["flew"] else ""
+        print(f"  {name:20s} action agreement max |diff| {a['max_abs_diff']:.3g}, mean {a['mean_abs_diff']:.3g}; "
+              f"shift {m['shift'][name]['score']:.3f}{flew}")
+    if "dynamics_gap" in m:
+        g = m["dynamics_gap"]
+        for k, d in g["k"].items():
+            print(f"  dynamics gap k={k:>3}: " + ", ".join(f"{q} {v['norm']['mean']:.4g}" for q, v in d.items() if q != "horizon_s"))
+        print(f"  dynamics-gap pass: {g['cost_s_per_logged_s']:.3f} s per logged second ({g['windows']} windows)")
+    for r in m.get("ranking", {}).get("order", []):
+        print(f"  rank {r['policy']:20s} score {r['score']:.4f} (sim {r['sim_score']:.4f}, shift {r['shift']:.3f})")
+    print("  task metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in m["task_metrics"].items() if isinstance(v, float)))
+    print(f"wrote {out / 'report.html'} and {out / 'metrics.json'}")
+
+
+def cmd_bench_replay(args) -> None:
+    from replay.bench import bench_replay
+
+    r = bench_replay(Path(args.policy) if args.policy else None, args.seconds, args.gap_seconds)
+    print(f"s2r bench replay: {r['task']} bag at {r['control_hz']:g} Hz, {r['logged_s']:.0f} s logged, one policy")
+    print(f"  replay throughput (policy_io pass, no dynamics gap)  {r['throughput_x_realtime']:10.0f} x real time   (target >= 1000)")
+    print(f"  dynamics-gap pass (k = 1, 10, 50)                   {r['gap_cost_s_per_logged_s']:10.3f} s per logged second")
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2))
+
+
 def cmd_tasks(args) -> None:
     from sim.tasks import TASKS
 
@@ -238,6 +294,24 @@ def build_parser() -> argparse.ArgumentParser:
     bd.add_argument("--seconds", type=float, default=10.0, help="per loop-jitter and latency measurement")
     bd.add_argument("--json", help="also write the figures to this file")
     bd.set_defaults(func=cmd_bench_deploy)
+
+    br = bsub.add_parser("replay", help="replay throughput (x real time) on a 50 Hz quadruped bag, and the dynamics-gap cost")
+    br.add_argument("--policy", help="quadruped policy.onnx (default: the shipped one)")
+    br.add_argument("--seconds", type=float, default=600.0, help="logged seconds of the synthetic bag")
+    br.add_argument("--gap-seconds", type=float, default=20.0, help="logged seconds of the bag the dynamics-gap pass runs on")
+    br.add_argument("--json", help="also write the figures to this file")
+    br.set_defaults(func=cmd_bench_replay)
+
+    r = sub.add_parser("replay", help="evaluate policies on a logged rollout (rosbag2 MCAP bag, or a foreign CSV log)")
+    r.add_argument("log", help="bag folder or .mcap file; or a CSV flight with --mapping and --fit")
+    r.add_argument("--policy", action="append", default=[], help="candidate policy.onnx (repeat for several)")
+    r.add_argument("--out", required=True, help="folder for report.html, metrics.json and the PNGs")
+    r.add_argument("--mapping", help="foreign-log mapping: a shipped name (crazyflie_nanobench) or a YAML file")
+    r.add_argument("--fit", help="CSV log: fit the model on this other flight, report the gap on LOG")
+    r.add_argument("--k", type=int, nargs="+", default=[1, 10, 50], help="prediction horizons, control steps")
+    r.add_argument("--no-dynamics-gap", action="store_true")
+    r.add_argument("--episodes", type=int, default=100, help="simulated episodes per candidate for the ranking")
+    r.set_defaults(func=cmd_replay)
 
     ls = sub.add_parser("tasks", help="list the tasks")
     ls.set_defaults(func=cmd_tasks)

@@ -87,6 +87,8 @@ class RecorderNode(Node):
         for topic, types in self.get_topic_names_and_types():
             if topic not in self.wanted or topic in self.subscribed or topic in self._skipped:
                 continue
+            if not self.get_publishers_info_by_topic(topic):  # only subscribers so far: their QoS is not the publishers'
+                continue
             msgtype = types[0]
             if len(types) > 1:
                 self.get_logger().warning(f"{topic} has several types {types}: recording it as {msgtype}")

@@ -1,0 +1,97 @@
+"""`s2r bench replay`: replay throughput in multiples of real time, and the dynamics-gap pass's cost.
+
+The bags are recorded here from the task env driven by the policy (no ROS needed): policy_io, the
+joint commands and the joint states (four per control step, as a 200 Hz driver publishes them, so
+the reader decompresses a realistic mix of topics), written with replay.bag.BagWriter.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from deploy.onnx_policy import OnnxPolicy
+from replay.bag import BagWriter
+from replay.evaluate import dynamics_pass, load_candidate, nominal_cfg, policy_io_pass
+
+SHIPPED = Path(__file__).resolve().parents[1] / "ros_ws" / "src" / "s2r_ros" / "policies"
+ARRAY, JS = "std_msgs/msg/Float64MultiArray", "sensor_msgs/msg/JointState"
+SENSOR_MESSAGES_PER_STEP = 4
+
+
+def _array(segments: list[tuple[str, np.ndarray]]) -> dict:
+    dims, offset = [], 0
+    for label, x in segments:
+        dims.append({"label": label, "size": int(x.size), "stride": offset})
+        offset += x.size
+    return {"layout": {"dim": dims, "data_offset": 0}, "data": np.concatenate([x.ravel() for _, x in segments]).tolist()}
+
+
+def record_rollout_bag(policy_path: Path, bag: Path, seconds: float, cfg=None, seed: int = 0) -> None:
+    """A joint robot's rollout as a robot-side recorder would log it: each control step's policy_io and
+    joint_commands (position, kp_scale 1, kd NaN), and the joint states from the start of the step."""
+    from sim.sim_robot import SimRobot
+    from sim.evaluate import load_policy
+
+    policy, task_cfg = load_policy(policy_path)
+    spec = policy.spec
+    robot = SimRobot(spec.task, cfg if cfg is not None else task_cfg, seed=seed)
+    env = robot.env
+    obs = env.reset()["policy"].numpy()
+    n = spec.action_dim
+    period_ns = round(1e9 / spec.control_hz)
+    t = 1_700_000_000_000_000_000
+    meta = {"policy_spec": spec.to_json(), "policy_sha256": policy.sha256}
+    with BagWriter(bag, meta, flush_period_s=1e9) as writer:
+        for _ in range(round(seconds * spec.control_hz)):
+            r = robot.readings()
+            for j in range(SENSOR_MESSAGES_PER_STEP):
+                writer.write_msg("/joint_states", JS, {"header": {"stamp": {"sec": t // 10**9, "nanosec": t % 10**9}},
+                                                       "name": list(spec.action.names), "position": r["joint_pos"].tolist(),
+                                                       "velocity": r["joint_vel"].tolist(), "effort": []},
+                                 t + j * period_ns // SENSOR_MESSAGES_PER_STEP)
+            action = policy(obs)
+            command = env.action_mapper(torch.from_numpy(action)).numpy()[0]
+            writer.write_msg("/joint_commands", ARRAY, _array([("command", np.concatenate((command, np.ones(n), np.full(n, np.nan))))]), t - 1000)
+            writer.write_msg("/policy_io", ARRAY, _array([("obs", obs[0]), ("action", action[0]), ("command", command),
+                                                         ("timing", np.array([t / 1e9, 0.0, 0.0, 2.0]))]), t + 1000)
+            o, *_ = env.step(torch.from_numpy(action))
+            obs = o["policy"].numpy()
+            t += period_ns
+    robot.close()
+
+
+def bench_replay(policy: Path | None = None, seconds: float = 300.0, gap_seconds: float = 20.0) -> dict:
+    """Throughput of the policy_io pass (one policy) on a 50 Hz quadruped bag of `seconds`; the
+    dynamics-gap pass's cost per logged second on an arm bag of `gap_seconds` (the quadruped's
+    floating base is not in its joint topics)."""
+    from replay.bag import BagReader
+    from sim.evaluate import load_policy
+
+    policy = policy or SHIPPED / "quadruped.onnx"
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        bag = Path(tmp) / "quadruped"
+        record_rollout_bag(policy, bag, seconds)
+        reader = BagReader(bag)
+        spec = OnnxPolicy(policy).spec
+        cand = load_candidate(policy, spec)
+        cfg = load_policy(policy)[1]
+        t0 = time.perf_counter()
+        io = policy_io_pass(reader, spec, [cand], cfg)
+        wall_s = time.perf_counter() - t0
+        arm = SHIPPED / "arm.onnx"
+        arm_bag = Path(tmp) / "arm"
+        arm_cfg = load_policy(arm)[1]
+        record_rollout_bag(arm, arm_bag, gap_seconds, nominal_cfg(arm_cfg))
+        gap = dynamics_pass(BagReader(arm_bag), OnnxPolicy(arm).spec, arm_cfg, (1, 10, 50))
+    return {"task": spec.task, "control_hz": spec.control_hz, "logged_s": io["logged_s"], "rows": io["rows"],
+            "wall_s": wall_s, "throughput_x_realtime": io["logged_s"] / wall_s,
+            "max_abs_action_diff": io["action_agreement"][cand.name]["max_abs_diff"],
+            "gap_task": "arm-reach", "gap_logged_s": gap_seconds, "gap_wall_s": gap["wall_s"],
+            "gap_cost_s_per_logged_s": gap["cost_s_per_logged_s"], "gap_windows": gap["windows"],
+            "gap_k1_joint_pos_rad": gap["k"]["1"]["joint_pos_rad"]["norm"]["mean"]}

@@ -1,0 +1,176 @@
+"""s2r replay (replay/evaluate.py) on sim-in-the-loop bags: sim_robot_node, policy_node and the recorder
+as processes over Fast DDS (as the launch file starts them), the shipped quadrotor policy flying.
+
+Two bags are recorded at once: the sim robot with every randomized parameter pinned to the nominal
+plant's value, and with a reality gap (weaker rotors, heavier body, slower motors). The candidate
+without randomization is a tiny policy trained here with every randomization range pinned; it has
+a far smaller training budget than the shipped one too, so its lower simulated success carries the
+ranking as much as its shift does (both parts are checked to point the same way)."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from replay.bag import BagWriter
+from replay.evaluate import ReplayError, dynamics_pass, load_candidate, nominal_cfg, policy_io_pass, replay_bag
+from s2r.cli import main
+
+NOMINAL = ["mass_scale=1.0", "thrust_scale=1.0", "motor_tau_s=0.05", "latency_steps=0",
+           "disturbance_x_N=0.0", "disturbance_y_N=0.0", "disturbance_z_N=0.0"]
+GAPPED = ["mass_scale=1.15", "thrust_scale=0.85", "motor_tau_s=0.08", "latency_steps=0",
+          "disturbance_x_N=0.0", "disturbance_y_N=0.0", "disturbance_z_N=0.0"]
+NO_DR = ["mass_scale=(1.0,1.0)", "thrust_scale=(1.0,1.0)", "motor_tau_s=(0.05,0.05)", "latency_steps=(0,0)",
+         "pos_bias_m=0.0", "gyro_bias_radps=0.0", "disturbance_N=0.0"]
+RECORD_S = 6.0
+
+
+@pytest.fixture(scope="module")
+def bags(tmp_path_factory):
+    """{'nominal': bag, 'gapped': bag, 'policy': shipped quadrotor.onnx}, recorded concurrently."""
+    pytest.importorskip("rclpy")
+    from s2r_ros.processes import SHIPPED_POLICIES, policy_params, start_node, stop, wait_for
+
+    policy = SHIPPED_POLICIES / "quadrotor.onnx"
+    procs, out = [], {"policy": policy}
+    try:
+        for name, gap in (("nominal", NOMINAL), ("gapped", GAPPED)):
+            tmp = tmp_path_factory.mktemp(name)
+            domain = random.randint(1, 200)
+            procs.append((tmp, domain, gap, {"sim": start_node("sim_robot_node", "quadrotor", tmp, domain, {"gap": gap})}))
+        # the sim robot publishes first, so the recorder subscribes with its publishers' QoS
+        for tmp, domain, gap, p in procs:
+            wait_for(lambda: "simulated" in _log(tmp, "sim_robot_node") or p["sim"].poll() is not None, 60, what="the sim robot")
+            out[tmp.name.rstrip("0123456789")] = tmp / "bag"
+            p["rec"] = start_node("recorder_node", "quadrotor", tmp, domain, {
+                "bag": str(tmp / "bag"), "policy": str(policy), "discovery_period_s": 0.1, "flush_period_s": 0.2})
+        for tmp, domain, gap, p in procs:
+            wait_for(lambda: "recording /odom" in _log(tmp, "recorder_node") or p["rec"].poll() is not None, 60, what="the recorder")
+            p["ctl"] = start_node("policy_node", "quadrotor", tmp, domain, policy_params("quadrotor", policy))
+        for tmp, domain, gap, p in procs:
+            wait_for(lambda: "mode running" in _log(tmp, "policy_node") or p["ctl"].poll() is not None, 60, what="the controller")
+        time.sleep(RECORD_S)
+    finally:
+        for tmp, domain, gap, p in procs:
+            stop(*[p[k] for k in ("ctl", "sim", "rec") if k in p])
+    for tmp, domain, gap, p in procs:
+        assert p["rec"].returncode == 0, _log(tmp, "recorder_node")
+    return out
+
+
+def _log(tmp: Path, node: str) -> str:
+    path = tmp / f"{node}.log"
+    return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def no_dr_policy(tmp_path_factory) -> Path:
+    """A quadrotor policy trained briefly with every randomization range pinned to nominal."""
+    run = tmp_path_factory.mktemp("no_dr") / "run"
+    args = ["train", "--task", "quadrotor-hover", "--max-iterations", "20", "--num-envs", "256", "--run-dir", str(run), "--no-progress"]
+    for item in NO_DR:
+        args += ["--set", f"task.randomization.{item}"]
+    assert main(args) == 0
+    return run / "policy.onnx"
+
+
+@pytest.mark.slow
+def test_replay_agreement_gap_and_ranking(bags, no_dr_policy, tmp_path):
+    shipped = bags["policy"]
+    nominal = replay_bag(bags["nominal"], [shipped], tmp_path / "nominal", sim_episodes=20)
+    gapped = replay_bag(bags["gapped"], [shipped, no_dr_policy], tmp_path / "gapped", sim_episodes=40)
+    print(json.dumps({"nominal_rows": nominal["rows"], "agreement": nominal["action_agreement"]["quadrotor"]["max_abs_diff"],
+                      "gap_nominal": {k: v["pos_m"]["norm"]["mean"] for k, v in nominal["dynamics_gap"]["k"].items()},
+                      "gap_gapped": {k: v["pos_m"]["norm"]["mean"] for k, v in gapped["dynamics_gap"]["k"].items()},
+                      "ranking": [(r["policy"], r["score"], r["sim_score"], r["shift"]) for r in gapped["ranking"]["order"]],
+                      "task": nominal["task_metrics"]}, indent=1, default=str))
+    assert nominal["rows"] > 200 and nominal["candidates"]["quadrotor"]["flew"]
+    for m in (nominal, gapped):  # the policy that flew: its actions again, exactly
+        assert m["action_agreement"]["quadrotor"]["max_abs_diff"] <= 1e-5
+    assert gapped["action_agreement"][no_dr_policy.parent.name]["max_abs_diff"] > 1e-3
+    g0, g1 = nominal["dynamics_gap"]["k"], gapped["dynamics_gap"]["k"]
+    assert g0["1"]["pos_m"]["norm"]["mean"] < 1e-4 and g0["10"]["pos_m"]["norm"]["mean"] < 2e-3
+    for k in ("10", "50"):
+        assert g1[k]["pos_m"]["norm"]["mean"] > 5 * g0[k]["pos_m"]["norm"]["mean"], (g0[k], g1[k])
+    order = gapped["ranking"]["order"]
+    assert [r["policy"] for r in order] == ["quadrotor", no_dr_policy.parent.name]
+    assert order[0]["sim_score"] > order[1]["sim_score"]
+    assert nominal["task_metrics"]["crashes"] == 0 and nominal["task_metrics"]["mean_pos_error_m"] < 0.2
+    for name in ("report.html", "metrics.json", "actions.png", "agreement_shift.png", "dynamics_gap.png"):
+        assert (tmp_path / "gapped" / name).is_file(), name
+
+
+@pytest.mark.slow
+def test_truncated_bag_replays_to_its_last_complete_record(bags, tmp_path):
+    src = bags["nominal"]
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    data = next(src.glob("*.mcap")).read_bytes()
+    (cut / "cut_0.mcap").write_bytes(data[: len(data) * 2 // 3])
+    spec_policy = bags["policy"]
+    from deploy.onnx_policy import OnnxPolicy
+    from replay.bag import BagReader
+    from sim.evaluate import load_policy
+
+    reader = BagReader(cut)
+    assert not reader.complete and reader.notes
+    spec = OnnxPolicy(spec_policy).spec
+    cand = load_candidate(spec_policy, spec)
+    io = policy_io_pass(reader, spec, [cand], load_policy(spec_policy)[1])
+    full = policy_io_pass(BagReader(src), spec, [cand], load_policy(spec_policy)[1])
+    assert 0 < io["rows"] < full["rows"] and io["action_agreement"]["quadrotor"]["max_abs_diff"] <= 1e-5
+    assert dynamics_pass(reader, spec, load_policy(spec_policy)[1], (1, 10))["windows"] > 0
+
+
+@pytest.mark.slow
+def test_cli_end_to_end(bags, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["replay", str(bags["gapped"]), "--policy", str(bags["policy"]), "--out", str(out), "--k", "1", "10",
+                 "--episodes", "10"]) == 0
+    printed = capsys.readouterr().out
+    assert "report.html" in printed and "action agreement" in printed and "dynamics gap k= 10" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["dynamics_gap"]["k"]) == {"1", "10"} and "<img" in (out / "report.html").read_text()
+
+
+def _small_bag(path: Path, topics: tuple[str, ...]) -> None:
+    from deploy.onnx_policy import read_spec
+    from s2r_ros.processes import SHIPPED_POLICIES
+
+    spec = read_spec(SHIPPED_POLICIES / "quadrotor.onnx")
+    with BagWriter(path, {"policy_spec": spec.to_json()}) as bag:
+        for i in range(5):
+            if "/odom" in topics:
+                bag.write_msg("/odom", "nav_msgs/msg/Odometry", {"pose": {"pose": {"orientation": {"w": 1.0}}}}, 10**7 * i)
+            if "/policy_io" in topics:
+                dims = [{"label": "obs", "size": spec.obs_dim, "stride": 0}, {"label": "action", "size": 4, "stride": spec.obs_dim}]
+                bag.write_msg("/policy_io", "std_msgs/msg/Float64MultiArray",
+                              {"layout": {"dim": dims}, "data": [0.0] * (spec.obs_dim + 4)}, 10**7 * i + 1)
+
+
+def test_missing_topic_and_field_are_named_errors(tmp_path, capsys):
+    from s2r_ros.processes import SHIPPED_POLICIES
+
+    policy = SHIPPED_POLICIES / "quadrotor.onnx"
+    _small_bag(tmp_path / "no_io", ("/odom",))
+    with pytest.raises(ReplayError, match="topic /policy_io is not in bag"):
+        replay_bag(tmp_path / "no_io", [policy], tmp_path / "out")
+    assert main(["replay", str(tmp_path / "no_io"), "--policy", str(policy), "--out", str(tmp_path / "out")]) == 2
+    assert "topic /policy_io is not in bag" in capsys.readouterr().err
+    _small_bag(tmp_path / "no_fields", ("/odom", "/policy_io"))
+    with pytest.raises(ReplayError, match=r"policy_io has no field\(s\) \['command', 'timing'\]"):
+        replay_bag(tmp_path / "no_fields", [policy], tmp_path / "out")
+
+
+def test_nominal_cfg_pins_every_range():
+    from sim.tasks import default_cfg
+
+    cfg = nominal_cfg(default_cfg("arm-reach"))
+    r = cfg.randomization
+    assert r.damping_scale == (1.0, 1.0) and r.payload_kg == (0.0, 0.0) and r.model_variants == 1
+    assert r.actuators.kp_scale == (1.0, 1.0) and r.actuators.latency_steps == (0, 0) and r.actuators.joint_pos_bias_rad == 0.0
+    assert cfg.noise.joint_pos_rad == 0.0
