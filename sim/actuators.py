@@ -1,7 +1,9 @@
-"""Actuator models that run beside the physics, batched over envs, so their parameters can differ per env."""
+"""Actuator models whose parameters differ per env: the quadrotor's rotors run in torch beside the physics;
+joint drives run inside MuJoCo, with their per-env gains passed as controls."""
 
 from __future__ import annotations
 
+import mujoco
 import torch
 
 
@@ -36,21 +38,52 @@ class RotorModel:
         return self.thrust_N * self.thrust_scale
 
 
+def add_joint_drives(spec: mujoco.MjSpec, joint_names: tuple[str, ...]) -> None:
+    """Turn each named joint's torque motor into a motor driver's PD law that MuJoCo evaluates at every
+    physics step, with per-env gains supplied as controls:
+
+        torque = clip(ff + kq * q + kqd * qd, -limit, limit),  ff = s kp target, kq = -s kp, kqd = -s kd
+
+    The motor itself carries `ff` (gain 1, no control limit); two added actuators on the same joint
+    carry `kq` and `kqd` (affine gains equal to the joint's position and velocity); the joint's
+    actuatorfrcrange clamps their sum to the motor's torque limit (its ctrlrange times gear). So the
+    gains stay per-env inputs of one shared model and a whole control period steps in one rollout
+    call (measured by `s2r bench sim`), instead of one call per physics step with the PD in torch.
+    A `jointactuatorfrc` sensor `<joint>_torque` reports the torque applied in the last physics step.
+    Expects each joint's first actuator to be a torque motor with gear 1 (sim.joint_env.resolve_joints checks).
+    """
+    for name in joint_names:
+        motor = next(a for a in spec.actuators if a.target == name)
+        limit = float(motor.ctrlrange[1])
+        joint = spec.joint(name)
+        joint.actfrclimited = mujoco.mjtLimited.mjLIMITED_TRUE
+        joint.actfrcrange = [-limit, limit]
+        motor.ctrllimited = mujoco.mjtLimited.mjLIMITED_FALSE
+        for suffix, gain in (("kq", [0.0, 1.0, 0.0]), ("kqd", [0.0, 0.0, 1.0])):
+            spec.add_actuator(
+                name=f"{motor.name}_{suffix}", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT,
+                gaintype=mujoco.mjtGain.mjGAIN_AFFINE, gainprm=gain + [0.0] * 7,
+                biastype=mujoco.mjtBias.mjBIAS_NONE, ctrllimited=mujoco.mjtLimited.mjLIMITED_FALSE,
+            )
+        spec.add_sensor(name=f"{name}_torque", type=mujoco.mjtSensor.mjSENS_JOINTACTFRC,
+                        objtype=mujoco.mjtObj.mjOBJ_JOINT, objname=name)
+
+
 class JointPD:
-    """The joint PD law a motor driver runs at the physics rate, batched `(num_envs, num_joints)`:
+    """Per-env gains of the joint PD law a motor driver runs at the physics rate, batched
+    `(num_envs, num_joints)`:
 
         torque = clip(strength * (kp * (target - q) - kd * qd), -limit, limit)
 
-    kp, kd and motor strength are per env (randomized around the nominal gains); `limit` is the
-    motor's torque limit.
+    kp, kd and motor strength are per env (randomized around the nominal gains); MuJoCo evaluates the
+    law with the controls from `controls` (see add_joint_drives) and clamps to the torque limit.
     """
 
-    def __init__(self, num_envs: int, kp: torch.Tensor, kd: torch.Tensor, torque_limit: torch.Tensor):
+    def __init__(self, num_envs: int, kp: torch.Tensor, kd: torch.Tensor):
         self.kp_nominal, self.kd_nominal = kp, kd
         self.kp = kp.expand(num_envs, -1).clone()
         self.kd = kd.expand(num_envs, -1).clone()
         self.strength = torch.ones(num_envs, 1, device=kp.device)
-        self.torque_limit = torque_limit
 
     def set_params(self, env_ids, kp_scale: torch.Tensor, kd_scale: torch.Tensor, strength: torch.Tensor) -> None:
         """Scales `(len(env_ids),)` of the nominal gains, and motor strength."""
@@ -58,6 +91,7 @@ class JointPD:
         self.kd[env_ids] = self.kd_nominal * kd_scale[:, None]
         self.strength[env_ids, 0] = strength
 
-    def torque(self, target: torch.Tensor, q: torch.Tensor, qd: torch.Tensor) -> torch.Tensor:
-        tau = self.strength * (self.kp * (target - q) - self.kd * qd)
-        return torch.maximum(torch.minimum(tau, self.torque_limit), -self.torque_limit)
+    def controls(self, target: torch.Tensor) -> torch.Tensor:
+        """`(num_envs, 3 * num_joints)`: the drives' (ff, kq, kqd) controls for position targets `target`."""
+        skp = self.strength * self.kp
+        return torch.cat((skp * target, -skp, -self.strength * self.kd), dim=-1)

@@ -2,7 +2,8 @@
 
 The policy outputs joint position targets; a PD law with per-env gains and motor strength turns them
 into torques at every physics step (as the robot's motor drivers do, and as legged_gym does), for
-`decimation` physics steps per control step. Model fields (friction, masses, armature) are
+`decimation` physics steps per control step. MuJoCo evaluates the PD law (sim.actuators.add_joint_drives),
+so a control step is one batched rollout call. Model fields (friction, masses, armature) are
 randomized through the backend's pool of model variants: each env draws a variant at reset.
 """
 
@@ -14,9 +15,9 @@ import mujoco
 import numpy as np
 import torch
 
-from sim.actuators import JointPD
+from sim.actuators import JointPD, add_joint_drives
 from sim.backends import make_backend, physics_substeps
-from sim.backends.mujoco_cpu import ModelError
+from sim.backends.mujoco_cpu import ModelError, load_model
 from sim.config import nonnegative, positive
 from sim.env import BatchedEnv
 
@@ -43,10 +44,11 @@ class ActuatorRandomizationCfg:
 
 
 def resolve_joints(model: mujoco.MjModel, names: tuple[str, ...], path: str):
-    """qpos addresses, dof addresses, actuator ids and torque limits of the named hinge joints, in the
-    given order. Raises ModelError naming the first joint the model lacks or cannot drive."""
+    """qpos addresses, dof addresses and motor ids of the named hinge joints, in the given order. Raises
+    ModelError naming the first joint the model lacks or cannot drive with a torque motor (gear 1,
+    ctrlrange = torque limit), which is what add_joint_drives builds the drive from."""
     all_joints = [model.joint(i).name for i in range(model.njnt)]
-    qadr, dadr, act_ids, limits = [], [], [], []
+    qadr, dadr, act_ids = [], [], []
     for name in names:
         jid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)
         if jid < 0:
@@ -59,11 +61,12 @@ def resolve_joints(model: mujoco.MjModel, names: tuple[str, ...], path: str):
         a = acts[0]
         if not model.actuator_ctrllimited[a]:
             raise ModelError(f"{path}: actuator '{model.actuator(a).name}' of joint '{name}' has no ctrlrange (torque limit)")
+        if model.actuator_gear[a, 0] != 1 or model.actuator_gaintype[a] != mujoco.mjtGain.mjGAIN_FIXED or model.actuator_biastype[a] != mujoco.mjtBias.mjBIAS_NONE:
+            raise ModelError(f"{path}: actuator '{model.actuator(a).name}' of joint '{name}' is not a torque motor with gear 1")
         qadr.append(model.jnt_qposadr[jid])
         dadr.append(model.jnt_dofadr[jid])
         act_ids.append(a)
-        limits.append(model.actuator_ctrlrange[a, 1] * model.actuator_gear[a, 0])
-    return np.array(qadr), np.array(dadr), np.array(act_ids), np.array(limits)
+    return np.array(qadr), np.array(dadr), np.array(act_ids)
 
 
 def per_joint(values: tuple[float, ...], n: int, name: str) -> np.ndarray:
@@ -100,14 +103,22 @@ class JointPositionEnv(BatchedEnv):
         self._init_joints(cfg.control, default_pos)
 
     def _make_backend(self, model_path, num_envs: int, control_hz: float, model_variants: int, backend: str):
-        self.backend = make_backend(backend, model_path, num_envs, model_variants=model_variants)
+        # joints are checked on the model as written; the backend then adds their drives to it
+        raw = load_model(model_path)
+        self._qadr, self._dadr, act_ids = resolve_joints(raw, self.joint_names, f"model {model_path}")
+        motors = [raw.actuator(a).name for a in act_ids]
+        self.backend = make_backend(
+            backend, model_path, num_envs, model_variants=model_variants,
+            edit_spec=lambda spec: add_joint_drives(spec, self.joint_names),
+        )
         model = self.backend.model
         self.decimation = physics_substeps(model, 1.0 / control_hz)
         self.physics_dt_s = float(model.opt.timestep)
-        self._qadr, self._dadr, self._act_ids, limits = resolve_joints(model, self.joint_names, f"model {model_path}")
         self.joint_low = model.jnt_range[[model.dof_jntid[d] for d in self._dadr], 0].astype(np.float32)
         self.joint_high = model.jnt_range[[model.dof_jntid[d] for d in self._dadr], 1].astype(np.float32)
-        self._torque_limit_np = limits.astype(np.float32)
+        # ctrl columns of the drives, in JointPD.controls order: ff of every joint, then kq, then kqd
+        self._drive_ctrl = torch.as_tensor([model.actuator(f"{m}{sfx}").id for sfx in ("", "_kq", "_kqd") for m in motors])
+        self._torque_adr = torch.as_tensor([model.sensor_adr[model.sensor(f"{j}_torque").id] for j in self.joint_names])
 
     def _default_pose(self, key: str) -> np.ndarray:
         model = self.backend.model
@@ -122,14 +133,12 @@ class JointPositionEnv(BatchedEnv):
         dev = self.device
         kp = torch.tensor(per_joint(control.kp, n_j, "kp"), dtype=torch.float32, device=dev)
         kd = torch.tensor(per_joint(control.kd, n_j, "kd"), dtype=torch.float32, device=dev)
-        self.torque_limit = torch.tensor(self._torque_limit_np, device=dev)
-        self.pd = JointPD(self.num_envs, kp, kd, self.torque_limit)
+        self.pd = JointPD(self.num_envs, kp, kd)
         self.default_joint_pos = torch.tensor(default_joint_pos, dtype=torch.float32, device=dev)
         self.joint_pos = torch.zeros(self.num_envs, n_j, device=dev)
         self.joint_vel = torch.zeros(self.num_envs, n_j, device=dev)
         self.torque = torch.zeros(self.num_envs, n_j, device=dev)
         self.joint_pos_bias = torch.zeros(self.num_envs, n_j, device=dev)  # per-episode encoder offsets
-        self._act_ids_t = torch.as_tensor(self._act_ids)
         self._qadr_t = torch.as_tensor(self._qadr)
         self._dadr_t = torch.as_tensor(self._dadr)
 
@@ -139,16 +148,21 @@ class JointPositionEnv(BatchedEnv):
         self.joint_vel = b.qvel[:, self._dadr_t].to(self.device, torch.float32)
 
     def _apply_command(self, target_rad: torch.Tensor) -> None:
-        """PD toward the (latency-delayed) targets at every physics step."""
+        """PD toward the (latency-delayed) targets at every physics step, run by MuJoCo: one rollout call
+        for the control period, or, when a simulated robot swaps in its newest command before each
+        physics step, one call per physics step."""
         b = self.backend
-        for _ in range(self.decimation):
-            if self.physics_step_hook is not None:
+        if self.physics_step_hook is None:
+            b.ctrl[:, self._drive_ctrl] = self.pd.controls(target_rad).to(b.ctrl)
+            b.step(self.decimation)
+        else:
+            for _ in range(self.decimation):
                 target_rad = self.physics_step_hook(target_rad)
-            self.torque = self.pd.torque(target_rad, self.joint_pos, self.joint_vel)
-            b.ctrl[:, self._act_ids_t] = self.torque.to(b.ctrl)
-            b.step(1)
-            self._read_joints()
+                b.ctrl[:, self._drive_ctrl] = self.pd.controls(target_rad).to(b.ctrl)
+                b.step(1)
+        self._read_joints()
         self.sensordata = b.sensordata.to(self.device, torch.float32)
+        self.torque = self.sensordata[:, self._torque_adr]
 
     def actuator_param_names(self) -> tuple[str, ...]:
         """Names of the columns `_sample_actuator_params` returns."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
+from typing import Callable
 
 import mujoco
 import numpy as np
@@ -26,12 +27,16 @@ class ModelError(ValueError):
     """A robot model file is missing, does not compile, or lacks what a task needs."""
 
 
-def load_model(path: str | Path) -> mujoco.MjModel:
+def load_model(path: str | Path, edit: Callable[[mujoco.MjSpec], None] | None = None) -> mujoco.MjModel:
+    """Compile an MJCF file; `edit`, if given, changes its MjSpec first (e.g. adds joint drives)."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
-        return mujoco.MjModel.from_xml_path(str(path))
+        spec = mujoco.MjSpec.from_file(str(path))
+        if edit is not None:
+            edit(spec)
+        return spec.compile()
     except ValueError as e:
         raise ModelError(f"model {path} does not compile: {e}") from e
 
@@ -56,10 +61,13 @@ class MujocoCpuBackend:
     ctrl `(num_envs, nu)`, xfrc_applied `(num_envs, nbody, 6)`: inputs for the next step.
     """
 
-    def __init__(self, model_path: str | Path, num_envs: int, nthread: int = 0, model_variants: int = 1):
+    def __init__(
+        self, model_path: str | Path, num_envs: int, nthread: int = 0, model_variants: int = 1,
+        edit_spec: Callable[[mujoco.MjSpec], None] | None = None,
+    ):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.model = load_model(model_path)
+        self.model = load_model(model_path, edit_spec)
         self.model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_AUTORESET
         self.num_envs = num_envs
         self.nthread = nthread or os.cpu_count() or 1
