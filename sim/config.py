@@ -33,6 +33,24 @@ def validate(cfg, prefix: str = "") -> None:
             raise ConfigError(f"{name}: {check[1]}, got {value!r}")
 
 
+NOISE_DISTRIBUTIONS = ("uniform", "gaussian")
+
+
+def noise_distribution(default: str):
+    """The `distribution` field of a sensor-noise config, checked against NOISE_DISTRIBUTIONS."""
+    return dataclasses.field(
+        default=default, metadata={"check": (lambda v: v in NOISE_DISTRIBUTIONS, f"must be one of {NOISE_DISTRIBUTIONS}")}
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class SensorNoiseCfg:
+    """What every task's sensor-noise config shares: the distribution of the zero-mean noise whose
+    standard deviations the task's fields give (see BatchedEnv.sensor_noise)."""
+
+    distribution: str = noise_distribution("uniform")
+
+
 def positive(what: str = "must be > 0"):
     return {"check": (lambda v: v > 0, what)}
 

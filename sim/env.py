@@ -9,7 +9,7 @@ ObsBuilder and actions mapped by deploy's ActionMapper, the same code the robot 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -26,6 +26,7 @@ class BatchedEnv(ABC):
     Envs that end are reset inside `step`; the obs returned for them are their first obs.
     """
 
+    cfg: Any  # the task's config dataclass; its `noise.distribution` is read here
     spec: PolicySpec
     max_episode_steps: int
     max_latency_steps: int = 0
@@ -90,9 +91,13 @@ class BatchedEnv(ABC):
         """Boolean `(num_envs,)` per termination reason (e.g. crash, out of bounds)."""
 
     def sensor_noise(self, std: torch.Tensor) -> torch.Tensor:
-        """`(num_envs, k)` zero-mean noise with standard deviation `std` `(k,)`: uniform, as legged_gym and
-        mjlab add it, and several times cheaper to draw than Gaussian noise."""
-        u = torch.rand(self.num_envs, std.shape[-1], generator=self.generator, device=self.device)
+        """`(num_envs, k)` zero-mean noise with standard deviation `std` `(k,)`, of the distribution the
+        task's `noise.distribution` names: uniform (as legged_gym and mjlab add it, cheaper to draw)
+        or Gaussian."""
+        shape = (self.num_envs, std.shape[-1])
+        if self.cfg.noise.distribution == "gaussian":
+            return torch.randn(shape, generator=self.generator, device=self.device) * std
+        u = torch.rand(shape, generator=self.generator, device=self.device)
         return (u - 0.5) * (std * 12**0.5)
 
     def _physics_ok(self) -> torch.Tensor:

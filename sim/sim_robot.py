@@ -30,7 +30,7 @@ def noise_free(cfg):
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         if f.name == "noise":
-            changes[f.name] = dataclasses.replace(v, **{g.name: 0.0 for g in dataclasses.fields(v)})
+            changes[f.name] = dataclasses.replace(v, **{g.name: 0.0 for g in dataclasses.fields(v) if isinstance(getattr(v, g.name), float)})
         elif dataclasses.is_dataclass(v):
             changes[f.name] = noise_free(v)
         elif "bias" in f.name and isinstance(v, float):

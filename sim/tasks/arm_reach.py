@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from deploy.spec import ActionSpec, ObsTerm, PolicySpec
-from sim.config import nonnegative, positive
+from sim.config import SensorNoiseCfg, nonnegative, positive
 from sim.joint_env import ActuatorRandomizationCfg, JointControlCfg, JointPositionEnv
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -46,7 +46,7 @@ class RandomizationCfg:
 
 
 @dataclass(frozen=True)
-class NoiseCfg:
+class NoiseCfg(SensorNoiseCfg):
     joint_pos_rad: float = field(default=0.002, metadata=nonnegative())
     joint_vel_radps: float = field(default=0.02, metadata=nonnegative())
 

@@ -20,7 +20,7 @@ from deploy.signals import quat_to_rotmat, world_to_body
 from deploy.spec import ActionSpec, ObsTerm, PolicySpec
 from sim.actuators import RotorModel
 from sim.backends import make_backend, physics_substeps
-from sim.config import nonnegative, positive
+from sim.config import SensorNoiseCfg, noise_distribution, nonnegative, positive
 from sim.env import BatchedEnv
 from sim.math import tilt_quat
 
@@ -64,8 +64,12 @@ class RandomizationCfg:
 
 
 @dataclass(frozen=True)
-class NoiseCfg:
-    """Sensor noise standard deviations, per step (zero-mean uniform noise, see BatchedEnv.sensor_noise)."""
+class NoiseCfg(SensorNoiseCfg):
+    """Sensor noise standard deviations, per step. Gaussian: with uniform noise of the same standard
+    deviation, seed 0 of the default command ended on a policy that crashed 6.5 % of evaluation
+    episodes (Gaussian: 98.5 % success; README)."""
+
+    distribution: str = noise_distribution("gaussian")
 
     pos_m: float = field(default=0.005, metadata=nonnegative())
     rot: float = field(default=0.01, metadata=nonnegative())

@@ -17,7 +17,7 @@ import torch
 
 from deploy.signals import projected_gravity, quat_to_rotmat, world_to_body
 from deploy.spec import ActionSpec, ObsTerm, PolicySpec
-from sim.config import nonnegative, positive
+from sim.config import SensorNoiseCfg, nonnegative, positive
 from sim.joint_env import ActuatorRandomizationCfg, JointControlCfg, JointPositionEnv
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -60,8 +60,8 @@ class RandomizationCfg:
 
 
 @dataclass(frozen=True)
-class NoiseCfg:
-    """Sensor noise standard deviations (uniform noise, see BatchedEnv.sensor_noise)."""
+class NoiseCfg(SensorNoiseCfg):
+    """Sensor noise standard deviations (uniform noise, as legged_gym adds it)."""
 
     ang_vel_radps: float = field(default=0.1, metadata=nonnegative())
     gravity: float = field(default=0.03, metadata=nonnegative())
