@@ -1,7 +1,8 @@
 """`s2r bench sim`: training-env throughput against the raw `mj_step` ceiling, measured in one run.
 
-Ceiling: the task's model stepped by `mujoco.rollout` in one call of `steps` steps per env, same envs
-and threads, no task code. Env: `env.step` with hover actions (zeros), which includes the actuator
+Ceiling: the task's model (with the task's edits, e.g. joint drives) stepped by `mujoco.rollout` in one
+call of `steps` steps per env from the env's state and inputs, same envs and threads, no task code and
+no state recorded. Env: `env.step` with hover actions (zeros), which includes the actuator
 model, latency, observations for both groups, rewards, terminations and resets. Also timed, for the
 record: the alternative to `rollout`, a Python thread pool calling `mj_step` per env.
 """
@@ -16,30 +17,30 @@ import numpy as np
 import torch
 from mujoco import rollout
 
+from sim.backends.mujoco_cpu import CONTROL_SPEC
 from sim.tasks import make_env
 
 
-def _best_rate(fn, count: int, repeats: int) -> float:
-    """Highest count/s over `repeats` timings: the machine is shared, the best run is the least disturbed."""
-    best = 0.0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = max(best, count / (time.perf_counter() - t0))
-    return best
+def _rate(fn, count: int) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return count / (time.perf_counter() - t0)
 
 
-def mj_step_ceiling(model: mujoco.MjModel, init_state: np.ndarray, ctrl: np.ndarray, nthread: int, steps: int, repeats: int) -> float:
-    """Raw physics steps/s: one `rollout` call, `steps` steps for each of len(init_state) envs."""
+def make_ceiling(model: mujoco.MjModel, init_state: np.ndarray, ctrl: np.ndarray, nthread: int, steps: int):
+    """Raw physics, as a callable: one `rollout` call of `steps` steps for each of len(init_state) envs
+    from `init_state` with `ctrl` (controls and applied forces, the backend's layout) held, recording
+    nothing: the fastest MuJoCo steps these envs."""
     n = len(init_state)
     datas = [mujoco.MjData(model) for _ in range(nthread)]
-    control = np.repeat(ctrl[:, None], steps, axis=1)
-    with rollout.Rollout(nthread=nthread) as pool:
-        state, sensordata = pool.rollout([model] * n, datas, init_state, control, nstep=steps)
-        return _best_rate(
-            lambda: pool.rollout([model] * n, datas, init_state, control, nstep=steps, state=state, sensordata=sensordata),
-            n * steps, repeats,
-        )
+    control = np.ascontiguousarray(np.repeat(ctrl[:, None], steps, axis=1))
+    pool = rollout.Rollout(nthread=nthread)
+    models = [model] * n
+
+    def run():
+        pool.rollout(models, datas, init_state, control, control_spec=CONTROL_SPEC, nstep=steps, skip_checks=True)
+
+    return run, pool
 
 
 def thread_pool_rate(model: mujoco.MjModel, ctrl: np.ndarray, nthread: int, steps: int) -> float:
@@ -56,27 +57,34 @@ def thread_pool_rate(model: mujoco.MjModel, ctrl: np.ndarray, nthread: int, step
                 mujoco.mj_step(model, datas[i])
 
     with ThreadPoolExecutor(nthread) as ex:
-        return _best_rate(lambda: list(ex.map(work, chunks)), n * steps, 1)
+        return _rate(lambda: list(ex.map(work, chunks)), n * steps)
 
 
 def bench_sim(task: str, num_envs: int, steps: int = 200, repeats: int = 3, seed: int = 0) -> dict:
+    """Env and ceiling are timed alternately, `repeats` times each, and each keeps its best rate: on a
+    shared machine the best run is the least disturbed, and alternating exposes both to the same drift."""
     env = make_env(task, num_envs, seed=seed)
     env.reset()
     backend = env.backend
     action = torch.zeros(num_envs, env.spec.action_dim, device=env.device)
     for _ in range(10):
         env.step(action)
-    ctrl = backend.ctrl.numpy().copy()
+    ctrl = backend._control[:, 0].copy()  # ctrl and applied forces, as the env last set them
     init_state = backend._state.copy()
+    ceiling, pool = make_ceiling(backend.model, init_state, ctrl, backend.nthread, steps)
 
     def run_env():
-        for _ in range(steps):
+        for _ in range(steps // env.decimation):
             env.step(action)
 
-    env_rate = _best_rate(run_env, num_envs * steps, repeats) * env.decimation
-    ceiling = mj_step_ceiling(backend.model, init_state, ctrl, backend.nthread, steps, repeats)
+    physics_steps = num_envs * (steps // env.decimation) * env.decimation
+    env_rate = ceiling_rate = 0.0
+    for _ in range(repeats):
+        env_rate = max(env_rate, _rate(run_env, physics_steps))
+        ceiling_rate = max(ceiling_rate, _rate(ceiling, num_envs * steps))
+    pool.close()
     pool_envs = min(num_envs, 1024)
-    pool_rate = thread_pool_rate(backend.model, ctrl[:pool_envs], backend.nthread, max(1, steps // 10))
+    pool_rate = thread_pool_rate(backend.model, ctrl[:pool_envs, : backend.model.nu], backend.nthread, max(1, steps // 10))
     env.close()
     return {
         "task": task,
@@ -85,7 +93,7 @@ def bench_sim(task: str, num_envs: int, steps: int = 200, repeats: int = 3, seed
         "physics_steps_per_env_step": env.decimation,
         "env_physics_steps_per_s": env_rate,
         "env_steps_per_s": env_rate / env.decimation,
-        "mj_step_ceiling_per_s": ceiling,
-        "ratio": env_rate / ceiling,
+        "mj_step_ceiling_per_s": ceiling_rate,
+        "ratio": env_rate / ceiling_rate,
         "python_thread_pool_mj_step_per_s": pool_rate,
     }
