@@ -22,13 +22,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
+import lz4.frame
 import numpy as np
 import yaml
+import zstandard
+from mcap.data_stream import ReadDataStream
 from mcap.exceptions import McapError
+from mcap.opcode import Opcode
 from mcap.reader import SeekingReader
-from mcap.records import Channel, Chunk, Message, Metadata, Schema
+from mcap.records import Channel, Chunk, ChunkIndex, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader, breakup_chunk
 from mcap.writer import CompressionType, Writer
 from mcap_ros2._dynamic import serialize_dynamic  # the encoder mcap_ros2.writer uses; no public factory
@@ -308,6 +312,79 @@ class BagMessage(NamedTuple):
     msg: Any  # decoded from the schema stored in the bag: attributes named as the message's fields
 
 
+# --- fast decoders ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class MultiArrayDimension:
+    label: str
+    size: int
+    stride: int
+
+
+@dataclass(frozen=True, slots=True)
+class MultiArrayLayout:
+    dim: tuple[MultiArrayDimension, ...]
+    data_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Float64MultiArray:
+    layout: MultiArrayLayout  # shared by the messages of a stream that repeat it (frozen, so safe)
+    data: np.ndarray  # (n,) float64, a read-only view of the message bytes
+
+
+_U32, _U32x2 = struct.Struct("<I").unpack_from, struct.Struct("<II").unpack_from
+CDR_LE = 1  # encapsulation kind of plain little-endian CDR (byte 1 of the 4-byte header)
+
+
+def _align(pos: int, n: int) -> int:
+    """`pos` rounded up to a multiple of `n` counted from the payload start (after the 4-byte header)."""
+    return pos + (-(pos - 4) % n)
+
+
+def float64_multiarray_head(cdr: bytes) -> tuple[MultiArrayLayout, int, int] | None:
+    """(layout, byte offset of the float64 data, its count) of a std_msgs/msg/Float64MultiArray in plain
+    little-endian CDR; None for any other encapsulation (big-endian, parameter lists, XCDR2)."""
+    if len(cdr) < 4 or cdr[1] != CDR_LE:
+        return None
+    (n_dims,) = _U32(cdr, 4)
+    pos, dims = 8, []
+    for _ in range(n_dims):
+        pos = _align(pos, 4)
+        (length,) = _U32(cdr, pos)  # counts the terminating NUL; 0 or 1 for an empty label
+        label = cdr[pos + 4 : pos + 3 + length].decode() if length > 1 else ""
+        pos = _align(pos + 4 + length, 4)
+        dims.append(MultiArrayDimension(label, *_U32x2(cdr, pos)))
+        pos += 8
+    pos = _align(pos, 4)
+    data_offset, count = _U32x2(cdr, pos)
+    return MultiArrayLayout(tuple(dims), data_offset), _align(pos + 8, 8) if count else pos + 8, count
+
+
+class Float64MultiArrayDecoder:
+    """std_msgs/msg/Float64MultiArray from little-endian CDR, the data taken in one `np.frombuffer` (the
+    generic decoder unpacks it float by float) and the layout parsed again only when the bytes before
+    the data change: a stream such as policy_io repeats them every message. None where it cannot."""
+
+    def __init__(self) -> None:
+        self._head = b""
+        self._layout = MultiArrayLayout((), 0)
+        self._count = 0
+
+    def __call__(self, cdr: bytes) -> Float64MultiArray | None:
+        if not self._head or not cdr.startswith(self._head):
+            head = float64_multiarray_head(cdr)
+            if head is None:
+                return None
+            self._layout, start, self._count = head
+            self._head = bytes(cdr[:start])
+        return Float64MultiArray(self._layout, np.frombuffer(cdr, "<f8", self._count, len(self._head)))
+
+
+# message type -> factory of a decoder for one channel's little-endian CDR; where the decoder returns
+# None the generic one decodes the message
+FAST_DECODERS: dict[str, Callable[[], Callable[[bytes], Any]]] = {"std_msgs/msg/Float64MultiArray": Float64MultiArrayDecoder}
+
+
 # what reading a file cut inside a record raises: too few bytes (EndOfFile, struct.error), or bytes
 # of a cut record read as something else (a bad opcode, length, string or CRC)
 _TRUNCATED = (McapError, struct.error, ValueError)
@@ -316,7 +393,8 @@ _TRUNCATED = (McapError, struct.error, ValueError)
 @dataclass
 class _File:
     path: Path
-    indexed: bool  # summary and chunk index present: read in log-time order by the index
+    complete: bool  # closed by its writer: summary present
+    chunk_indexes: list[ChunkIndex] | None  # the summary's, when every chunk has its message index: read by it
     schemas: dict[int, Schema]
     channels: dict[int, Channel]
     counts: dict[int, int]
@@ -373,7 +451,7 @@ class BagReader:
     @property
     def complete(self) -> bool:
         """Every file was closed by its writer (has its summary and index)."""
-        return all(f.indexed for f in self._files)
+        return all(f.complete for f in self._files)
 
     @staticmethod
     def _bag_files(folder: Path) -> tuple[list[Path], dict[str, str]]:
@@ -413,14 +491,16 @@ class BagReader:
             except _TRUNCATED:
                 summary = None
             if summary is not None and summary.statistics is not None:
-                return _File(path, True, dict(summary.schemas), dict(summary.channels),
+                chunks = summary.chunk_indexes
+                usable = all(c.message_index_offsets for c in chunks) and (chunks or not summary.statistics.message_count)
+                return _File(path, True, chunks if usable else None, dict(summary.schemas), dict(summary.channels),
                              dict(summary.statistics.channel_message_counts), custom, os.path.getsize(path))
             return BagReader._scan(path, f)
 
     @staticmethod
     def _scan(path: Path, f: io.BufferedReader) -> _File:
         """One pass over the records of a file without a usable summary, up to the first incomplete one."""
-        out = _File(path, False, {}, {}, {}, {}, len(MCAP_MAGIC))
+        out = _File(path, False, None, {}, {}, {}, {}, len(MCAP_MAGIC))
         f.seek(0)
         size = os.path.getsize(path)
         stream = StreamReader(f, emit_chunks=True, record_size_limit=size)
@@ -455,37 +535,107 @@ class BagReader:
         in log-time order (within each chunk for a file cut short; file after file for a split bag)."""
         wanted = self._resolve(topics)
         for f in self._files:
-            for schema, channel, message in self._records(f, wanted):
-                decode = self._decoders.decoder_for(channel.message_encoding, schema)
-                if decode is None:
-                    raise BagError(f"topic {channel.topic}: cannot decode encoding '{channel.message_encoding}' with "
-                                   f"schema encoding '{schema.encoding if schema else None}' (only cdr + ros2msg)")
-                yield BagMessage(channel.topic, schema.name, message.log_time, decode(message.data))
+            ids = None if wanted is None else {cid for cid, ch in f.channels.items() if ch.topic in wanted}
+            decoders: dict[int, Callable[[bytes], Any]] = {}
+            records = self._indexed_records(f, ids) if f.chunk_indexes is not None else self._sequential_records(f, ids)
+            for log_time, _, channel_id, data in records:
+                decode = decoders.get(channel_id) or decoders.setdefault(channel_id, self._decoder(f, channel_id))
+                channel = f.channels[channel_id]
+                yield BagMessage(channel.topic, f.schemas[channel.schema_id].name, log_time, decode(data))
+
+    def _decoder(self, f: _File, channel_id: int) -> Callable[[bytes], Any]:
+        """The generic decoder of the channel's stored schema, behind the fast one of its type if any."""
+        channel = f.channels[channel_id]
+        schema = f.schemas.get(channel.schema_id)
+        generic = self._decoders.decoder_for(channel.message_encoding, schema)
+        if generic is None:
+            raise BagError(f"topic {channel.topic}: cannot decode encoding '{channel.message_encoding}' with "
+                           f"schema encoding '{schema.encoding if schema else None}' (only cdr + ros2msg)")
+        if schema.name not in FAST_DECODERS:
+            return generic
+        fast = FAST_DECODERS[schema.name]()
+
+        def decode(data: bytes) -> Any:
+            msg = fast(data)
+            return generic(data) if msg is None else msg
+
+        return decode
 
     @staticmethod
-    def _records(f: _File, wanted: set[str] | None) -> Iterator[tuple[Schema, Channel, Message]]:
+    def _indexed_records(f: _File, ids: set[int] | None) -> Iterator[tuple[int, int, int, bytes]]:
+        """(log time, order, channel id, CDR) of the wanted channels by the summary's chunk and message
+        indexes: chunks without a wanted channel are not read, nor other channels' records in the rest;
+        chunks overlapping in time are merged."""
+        chunks = sorted((c for c in f.chunk_indexes if ids is None or ids & c.message_index_offsets.keys()),
+                        key=lambda c: (c.message_start_time, c.chunk_start_offset))
+        heap: list[tuple[int, int, int, bytes]] = []
+        order = 0
         with open(f.path, "rb") as stream:
-            if f.indexed:
-                yield from SeekingReader(stream).iter_messages(topics=wanted, log_time_order=True)
-                return
+            for c in chunks:
+                while heap and heap[0][0] <= c.message_start_time:
+                    yield heapq.heappop(heap)
+                index = _message_index(stream, c, ids)
+                stream.seek(c.chunk_start_offset + 9)  # past the chunk record's opcode and length
+                records = _chunk_records(Chunk.read(ReadDataStream(stream)))
+                for log_time, offset in index:
+                    heapq.heappush(heap, (log_time, order, *_message_at(records, offset)))
+                    order += 1
+        while heap:
+            yield heapq.heappop(heap)
+
+    @staticmethod
+    def _sequential_records(f: _File, ids: set[int] | None) -> Iterator[tuple[int, int, int, bytes]]:
+        """(log time, order, channel id, CDR) of the wanted channels record after record, up to where the
+        scan found the file stops being readable; log-time order within each chunk."""
+        with open(f.path, "rb") as stream:
             # no record is longer than the readable part: a length read from a cut is garbage
             records = StreamReader(stream, emit_chunks=True, record_size_limit=f.end_offset).records
             while True:
-                try:  # the scan found where the file stops being readable: stop there the same way
+                try:
                     record = next(records)
                 except (StopIteration, *_TRUNCATED):
                     return
                 batch = breakup_chunk(record) if isinstance(record, Chunk) else [record]
-                msgs = []
-                for r in batch:
-                    if isinstance(r, Message):
-                        ch = f.channels[r.channel_id]
-                        if wanted is None or ch.topic in wanted:
-                            msgs.append((r.log_time, len(msgs), (f.schemas.get(ch.schema_id), ch, r)))
-                heapq.heapify(msgs)
-                while msgs:
-                    yield heapq.heappop(msgs)[2]
+                msgs = [(r.log_time, i, r.channel_id, r.data) for i, r in enumerate(batch)
+                        if isinstance(r, Message) and (ids is None or r.channel_id in ids)]
+                yield from sorted(msgs)
 
+
+_MESSAGE_HEADER = struct.Struct("<BQH")  # a message record's opcode, length and channel id
+_MESSAGE_PREFIX = 1 + 8 + 2 + 4 + 8 + 8  # opcode, length, channel id, sequence, log and publish time
+
+
+def _message_index(stream: io.BufferedReader, chunk: ChunkIndex, ids: set[int] | None) -> list[list[int]]:
+    """[log time, offset in the uncompressed records] of the wanted channels' messages in one chunk,
+    from its message index records, in record order."""
+    parts = []
+    for cid, offset in chunk.message_index_offsets.items():
+        if ids is not None and cid not in ids:
+            continue
+        stream.seek(offset + 1 + 8 + 2)  # opcode, record length, channel id
+        (length,) = _U32(stream.read(4))
+        parts.append(np.frombuffer(stream.read(length), "<u8").reshape(-1, 2))
+    entries = np.concatenate(parts) if parts else np.zeros((0, 2), np.uint64)
+    return entries[np.argsort(entries[:, 1], kind="stable")].tolist()
+
+
+def _chunk_records(chunk: Chunk) -> bytes:
+    """The uncompressed records of a chunk."""
+    if chunk.compression == "zstd":
+        return zstandard.decompress(chunk.data, chunk.uncompressed_size)
+    if chunk.compression == "lz4":
+        return lz4.frame.decompress(chunk.data)
+    if chunk.compression == "":
+        return chunk.data
+    raise BagError(f"chunk compression '{chunk.compression}' is not supported (zstd, lz4 or none)")
+
+
+def _message_at(records: bytes, offset: int) -> tuple[int, bytes]:
+    """(channel id, CDR) of the message record at `offset` of a chunk's records."""
+    opcode, length, channel_id = _MESSAGE_HEADER.unpack_from(records, offset)
+    if opcode != Opcode.MESSAGE:
+        raise BagError(f"message index points at a record of opcode {opcode:#x}, not a message: corrupt index")
+    return channel_id, records[offset + _MESSAGE_PREFIX : offset + 9 + length]
 
 
 # --- helpers for replay --------------------------------------------------------------------------
@@ -501,7 +651,7 @@ class StreamHealth:
 
 
 class StreamHealthCounter:
-    """`stream_health` fed one timestamp at a time, for streams read interleaved from one bag."""
+    """`stream_health` fed in parts, for streams read interleaved from one bag or block by block."""
 
     def __init__(self, period_s: float, gap_periods: float = 3.0):
         if period_s <= 0:
@@ -510,33 +660,41 @@ class StreamHealthCounter:
         self.n = self.back = self.gaps = self.max_gap_ns = 0
         self.first = self.prev = None
 
-    def add(self, t_ns: int) -> None:
-        self.n += 1
+    def add(self, t_ns: int | np.ndarray) -> None:
+        """One timestamp or an array of them, in stream order."""
+        t = np.atleast_1d(np.asarray(t_ns, dtype=np.int64))
+        if not len(t):
+            return
         if self.prev is None:
-            self.first = t_ns
-        elif t_ns < self.prev:
-            self.back += 1
-        else:
-            step = t_ns - self.prev
-            self.max_gap_ns = max(self.max_gap_ns, step)
-            self.gaps += step > self.gap_ns
-        self.prev = t_ns
+            self.first = self.prev = int(t[0])
+        step = np.diff(t, prepend=np.int64(self.prev))
+        forward = step[step >= 0]
+        self.n += len(t)
+        self.back += int((step < 0).sum())
+        self.gaps += int((forward > self.gap_ns).sum())
+        self.max_gap_ns = max(self.max_gap_ns, int(forward.max(initial=0)))
+        self.prev = int(t[-1])
 
     def result(self) -> StreamHealth:
         span = 0.0 if self.n == 0 else (self.prev - self.first) / 1e9
-        return StreamHealth(self.n, self.back, int(self.gaps), self.max_gap_ns / 1e9, span)
+        return StreamHealth(self.n, self.back, self.gaps, self.max_gap_ns / 1e9, span)
 
 
 def stream_health(times_ns: Iterable[int], period_s: float, gap_periods: float = 3.0) -> StreamHealth:
     """Counts clock jumps and gaps in a stream expected every `period_s`, in one pass over `times_ns`."""
     counter = StreamHealthCounter(period_s, gap_periods)
-    for t in times_ns:
-        counter.add(t)
+    counter.add(np.fromiter(times_ns, dtype=np.int64))
     return counter.result()
 
 
+def policy_io_segments(layout: Any) -> dict[str, slice]:
+    """A `policy_io` Float64MultiArray's layout -> {obs, action, command, timing: where in `data`}: each
+    layout dimension names a segment, its size and (in `stride`) its start offset
+    (s2r_ros.messages.policy_io_msg)."""
+    return {d.label: slice(d.stride, d.stride + d.size) for d in layout.dim}
+
+
 def policy_io_fields(msg: Any) -> dict[str, np.ndarray]:
-    """A logged `policy_io` Float64MultiArray -> {obs, action, command, timing}: each layout dimension
-    names a segment, its size and (in `stride`) its start offset (s2r_ros.messages.policy_io_msg)."""
+    """A logged `policy_io` Float64MultiArray -> {obs, action, command, timing}."""
     data = np.asarray(msg.data, dtype=np.float64)
-    return {d.label: data[d.stride : d.stride + d.size] for d in msg.layout.dim}
+    return {label: data[sl] for label, sl in policy_io_segments(msg.layout).items()}
