@@ -4,18 +4,23 @@ A bag is what `ros2 bag record -s mcap` writes: a folder with `metadata.yaml` (r
 `<folder>_0.mcap` (profile `ros2`, `ros2msg` schemas, CDR messages), so `ros2 bag`, Foxglove and the
 `rosbags` library read ours and we read theirs. Message definitions come from the `.msg` files of the
 installed ROS message packages; decoding uses the definition stored in the bag, so bags from other
-stacks decode without their packages.
+stacks decode without their packages (std_msgs/Float64MultiArray, the bulk of a replay, has a fast
+decoder of its own for little-endian CDR, the generic one doing the rest).
 
-A recorder killed mid-write leaves its complete chunks on disk (small chunks, flushed at least every
-`flush_period_s`); the reader then reads records in order and stops at the first incomplete one.
+A closed bag is read through its summary's chunk and message indexes: only the chunks holding a
+wanted topic, and in them only that topic's records. A recorder killed mid-write leaves its complete
+chunks on disk (small chunks, flushed at least every `flush_period_s`); the reader then reads records
+in order and stops at the first incomplete one.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
-import heapq
 import io
 import json
+import math
+import operator
 import os
 import struct
 import sys
@@ -326,7 +331,7 @@ class MultiArrayLayout:
     data_offset: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Float64MultiArray:
     layout: MultiArrayLayout  # shared by the messages of a stream that repeat it (frozen, so safe)
     data: np.ndarray  # (n,) float64, a read-only view of the message bytes
@@ -360,29 +365,35 @@ def float64_multiarray_head(cdr: bytes) -> tuple[MultiArrayLayout, int, int] | N
     return MultiArrayLayout(tuple(dims), data_offset), _align(pos + 8, 8) if count else pos + 8, count
 
 
+_F8 = np.dtype("<f8")
+
+
 class Float64MultiArrayDecoder:
-    """std_msgs/msg/Float64MultiArray from little-endian CDR, the data taken in one `np.frombuffer` (the
-    generic decoder unpacks it float by float) and the layout parsed again only when the bytes before
-    the data change: a stream such as policy_io repeats them every message. None where it cannot."""
+    """One channel's std_msgs/msg/Float64MultiArray: from little-endian CDR the data is taken in one
+    `np.frombuffer` (the generic decoder unpacks it float by float) and the layout parsed again only when
+    the bytes before the data change (policy_io repeats them every message); any other encapsulation
+    goes to `fallback`, the generic decoder (a list for `data`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fallback: Callable[[bytes], Any]) -> None:
+        self.fallback = fallback
         self._head = b""
+        self._start = self._count = 0
         self._layout = MultiArrayLayout((), 0)
-        self._count = 0
 
-    def __call__(self, cdr: bytes) -> Float64MultiArray | None:
+    def __call__(self, cdr: bytes) -> Any:
         if not self._head or not cdr.startswith(self._head):
             head = float64_multiarray_head(cdr)
             if head is None:
-                return None
-            self._layout, start, self._count = head
-            self._head = bytes(cdr[:start])
-        return Float64MultiArray(self._layout, np.frombuffer(cdr, "<f8", self._count, len(self._head)))
+                return self.fallback(cdr)
+            self._layout, self._start, self._count = head
+            self._head = bytes(cdr[: self._start])
+        return Float64MultiArray(self._layout, np.frombuffer(cdr, _F8, self._count, self._start))
 
 
-# message type -> factory of a decoder for one channel's little-endian CDR; where the decoder returns
-# None the generic one decodes the message
-FAST_DECODERS: dict[str, Callable[[], Callable[[bytes], Any]]] = {"std_msgs/msg/Float64MultiArray": Float64MultiArrayDecoder}
+# message type -> its fast decoder for one channel, made from the generic decoder it falls back on
+FAST_DECODERS: dict[str, Callable[[Callable[[bytes], Any]], Callable[[bytes], Any]]] = {
+    "std_msgs/msg/Float64MultiArray": Float64MultiArrayDecoder,
+}
 
 
 # what reading a file cut inside a record raises: too few bytes (EndOfFile, struct.error), or bytes
@@ -536,30 +547,24 @@ class BagReader:
         wanted = self._resolve(topics)
         for f in self._files:
             ids = None if wanted is None else {cid for cid, ch in f.channels.items() if ch.topic in wanted}
-            decoders: dict[int, Callable[[bytes], Any]] = {}
+            streams: dict[int, tuple[str, str, Callable[[bytes], Any]]] = {}  # channel -> topic, type, decoder
             records = self._indexed_records(f, ids) if f.chunk_indexes is not None else self._sequential_records(f, ids)
             for log_time, _, channel_id, data in records:
-                decode = decoders.get(channel_id) or decoders.setdefault(channel_id, self._decoder(f, channel_id))
-                channel = f.channels[channel_id]
-                yield BagMessage(channel.topic, f.schemas[channel.schema_id].name, log_time, decode(data))
+                if channel_id not in streams:
+                    channel = f.channels[channel_id]
+                    decode = self._decoder(f, channel)
+                    streams[channel_id] = (channel.topic, f.schemas[channel.schema_id].name, decode)
+                topic, msgtype, decode = streams[channel_id]
+                yield BagMessage(topic, msgtype, log_time, decode(data))
 
-    def _decoder(self, f: _File, channel_id: int) -> Callable[[bytes], Any]:
+    def _decoder(self, f: _File, channel: Channel) -> Callable[[bytes], Any]:
         """The generic decoder of the channel's stored schema, behind the fast one of its type if any."""
-        channel = f.channels[channel_id]
         schema = f.schemas.get(channel.schema_id)
         generic = self._decoders.decoder_for(channel.message_encoding, schema)
         if generic is None:
             raise BagError(f"topic {channel.topic}: cannot decode encoding '{channel.message_encoding}' with "
                            f"schema encoding '{schema.encoding if schema else None}' (only cdr + ros2msg)")
-        if schema.name not in FAST_DECODERS:
-            return generic
-        fast = FAST_DECODERS[schema.name]()
-
-        def decode(data: bytes) -> Any:
-            msg = fast(data)
-            return generic(data) if msg is None else msg
-
-        return decode
+        return FAST_DECODERS[schema.name](generic) if schema.name in FAST_DECODERS else generic
 
     @staticmethod
     def _indexed_records(f: _File, ids: set[int] | None) -> Iterator[tuple[int, int, int, bytes]]:
@@ -568,20 +573,20 @@ class BagReader:
         chunks overlapping in time are merged."""
         chunks = sorted((c for c in f.chunk_indexes if ids is None or ids & c.message_index_offsets.keys()),
                         key=lambda c: (c.message_start_time, c.chunk_start_offset))
-        heap: list[tuple[int, int, int, bytes]] = []
+        pending: list[tuple[int, int, int, bytes]] = []  # read, sorted, not yet yielded
         order = 0
         with open(f.path, "rb") as stream:
-            for c in chunks:
-                while heap and heap[0][0] <= c.message_start_time:
-                    yield heapq.heappop(heap)
+            for c, after in zip(chunks, [c.message_start_time for c in chunks[1:]] + [math.inf]):
                 index = _message_index(stream, c, ids)
                 stream.seek(c.chunk_start_offset + 9)  # past the chunk record's opcode and length
-                records = _chunk_records(Chunk.read(ReadDataStream(stream)))
-                for log_time, offset in index:
-                    heapq.heappush(heap, (log_time, order, *_message_at(records, offset)))
-                    order += 1
-        while heap:
-            yield heapq.heappop(heap)
+                channel_ids, data = _messages_at(_chunk_records(Chunk.read(ReadDataStream(stream))), index[:, 1])
+                new = list(zip(index[:, 0].tolist(), range(order, order + len(data)), channel_ids, data))
+                order += len(data)
+                pending = sorted(pending + new) if pending or not _is_sorted(index[:, 0]) else new
+                # what is not later than the next chunk's first message cannot be preceded by anything unread
+                cut = bisect.bisect_right(pending, after, key=operator.itemgetter(0))
+                yield from pending[:cut]
+                pending = pending[cut:]
 
     @staticmethod
     def _sequential_records(f: _File, ids: set[int] | None) -> Iterator[tuple[int, int, int, bytes]]:
@@ -601,13 +606,9 @@ class BagReader:
                 yield from sorted(msgs)
 
 
-_MESSAGE_HEADER = struct.Struct("<BQH")  # a message record's opcode, length and channel id
-_MESSAGE_PREFIX = 1 + 8 + 2 + 4 + 8 + 8  # opcode, length, channel id, sequence, log and publish time
-
-
-def _message_index(stream: io.BufferedReader, chunk: ChunkIndex, ids: set[int] | None) -> list[list[int]]:
-    """[log time, offset in the uncompressed records] of the wanted channels' messages in one chunk,
-    from its message index records, in record order."""
+def _message_index(stream: io.BufferedReader, chunk: ChunkIndex, ids: set[int] | None) -> np.ndarray:
+    """(n, 2) uint64 [log time, offset in the uncompressed records] of the wanted channels' messages in
+    one chunk, from its message index records, in record order."""
     parts = []
     for cid, offset in chunk.message_index_offsets.items():
         if ids is not None and cid not in ids:
@@ -616,7 +617,11 @@ def _message_index(stream: io.BufferedReader, chunk: ChunkIndex, ids: set[int] |
         (length,) = _U32(stream.read(4))
         parts.append(np.frombuffer(stream.read(length), "<u8").reshape(-1, 2))
     entries = np.concatenate(parts) if parts else np.zeros((0, 2), np.uint64)
-    return entries[np.argsort(entries[:, 1], kind="stable")].tolist()
+    return entries[np.argsort(entries[:, 1], kind="stable")]
+
+
+def _is_sorted(x: np.ndarray) -> bool:
+    return bool((x[1:] >= x[:-1]).all())
 
 
 def _chunk_records(chunk: Chunk) -> bytes:
@@ -630,12 +635,20 @@ def _chunk_records(chunk: Chunk) -> bytes:
     raise BagError(f"chunk compression '{chunk.compression}' is not supported (zstd, lz4 or none)")
 
 
-def _message_at(records: bytes, offset: int) -> tuple[int, bytes]:
-    """(channel id, CDR) of the message record at `offset` of a chunk's records."""
-    opcode, length, channel_id = _MESSAGE_HEADER.unpack_from(records, offset)
-    if opcode != Opcode.MESSAGE:
-        raise BagError(f"message index points at a record of opcode {opcode:#x}, not a message: corrupt index")
-    return channel_id, records[offset + _MESSAGE_PREFIX : offset + 9 + length]
+_MESSAGE_PREFIX = 1 + 8 + 2 + 4 + 8 + 8  # opcode, length, channel id, sequence, log and publish time
+
+
+def _messages_at(records: bytes, offsets: np.ndarray) -> tuple[list[int], list[bytes]]:
+    """(channel ids, CDR payloads) of the message records at `offsets` of a chunk's records, their
+    headers read in one gather."""
+    raw = np.frombuffer(records, np.uint8)
+    offsets = offsets.astype(np.int64)
+    if len(offsets) and (offsets.max() + _MESSAGE_PREFIX > len(raw) or (raw[offsets] != Opcode.MESSAGE).any()):
+        raise BagError("a message index points past its chunk or at a record that is not a message: corrupt index")
+    head = raw[offsets[:, None] + np.arange(1, 11)]  # record length (u64), channel id (u16)
+    ends = (offsets + 9 + head[:, :8].copy().view("<u8")[:, 0].astype(np.int64)).tolist()
+    channel_ids = head[:, 8:].copy().view("<u2")[:, 0].tolist()
+    return channel_ids, [records[a:b] for a, b in zip((offsets + _MESSAGE_PREFIX).tolist(), ends)]
 
 
 # --- helpers for replay --------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import numpy as np
 from deploy.onnx_policy import OnnxPolicy, PolicyLoadError
 from deploy.signals import quat_to_rotmat
 from deploy.spec import PolicySpec, SpecError
-from replay.bag import BagError, BagReader, StreamHealthCounter, policy_io_fields
+from replay.bag import BagError, BagReader, StreamHealthCounter, policy_io_segments
 from replay.dynamics_gap import RIGID_QUANTITIES, GapStats, JointLog, Plant, StreamingStats, joint_gap_stats, rigid_gap_stats
 from replay.mapping import clock_report, make_log
 
@@ -242,17 +242,21 @@ def logged_spec(reader: BagReader, fallback: PolicySpec | None) -> PolicySpec:
     return PolicySpec.from_json(text)
 
 
-def _check_fields(fields: dict[str, np.ndarray], spec: PolicySpec, where: str) -> None:
-    missing = [f for f in POLICY_IO_FIELDS if f not in fields]
+def _check_fields(segments: dict[str, slice], width: int, spec: PolicySpec, where: str) -> None:
+    missing = [f for f in POLICY_IO_FIELDS if f not in segments]
     if missing:
-        raise ReplayError(f"{where}: policy_io has no field(s) {missing} (it has {sorted(fields)})")
-    if fields["obs"].size != spec.obs_dim or fields["action"].size != spec.action_dim:
-        raise ReplayError(f"{where}: policy_io obs/action sizes {fields['obs'].size}/{fields['action'].size} differ from "
+        raise ReplayError(f"{where}: policy_io has no field(s) {missing} (it has {sorted(segments)})")
+    size = {f: segments[f].stop - segments[f].start for f in POLICY_IO_FIELDS}
+    if size["obs"] != spec.obs_dim or size["action"] != spec.action_dim:
+        raise ReplayError(f"{where}: policy_io obs/action sizes {size['obs']}/{size['action']} differ from "
                           f"the PolicySpec's {spec.obs_dim}/{spec.action_dim}")
+    if size["timing"] < 1 or max(segments[f].stop for f in POLICY_IO_FIELDS) > width:
+        raise ReplayError(f"{where}: policy_io layout {segments} does not fit its {width} values (or has no step time)")
 
 
 def policy_io_pass(reader: BagReader, spec: PolicySpec, candidates: list[Candidate], cfg) -> dict:
-    """Action agreement, shift and task metrics in one stream over policy_io."""
+    """Action agreement, shift and task metrics in one stream over policy_io, computed on blocks of
+    CHUNK_ROWS messages that share a layout (one ONNX call and array operations per block)."""
     if POLICY_IO not in reader.topics and POLICY_IO.lstrip("/") not in reader.topics:
         raise ReplayError(f"topic {POLICY_IO} is not in bag {reader.path}; it has {sorted(reader.topics)}")
     period_s = 1.0 / spec.control_hz
@@ -263,32 +267,38 @@ def policy_io_pass(reader: BagReader, spec: PolicySpec, candidates: list[Candida
     health = StreamHealthCounter(period_s)
     step_clock = StreamHealthCounter(period_s)  # the controller's own step times (timing[0])
     plot = {"action": [], **{c.name: [] for c in candidates}}
-    rows: list[np.ndarray] = []
+    rows: list[np.ndarray] = []  # each message's data, all of one layout
+    times: list[int] = []
+    layout, width, seg = None, -1, {}
 
     def flush() -> None:
         if not rows:
             return
-        block = np.asarray(rows)
-        obs, action = block[:, : spec.obs_dim], block[:, spec.obs_dim :]
+        block = np.asarray(rows, dtype=np.float64)
+        health.add(np.asarray(times, dtype=np.int64))
+        step_clock.add((block[:, seg["timing"].start] * 1e9).astype(np.int64))
+        obs, action = block[:, seg["obs"]], block[:, seg["action"]]
         task.add(obs)
         keep = max(0, PLOT_ROWS - len(plot["action"]))
         plot["action"] += list(action[:keep])
         for i, c in enumerate(candidates):
             pred = c.policy(obs).astype(np.float64)
             agree[i].add(np.abs(pred - action))
-            z = (obs - c.obs_mean) / c.obs_std
-            z_abs[i].add(np.abs(z))
-            beyond[i] += (np.abs(z) > 3).sum(0)
+            z = np.abs((obs - c.obs_mean) / c.obs_std)
+            z_abs[i].add(z)
+            beyond[i] += (z > 3).sum(0)
             plot[c.name] += list(pred[:keep])
         rows.clear()
+        times.clear()
 
     for m in reader.messages([POLICY_IO]):
-        fields = policy_io_fields(m.msg)
-        if health.n == 0:
-            _check_fields(fields, spec, str(reader.path))
-        health.add(m.log_time_ns)
-        step_clock.add(int(fields["timing"][0] * 1e9))
-        rows.append(np.concatenate((fields["obs"], fields["action"])))
+        data = m.msg.data
+        if len(data) != width or (m.msg.layout is not layout and m.msg.layout != layout):
+            flush()
+            layout, width, seg = m.msg.layout, len(data), policy_io_segments(m.msg.layout)
+            _check_fields(seg, width, spec, str(reader.path))
+        rows.append(data)
+        times.append(m.log_time_ns)
         if len(rows) >= CHUNK_ROWS:
             flush()
     flush()

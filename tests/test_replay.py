@@ -9,6 +9,7 @@ ranking as much as its shift does (both parts are checked to point the same way)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -164,6 +165,41 @@ def test_missing_topic_and_field_are_named_errors(tmp_path, capsys):
     _small_bag(tmp_path / "no_fields", ("/odom", "/policy_io"))
     with pytest.raises(ReplayError, match=r"policy_io has no field\(s\) \['command', 'timing'\]"):
         replay_bag(tmp_path / "no_fields", [policy], tmp_path / "out")
+
+
+def test_policy_io_pass_in_blocks_matches_per_row_inference(tmp_path, monkeypatch):
+    """A quadruped rollout as the bench records it (actions computed one row at a time): the batched
+    inference reproduces each row within 1e-6, and the block size changes no figure."""
+    import numpy as np
+
+    from deploy.onnx_policy import OnnxPolicy
+    from replay import evaluate
+    from replay.bag import BagReader, policy_io_fields, stream_health
+    from replay.bench import SHIPPED, record_rollout_bag
+    from sim.evaluate import load_policy
+
+    policy = SHIPPED / "quadruped.onnx"
+    record_rollout_bag(policy, tmp_path / "bag", 3.0)
+    spec = OnnxPolicy(policy).spec
+    cand, cfg = load_candidate(policy, spec), load_policy(policy)[1]
+    whole = policy_io_pass(BagReader(tmp_path / "bag"), spec, [cand], cfg)
+    msgs = list(BagReader(tmp_path / "bag").messages(["/policy_io"]))
+    assert whole["rows"] == len(msgs) == 150 and whole["action_agreement"][cand.name]["max_abs_diff"] <= 1e-6
+    per_row = np.concatenate([cand.policy(policy_io_fields(m.msg)["obs"][None]) for m in msgs])
+    np.testing.assert_allclose(whole["_plot"][cand.name], per_row, rtol=0, atol=1e-6)
+    assert whole["health"]["policy_io_receive"] == dataclasses.asdict(stream_health([m.log_time_ns for m in msgs], 1 / spec.control_hz))
+    monkeypatch.setattr(evaluate, "CHUNK_ROWS", 7)
+    blocks = policy_io_pass(BagReader(tmp_path / "bag"), spec, [cand], cfg)
+    assert blocks["health"] == whole["health"]
+    for key in ("action_agreement", "shift", "task_metrics"):
+        assert _leaves(blocks[key]) == pytest.approx(_leaves(whole[key]), rel=1e-9, abs=1e-12), key
+
+
+def _leaves(tree) -> dict:
+    """{path: value} of a nested dict's numbers, for comparing two results with a tolerance."""
+    if isinstance(tree, dict):
+        return {f"{k}/{p}": v for k, sub in tree.items() for p, v in _leaves(sub).items()}
+    return {"": tree} if isinstance(tree, (int, float)) else {}
 
 
 def test_nominal_cfg_pins_every_range():
