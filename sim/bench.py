@@ -60,9 +60,10 @@ def thread_pool_rate(model: mujoco.MjModel, ctrl: np.ndarray, nthread: int, step
         return _rate(lambda: list(ex.map(work, chunks)), n * steps)
 
 
-def bench_sim(task: str, num_envs: int, steps: int = 200, repeats: int = 3, seed: int = 0) -> dict:
-    """Env and ceiling are timed alternately, `repeats` times each, and each keeps its best rate: on a
-    shared machine the best run is the least disturbed, and alternating exposes both to the same drift."""
+def bench_sim(task: str, num_envs: int, steps: int = 100, repeats: int = 7, seed: int = 0) -> dict:
+    """Env and ceiling are timed alternately, `steps` physics steps per env each time, `repeats` pairs.
+    The ratio is the median over pairs of env rate / ceiling rate: on a shared machine whose speed
+    drifts by tens of percent between seconds, adjacent timings see the same machine."""
     env = make_env(task, num_envs, seed=seed)
     env.reset()
     backend = env.backend
@@ -72,20 +73,22 @@ def bench_sim(task: str, num_envs: int, steps: int = 200, repeats: int = 3, seed
     ctrl = backend._control[:, 0].copy()  # ctrl and applied forces, as the env last set them
     init_state = backend._state.copy()
     ceiling, pool = make_ceiling(backend.model, init_state, ctrl, backend.nthread, steps)
+    env_steps = max(1, steps // env.decimation)
 
     def run_env():
-        for _ in range(steps // env.decimation):
+        for _ in range(env_steps):
             env.step(action)
 
-    physics_steps = num_envs * (steps // env.decimation) * env.decimation
-    env_rate = ceiling_rate = 0.0
+    env_rates, ceiling_rates = [], []
     for _ in range(repeats):
-        env_rate = max(env_rate, _rate(run_env, physics_steps))
-        ceiling_rate = max(ceiling_rate, _rate(ceiling, num_envs * steps))
+        env_rates.append(_rate(run_env, num_envs * env_steps * env.decimation))
+        ceiling_rates.append(_rate(ceiling, num_envs * steps))
     pool.close()
     pool_envs = min(num_envs, 1024)
     pool_rate = thread_pool_rate(backend.model, ctrl[:pool_envs, : backend.model.nu], backend.nthread, max(1, steps // 10))
     env.close()
+    env_rate = float(np.median(env_rates))
+    ratios = np.array(env_rates) / np.array(ceiling_rates)
     return {
         "task": task,
         "num_envs": num_envs,
@@ -93,7 +96,8 @@ def bench_sim(task: str, num_envs: int, steps: int = 200, repeats: int = 3, seed
         "physics_steps_per_env_step": env.decimation,
         "env_physics_steps_per_s": env_rate,
         "env_steps_per_s": env_rate / env.decimation,
-        "mj_step_ceiling_per_s": ceiling_rate,
-        "ratio": env_rate / ceiling_rate,
+        "mj_step_ceiling_per_s": float(np.median(ceiling_rates)),
+        "ratio": float(np.median(ratios)),
+        "ratio_range": (float(ratios.min()), float(ratios.max())),
         "python_thread_pool_mj_step_per_s": pool_rate,
     }
