@@ -148,7 +148,7 @@ def cmd_bench(args) -> None:
     print(f"s2r bench sim --task {r['task']} --num-envs {r['num_envs']}  ({r['threads']} MuJoCo threads)")
     print(f"  training env             {r['env_steps_per_s']:12,.0f} env steps/s "
           f"({r['env_physics_steps_per_s']:,.0f} physics steps/s)")
-    print(f"  raw mj_step ceiling      {r['mj_step_ceiling_per_s']:12,.0f} physics steps/s (mujoco.rollout, same model and threads)")
+    print(f"  raw mj_step ceiling      {r['mj_step_ceiling_per_s']:12,.0f} physics steps/s (mujoco.rollout: the env's worlds, threads, no task code)")
     print(f"  ratio env / ceiling      {r['ratio']:12.2f}  (median of {args.repeats} alternate timings; range {r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f})")
     print(f"  python thread pool       {r['python_thread_pool_mj_step_per_s']:12,.0f} physics steps/s (mj_step per env per call; not used)")
     if args.json:

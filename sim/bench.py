@@ -1,8 +1,8 @@
 """`s2r bench sim`: training-env throughput against the raw `mj_step` ceiling, measured in one run.
 
-Ceiling: the task's model (with the task's edits, e.g. joint drives) stepped by `mujoco.rollout` in one
-call of `steps` steps per env from the env's state and inputs, same envs and threads, no task code and
-no state recorded. Env: `env.step` with hover actions (zeros), which includes the actuator
+Ceiling: the worlds the env steps (the task's model with its edits, e.g. joint drives, and each env's
+model variant) stepped by `mujoco.rollout` in one call of `steps` steps per env from the env's state and
+inputs, same envs and threads, no task code and no state recorded. Env: `env.step` with hover actions (zeros), which includes the actuator
 model, latency, observations for both groups, rewards, terminations and resets. Also timed, for the
 record: the alternative to `rollout`, a Python thread pool calling `mj_step` per env.
 """
@@ -27,15 +27,14 @@ def _rate(fn, count: int) -> float:
     return count / (time.perf_counter() - t0)
 
 
-def make_ceiling(model: mujoco.MjModel, init_state: np.ndarray, ctrl: np.ndarray, nthread: int, steps: int):
-    """Raw physics, as a callable: one `rollout` call of `steps` steps for each of len(init_state) envs
-    from `init_state` with `ctrl` (controls and applied forces, the backend's layout) held, recording
-    nothing: the fastest MuJoCo steps these envs."""
-    n = len(init_state)
-    datas = [mujoco.MjData(model) for _ in range(nthread)]
+def make_ceiling(models: list[mujoco.MjModel], init_state: np.ndarray, ctrl: np.ndarray, nthread: int, steps: int):
+    """Raw physics, as a callable: one `rollout` call of `steps` steps for each env, of `models[i]` (the
+    env's own model variant: randomized friction loss, say, adds solver work) from `init_state[i]` with
+    `ctrl[i]` (controls and applied forces, the backend's layout) held, recording nothing: the fastest
+    MuJoCo steps these worlds."""
+    datas = [mujoco.MjData(models[0]) for _ in range(nthread)]
     control = np.ascontiguousarray(np.repeat(ctrl[:, None], steps, axis=1))
     pool = rollout.Rollout(nthread=nthread)
-    models = [model] * n
 
     def run():
         pool.rollout(models, datas, init_state, control, control_spec=CONTROL_SPEC, nstep=steps, skip_checks=True)
@@ -72,7 +71,7 @@ def bench_sim(task: str, num_envs: int, steps: int = 100, repeats: int = 7, seed
         env.step(action)
     ctrl = backend._control[:, 0].copy()  # ctrl and applied forces, as the env last set them
     init_state = backend._state.copy()
-    ceiling, pool = make_ceiling(backend.model, init_state, ctrl, backend.nthread, steps)
+    ceiling, pool = make_ceiling(list(backend._models), init_state, ctrl, backend.nthread, steps)
     env_steps = max(1, steps // env.decimation)
 
     def run_env():
