@@ -7,6 +7,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -139,6 +140,9 @@ class Runner:
         cfg, env, ppo = self.cfg, self.env, self.ppo
         config = json.dumps(self.config_dict(), indent=2).encode()
         atomic_write(self.run_dir / "config.json", lambda f: f.write(config))
+        if self.iteration == 0:  # a new run in a used folder: its logs must not continue the old run's
+            (self.run_dir / "metrics.csv").unlink(missing_ok=True)
+            shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
         writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         metrics = MetricsCsv(self.run_dir / "metrics.csv")
         train_threads = torch.get_num_threads()

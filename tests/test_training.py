@@ -36,6 +36,11 @@ def test_run_dir_has_everything(tmp_path):
     assert len(rows) == 1 + 4 and rows[0].startswith("iteration,env_steps,time_s")
     assert load_checkpoint(ckpt)["iteration"] == 4
     r.env.close()
+    again = small_run(tmp_path, max_iterations=2)  # a new run in the same folder starts new logs
+    again.learn(progress=False)
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 2
+    assert len(list((run / "tensorboard").iterdir())) == 1
+    again.env.close()
 
 
 def test_resume_continues_exactly(tmp_path):
