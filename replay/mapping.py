@@ -6,7 +6,8 @@ and the conversion to this stack's units: `value = (raw * scale + offset)`, then
 radians, then `quat_order: xyzw` reordered to w, x, y, z. It is validated at load; an error names
 the bad key. `import_csv` streams the file in chunks of rows; clock jumps (time not increasing)
 and gaps (> 1.5 periods, i.e. dropped rows) are counted in the log's `ClockReport`, not fatal.
-The bag reader reuses the same entries through `get_field` and `Entry.from_message`.
+`import_bag` reads another stack's rosbag2 bag through the same entries (`get_field`,
+`Entry.from_message`), holding each topic's newest message on the time entry's clock.
 """
 
 from __future__ import annotations
@@ -348,3 +349,49 @@ def import_csv(path: str | Path, mapping: Mapping | str | Path, chunk_rows: int 
         raise MappingError(f"{path}: no data rows")
     values = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return make_log(np.concatenate(times), values, clock, np.concatenate(oks), str(path))
+
+
+# --- bags ------------------------------------------------------------------------------------------
+def import_bag(path: str | Path, mapping: Mapping | str | Path) -> Log:
+    """Import another stack's rosbag2 bag through a bag mapping.
+
+    Rows are the messages of the time entry's topic; every other quantity takes the newest message of
+    its topic at or before that row (what a controller on that clock would have seen). Rows before
+    every quantity has been seen once are left out. A topic the bag lacks raises naming it.
+    """
+    from replay.bag import BagReader
+
+    if not isinstance(mapping, Mapping):
+        mapping = load_mapping(mapping)
+    if mapping.format != "bag":
+        raise MappingError(f"mapping format is '{mapping.format}', not bag")
+    def absolute(topic: str) -> str:
+        return "/" + topic.lstrip("/")
+
+    by_topic: dict[str, list[Entry]] = {}
+    for e in mapping.quantities:
+        by_topic.setdefault(absolute(e.topic), []).append(e)
+    clock_topic = absolute(mapping.time.topic)
+    latest: dict[str, np.ndarray] = {}
+    times: list[float] = []
+    rows: dict[str, list[np.ndarray]] = {e.name: [] for e in mapping.quantities}
+    for m in BagReader(path).messages(sorted(set(by_topic) | {clock_topic})):
+        topic = absolute(m.topic)
+        for e in by_topic.get(topic, ()):
+            latest[e.name] = e.from_message(m.msg)
+        if topic == clock_topic and len(latest) == len(rows):
+            times.append(float(mapping.time.from_message(m.msg)[0]))
+            for name, value in latest.items():
+                rows[name].append(value)
+    if not times:
+        raise MappingError(f"{path}: no row with every quantity of the mapping seen")
+    t_s = np.asarray(times)
+    clock, ok = clock_report(t_s, 1.0 / mapping.rate_hz)
+    return make_log(t_s, {k: np.stack(v) for k, v in rows.items()}, clock, ok, str(path))
+
+
+def import_log(path: str | Path, mapping: Mapping | str | Path) -> Log:
+    """A foreign log through its mapping: a CSV file or a rosbag2 bag, as the mapping's format says."""
+    if not isinstance(mapping, Mapping):
+        mapping = load_mapping(mapping)
+    return import_bag(path, mapping) if mapping.format == "bag" else import_csv(path, mapping)

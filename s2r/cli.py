@@ -195,11 +195,11 @@ def cmd_replay(args) -> None:
     log, out = Path(args.log), Path(args.out)
     if any(k < 1 for k in args.k):
         raise ReplayError(f"--k values must be >= 1, got {args.k}")
-    if log.suffix == ".csv":
+    if log.suffix == ".csv" or args.mapping:  # a foreign log: a CSV file or another stack's bag
         from replay.sysid import crazyflie_report
 
         if not (args.fit and args.mapping):
-            raise ReplayError(f"{log} is a CSV log: give --mapping NAME_OR_YAML and --fit OTHER.csv (the flight to fit the model on)")
+            raise ReplayError(f"{log} is a foreign log: give --mapping NAME_OR_YAML and --fit OTHER_LOG (the flight to fit the model on)")
         metrics = crazyflie_report(args.fit, log, args.mapping, out)
         print(f"fitted the quadrotor model on {args.fit}; dynamics gap on {log} (mean error norm, stock -> fitted):")
         for k, d in metrics["heldout"]["stock"]["k"].items():
@@ -209,8 +209,8 @@ def cmd_replay(args) -> None:
                   f"{d['att_rad']['norm']['mean']:.4f} -> {f['att_rad']['norm']['mean']:.4f} rad")
         print(f"wrote {out / 'dynamics_gap.json'}, {out / 'sysid.json'}, {out / 'gap_errors.png'}, {out / 'heldout_predictions.png'}")
         return
-    if args.fit or args.mapping:
-        raise ReplayError("--fit and --mapping apply to foreign CSV logs; a rosbag2 bag carries its PolicySpec")
+    if args.fit:
+        raise ReplayError("--fit applies to foreign logs read through --mapping; a bag of this stack carries its PolicySpec")
     m = replay_bag(log, args.policy, out, tuple(args.k), dynamics=not args.no_dynamics_gap, sim_episodes=args.episodes)
     print(f"{m['task']}: {m['rows']} control steps, {m['logged_s']:.1f} s logged; policy_io pass "
           f"{m['throughput_x_realtime']:.0f}x real time" + ("" if m["complete"] else f"; bag cut short: {m['recovery_notes']}"))
@@ -303,12 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--json", help="also write the figures to this file")
     br.set_defaults(func=cmd_bench_replay)
 
-    r = sub.add_parser("replay", help="evaluate policies on a logged rollout (rosbag2 MCAP bag, or a foreign CSV log)")
-    r.add_argument("log", help="bag folder or .mcap file; or a CSV flight with --mapping and --fit")
+    r = sub.add_parser("replay", help="evaluate policies on a logged rollout (rosbag2 MCAP bag), or a foreign log against the quadrotor model")
+    r.add_argument("log", help="bag folder or .mcap file; or a foreign log (CSV file or another stack's bag) with --mapping and --fit")
     r.add_argument("--policy", action="append", default=[], help="candidate policy.onnx (repeat for several)")
     r.add_argument("--out", required=True, help="folder for report.html, metrics.json and the PNGs")
     r.add_argument("--mapping", help="foreign-log mapping: a shipped name (crazyflie_nanobench) or a YAML file")
-    r.add_argument("--fit", help="CSV log: fit the model on this other flight, report the gap on LOG")
+    r.add_argument("--fit", help="foreign log: fit the model on this other flight, report the gap on LOG")
     r.add_argument("--k", type=int, nargs="+", default=[1, 10, 50], help="prediction horizons, control steps")
     r.add_argument("--no-dynamics-gap", action="store_true")
     r.add_argument("--episodes", type=int, default=100, help="simulated episodes per candidate for the ranking")

@@ -154,3 +154,51 @@ def test_fitted_model_beats_stock_on_heldout_flight(mapping, tmp_path):
     assert ours["windows"] > 1500
     assert ours["k"]["10"]["pos_m"]["norm"]["mean"] < 0.5 * stock["k"]["10"]["pos_m"]["norm"]["mean"]
     assert ours["k"]["10"]["pos_m"]["norm"]["mean"] < 0.01
+
+
+BAG_MAPPING = {  # another stack's topics for the same flight, as a bag mapping names them
+    "description": "a foreign Crazyflie stack's bag", "format": "bag", "rate_hz": 100,
+    "time": {"topic": "/cf/odom", "fields": ["header.stamp"]},
+    "quantities": {
+        "pos_w_m": {"topic": "/cf/odom", "fields": [f"pose.pose.position.{a}" for a in "xyz"]},
+        "quat_wxyz": {"topic": "/cf/odom", "fields": [f"pose.pose.orientation.{a}" for a in "xyzw"], "quat_order": "xyzw"},
+        "lin_vel_w_mps": {"topic": "/cf/odom", "fields": [f"twist.twist.linear.{a}" for a in "xyz"]},
+        "ang_vel_b_radps": {"topic": "cf/imu", "fields": [f"angular_velocity.{a}" for a in "xyz"]},
+        "motor_cmd": {"topic": "/cf/motors", "fields": [f"data[{i}]" for i in range(4)]},
+        "vbat_V": {"topic": "/cf/battery", "fields": ["data"]},
+    },
+}
+
+
+@needs_data
+def test_foreign_bag_imports_through_a_mapping_as_the_csv_does(mapping, tmp_path):
+    """The first 400 rows of a real flight, written as another stack's bag (odometry, IMU, motor array and
+    battery on their own topics, the IMU and motors stamped just before the odometry), read through a bag
+    mapping: the same log as the CSV import of those rows."""
+    from replay.bag import BagWriter
+    from replay.mapping import import_bag, import_log
+
+    header, rows = _read_rows(FIT, 400)
+    _write_rows(tmp_path / "part.csv", header, rows)
+    csv_log = import_csv(tmp_path / "part.csv", mapping)
+    with BagWriter(tmp_path / "bag") as bag:
+        for i in range(len(csv_log)):
+            t_ns = int(round(csv_log.t_s[i] * 1e9))
+            sec, nsec = divmod(t_ns, 10**9)
+            w, x, y, z = csv_log.quat_wxyz[i]
+            bag.write_msg("/cf/imu", "sensor_msgs/msg/Imu", {"angular_velocity": dict(zip("xyz", csv_log.ang_vel_b_radps[i]))}, t_ns - 2000)
+            bag.write_msg("/cf/motors", "std_msgs/msg/Float64MultiArray", {"data": csv_log.motor_cmd[i].tolist()}, t_ns - 1000)
+            bag.write_msg("/cf/battery", "std_msgs/msg/Float64", {"data": float(csv_log.vbat_V[i, 0])}, t_ns - 500)
+            bag.write_msg("/cf/odom", "nav_msgs/msg/Odometry", {
+                "header": {"stamp": {"sec": sec, "nanosec": nsec}},
+                "pose": {"pose": {"position": dict(zip("xyz", csv_log.pos_w_m[i])), "orientation": {"w": w, "x": x, "y": y, "z": z}}},
+                "twist": {"twist": {"linear": dict(zip("xyz", csv_log.lin_vel_w_mps[i]))}},
+            }, t_ns)
+    bag_mapping = parse_mapping(BAG_MAPPING)
+    log = import_log(tmp_path / "bag", bag_mapping)
+    assert len(log) == len(csv_log) and log.clock.jumps == 0
+    for name in ("t_s", "pos_w_m", "quat_wxyz", "lin_vel_w_mps", "ang_vel_b_radps", "motor_cmd", "vbat_V"):
+        np.testing.assert_allclose(getattr(log, name), getattr(csv_log, name), atol=1e-9, err_msg=name)
+    missing = {**BAG_MAPPING, "quantities": {**BAG_MAPPING["quantities"], "vbat_V": {"topic": "/cf/vbat", "fields": ["data"]}}}
+    with pytest.raises(ValueError, match="/cf/vbat"):
+        import_bag(tmp_path / "bag", parse_mapping(missing))
