@@ -67,6 +67,7 @@ class BatchedEnv(ABC):
         # apply. A simulated robot swaps in the newest command there, paces real time and publishes
         # its sensors at the physics rate. Training leaves it None.
         self.physics_step_hook = None
+        self._gaussian_noise = self.cfg.noise.distribution == "gaussian"  # read once, not every step
 
     # --- what a task supplies ------------------------------------------------------------------
     @abstractmethod
@@ -95,7 +96,7 @@ class BatchedEnv(ABC):
         task's `noise.distribution` names: uniform (as legged_gym and mjlab add it, cheaper to draw)
         or Gaussian."""
         shape = (self.num_envs, std.shape[-1])
-        if self.cfg.noise.distribution == "gaussian":
+        if self._gaussian_noise:
             return torch.randn(shape, generator=self.generator, device=self.device) * std
         u = torch.rand(shape, generator=self.generator, device=self.device)
         return (u - 0.5) * (std * 12**0.5)

@@ -151,15 +151,12 @@ class JointPositionEnv(BatchedEnv):
         """PD toward the (latency-delayed) targets at every physics step, run by MuJoCo: one rollout call
         for the control period, or, when a simulated robot swaps in its newest command before each
         physics step, one call per physics step."""
-        b = self.backend
-        if self.physics_step_hook is None:
+        b, hook = self.backend, self.physics_step_hook
+        for nstep in (self.decimation,) if hook is None else (1,) * self.decimation:
+            if hook is not None:
+                target_rad = hook(target_rad)
             b.ctrl[:, self._drive_ctrl] = self.pd.controls(target_rad).to(b.ctrl)
-            b.step(self.decimation)
-        else:
-            for _ in range(self.decimation):
-                target_rad = self.physics_step_hook(target_rad)
-                b.ctrl[:, self._drive_ctrl] = self.pd.controls(target_rad).to(b.ctrl)
-                b.step(1)
+            b.step(nstep)
         self._read_joints()
         self.sensordata = b.sensordata.to(self.device, torch.float32)
         self.torque = self.sensordata[:, self._torque_adr]
