@@ -19,12 +19,11 @@ from typing import Callable
 import numpy as np
 
 from deploy.action_mapper import ActionMapper
-from deploy.obs_builder import ObsBuilder
+from deploy.obs_builder import PolicyInput
 from deploy.robot_config import RobotConfig, check_against_spec
 from deploy.safety import Fault, SafeCommand, SafetyError, SafetyGuard
 from deploy.spec import PolicySpec
 
-LAST_ACTION_TERM = "last_action"  # filled by the controller with its previous raw action, as training does
 SPIN_NS = 200_000  # sleep until this close to a deadline, then spin: time.sleep overshoots by ~50-100 us
 
 
@@ -211,18 +210,16 @@ class Controller:
     ):
         check_against_spec(cfg, spec)  # refuse to start on any mismatch
         self.cfg, self.spec = cfg, spec
-        self.policy, self.signals = policy, signals
+        self.policy = policy
         self.guard = guard if guard is not None else SafetyGuard(cfg)
-        self.obs_builder = ObsBuilder(spec, batch=1)
+        self.policy_input = PolicyInput(spec, signals)
         self.action_mapper = ActionMapper(spec)
         self._obs_labels = spec.obs_names
-        self._fill_last_action = any(t.name == LAST_ACTION_TERM for t in spec.obs)
         self._default_pos = np.asarray(cfg.default_pos_rad, dtype=np.float64)
         self._soft_start_ns = round(cfg.soft_start_s * 1e9)
         self._lock = threading.Lock()  # transitions may come from other threads (e-stop topic)
         self._mode = Mode.IDLE
         self._now_ns = 0  # last step time: the clock for transitions called between steps
-        self._last_action = np.zeros((1, spec.action_dim), dtype=np.float32)
         self._ramp_from: np.ndarray | None = None
         self._ramp_t0_ns = 0
         self._ramp_done = False
@@ -291,8 +288,7 @@ class Controller:
             raise TransitionError(f"cannot {action}() in mode '{self._mode.value}' (only from {need})")
 
     def _enter_running(self) -> None:
-        self.obs_builder.reset()  # first frame fills the history, as after a training reset
-        self._last_action[:] = 0.0
+        self.policy_input.reset()  # first frame fills the history, as after a training reset
         self._mode = Mode.RUNNING
 
     def _enter_damping(self, fault: Fault) -> None:
@@ -343,10 +339,7 @@ class Controller:
     def _run(self, now_ns: int, sensors: dict) -> Command:
         g = self.guard
         try:
-            frame = {k: np.asarray(v, dtype=np.float32).reshape(1, -1) for k, v in self.signals(sensors).items()}
-            if self._fill_last_action and LAST_ACTION_TERM not in frame:
-                frame[LAST_ACTION_TERM] = self._last_action
-            obs = self.obs_builder(frame)
+            obs = self.policy_input(sensors)
             bad = np.flatnonzero(~np.isfinite(obs[0]))
             if bad.size:
                 i = int(bad[0])
@@ -357,6 +350,6 @@ class Controller:
         fault = g.check_action(now_ns, action)
         if fault is not None:
             return self._damp(now_ns, fault)
-        self._last_action = action.copy()
+        self.policy_input.acted(action)
         command = g.clip(self.action_mapper(action)[0])
         return Command(now_ns, Mode.RUNNING, command, 1.0, None, obs=obs[0].copy(), action=action[0].copy())

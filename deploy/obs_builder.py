@@ -68,3 +68,34 @@ class ObsBuilder:
             parts.append(frame)
         self._fresh[:] = False
         return concat(parts, axis=-1)
+
+
+LAST_ACTION_TERM = "last_action"  # filled with the policy's own previous raw action, as training does
+
+
+class PolicyInput:
+    """A robot's readings -> the policy's observation, as the controller builds it every step: the term
+    signals, the policy's own previous raw action as `last_action`, stacked history. The robot's
+    Controller and the replay of foreign logs share it, so both build the same observation."""
+
+    def __init__(self, spec: PolicySpec, signals):
+        self.spec, self.signals = spec, signals
+        self.builder = ObsBuilder(spec, batch=1)
+        self._fill_last_action = any(t.name == LAST_ACTION_TERM for t in spec.obs)
+        self.last_action = np.zeros((1, spec.action_dim), dtype=np.float32)
+
+    def reset(self) -> None:
+        """A new start: the next frame fills the history, the last action is zero (as after a training reset)."""
+        self.builder.reset()
+        self.last_action[:] = 0.0
+
+    def __call__(self, readings: dict):
+        """(1, obs_dim) float32 observation from one step's readings."""
+        frame = {k: np.asarray(v, dtype=np.float32).reshape(1, -1) for k, v in self.signals(readings).items()}
+        if self._fill_last_action and LAST_ACTION_TERM not in frame:
+            frame[LAST_ACTION_TERM] = self.last_action
+        return self.builder(frame)
+
+    def acted(self, action: np.ndarray) -> None:
+        """The raw action the policy took on this step's observation: the next step's `last_action`."""
+        self.last_action = np.asarray(action, dtype=np.float32).reshape(1, -1).copy()

@@ -559,37 +559,43 @@ def write_report(metrics: dict, plot: dict, spec: PolicySpec, out_dir: Path) -> 
     plt = _plt()
     images = []
     cands = list(metrics["candidates"])
-    if len(plot["action"]):
+    logged = len(plot["action"]) > 0
+    if logged or any(len(plot[c]) for c in cands):
         n = spec.action_dim
         fig, axes = plt.subplots(n, 1, figsize=(10, 1.6 * n + 1), sharex=True, squeeze=False)
         for j, ax in enumerate(axes[:, 0]):
-            ax.plot(plot["action"][:, j], "k", lw=2, label="logged")
+            if logged:
+                ax.plot(plot["action"][:, j], "k", lw=2, label="logged")
             for c in cands:
                 ax.plot(plot[c][:, j], lw=1, label=c)
             ax.set_ylabel(spec.action.names[j])
         axes[0, 0].legend(loc="upper right", fontsize=7)
         axes[-1, 0].set_xlabel("control step")
-        fig.suptitle("logged raw actions and the candidates' actions recomputed from the logged observations")
+        fig.suptitle("logged raw actions and the candidates' actions recomputed from the logged observations" if logged
+                     else "the candidates' raw actions on observations rebuilt from the log's readings")
         _save(fig, out_dir / "actions.png", images, plt)
+    agreement = metrics.get("action_agreement")
     if cands:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-        x = np.arange(spec.action_dim)
+        fig, axes = plt.subplots(1, 2 if agreement else 1, figsize=(12 if agreement else 7, 3.8), squeeze=False)
         w = 0.8 / len(cands)
-        for i, c in enumerate(cands):
-            per = metrics["action_agreement"][c]["per_action"]
-            axes[0].bar(x + i * w, [max(per[a]["max_abs_diff"], 1e-12) for a in spec.action.names], w, label=c)
-        axes[0].set_xticks(x + 0.4 - w / 2, spec.action.names, rotation=45, fontsize=7)
-        axes[0].set_yscale("log")
-        axes[0].set_title("action agreement: max |recomputed - logged|")
+        if agreement:
+            x = np.arange(spec.action_dim)
+            for i, c in enumerate(cands):
+                per = agreement[c]["per_action"]
+                axes[0, 0].bar(x + i * w, [max(per[a]["max_abs_diff"], 1e-12) for a in spec.action.names], w, label=c)
+            axes[0, 0].set_xticks(x + 0.4 - w / 2, spec.action.names, rotation=45, fontsize=7)
+            axes[0, 0].set_yscale("log")
+            axes[0, 0].set_title("action agreement: max |recomputed - logged|")
+        ax = axes[0, -1]
         terms = [t.name for t in spec.obs]
         xt = np.arange(len(terms))
         for i, c in enumerate(cands):
-            axes[1].bar(xt + i * w, [metrics["shift"][c]["terms"][t]["rms_z"] for t in terms], w, label=c)
-        axes[1].axhline(1.0, color="k", lw=0.8, ls="--")
-        axes[1].set_xticks(xt + 0.4 - w / 2, terms, rotation=45, fontsize=7)
-        axes[1].set_title("distribution shift: RMS z per observation term")
-        axes[1].legend(fontsize=7)
-        _save(fig, out_dir / "agreement_shift.png", images, plt)
+            ax.bar(xt + i * w, [metrics["shift"][c]["terms"][t]["rms_z"] for t in terms], w, label=c)
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xticks(xt + 0.4 - w / 2, terms, rotation=45, fontsize=7)
+        ax.set_title("distribution shift: RMS z per observation term")
+        ax.legend(fontsize=7)
+        _save(fig, out_dir / ("agreement_shift.png" if agreement else "shift.png"), images, plt)
     gap = metrics.get("dynamics_gap")
     if gap:
         ks = list(gap["k"])
@@ -605,16 +611,24 @@ def write_report(metrics: dict, plot: dict, spec: PolicySpec, out_dir: Path) -> 
             ax.set_title(f"dynamics gap: mean |error| {q}")
         axes[0, 0].legend(fontsize=7)
         _save(fig, out_dir / "dynamics_gap.png", images, plt)
-    body = [f"<h1>s2r replay: {html.escape(Path(metrics['bag']).name)}</h1>",
-            f"<p>task {metrics['task']}, {metrics['rows']} control steps over {metrics['logged_s']:.1f} s; "
-            f"bag {'complete' if metrics['complete'] else 'cut short: ' + html.escape('; '.join(metrics['recovery_notes']))}</p>"]
+    if "bag" in metrics:
+        source = f"bag {'complete' if metrics['complete'] else 'cut short: ' + html.escape('; '.join(metrics['recovery_notes']))}"
+    else:
+        source = f"foreign log read through mapping {html.escape(str(metrics['mapping']))}; readings {html.escape(str(metrics['readings']))}"
+    body = [f"<h1>s2r replay: {html.escape(Path(metrics.get('bag') or metrics['log']).name)}</h1>",
+            f"<p>task {metrics['task']}, {metrics['rows']} control steps over {metrics['logged_s']:.1f} s; {source}</p>"]
     if "ranking" in metrics:
         body.append("<h2>Ranking</h2><p>" + html.escape(metrics["ranking"]["formula"]) + "</p>")
         body.append(_table(["policy", "score", "sim_score", "shift"],
                            [[r["policy"], f"{r['score']:.4f}", f"{r['sim_score']:.4f}", f"{r['shift']:.3f}"] for r in metrics["ranking"]["order"]]))
-    body.append("<h2>Action agreement</h2>" + _table(["policy", "flew", "max |diff|", "mean |diff|"], [
-        [c, str(metrics["candidates"][c]["flew"]), f"{a['max_abs_diff']:.3g}", f"{a['mean_abs_diff']:.3g}"]
-        for c, a in metrics["action_agreement"].items()]))
+    if agreement:
+        body.append("<h2>Action agreement</h2>" + _table(["policy", "flew", "max |diff|", "mean |diff|"], [
+            [c, str(metrics["candidates"][c]["flew"]), f"{a['max_abs_diff']:.3g}", f"{a['mean_abs_diff']:.3g}"]
+            for c, a in agreement.items()]))
+    if "actions" in metrics:
+        body.append("<h2>Actions</h2>" + _table(["policy", "mean |action|", "fraction at the clip"], [
+            [c] + [html.escape(", ".join(f"{k} {v:.3g}" for k, v in a[key].items())) for key in ("mean_abs", "frac_at_clip")]
+            for c, a in metrics["actions"].items()]))
     body.append("<h2>Task metrics from the log</h2>" + _table(["metric", "value"], [[k, html.escape(str(v))] for k, v in metrics["task_metrics"].items()]))
     if gap:
         rows = []

@@ -3,11 +3,14 @@ another stack's log, and in what units, so CSV logs and bags from other stacks r
 
 A mapping names, per quantity, the CSV columns (or, for bags, a topic and message field paths),
 and the conversion to this stack's units: `value = (raw * scale + offset)`, then `unit: deg` to
-radians, then `quat_order: xyzw` reordered to w, x, y, z. It is validated at load; an error names
-the bad key. `import_csv` streams the file in chunks of rows; clock jumps (time not increasing)
-and gaps (> 1.5 periods, i.e. dropped rows) are counted in the log's `ClockReport`, not fatal.
-`import_bag` reads another stack's rosbag2 bag through the same entries (`get_field`,
-`Entry.from_message`), holding each topic's newest message on the time entry's clock.
+radians, then `quat_order: xyzw` reordered to w, x, y, z; joint quantities may name the joint of
+each field. It is validated at load; an error names the bad key. What a use needs is checked when
+it starts (`Mapping.require`): the rigid-body quantities for system identification and the dynamics
+gap, the PolicySpec's robot readings (READING_QUANTITIES) for scoring policies.
+
+`iter_log` streams a CSV file (`iter_csv`) or another stack's bag (`iter_bag`, each topic's newest
+message held on the time entry's clock) in chunks of rows; clock jumps (time not increasing) and
+gaps (> 1.5 periods, i.e. dropped rows) are counted in the log's `ClockReport`, not fatal.
 """
 
 from __future__ import annotations
@@ -25,15 +28,23 @@ from deploy.signals import quat_to_rotmat, world_to_body
 
 MAPPINGS_DIR = Path(__file__).resolve().parent / "mappings"
 
-# quantity -> size (None: any); the first five are what replay of a rigid-body robot needs
-REQUIRED = {"pos_w_m": 3, "quat_wxyz": 4, "lin_vel_w_mps": 3, "ang_vel_b_radps": 3, "motor_cmd": None}
-KNOWN_SIZES = {**REQUIRED, "vbat_V": 1, "lin_vel_b_mps": 3}
-DERIVED = ("lin_vel_b_mps",)  # computed on import from the world velocity and the attitude
+# what replaying a rigid-body robot's commands in simulation needs (system identification, dynamics gap)
+RIGID = ("pos_w_m", "quat_wxyz", "lin_vel_w_mps", "ang_vel_b_radps", "motor_cmd")
+# quantity -> size (None: any)
+KNOWN_SIZES = {"pos_w_m": 3, "quat_wxyz": 4, "lin_vel_w_mps": 3, "ang_vel_b_radps": 3, "motor_cmd": None, "vbat_V": 1,
+               "lin_vel_b_mps": 3, "joint_pos_rad": None, "joint_vel_radps": None, "command": 3, "target_pos_w_m": 3}
+# a quantity the mapping does not name is derived on import from these, when it names them
+DERIVED = {"lin_vel_b_mps": ("quat_wxyz", "lin_vel_w_mps"), "lin_vel_w_mps": ("quat_wxyz", "lin_vel_b_mps")}
+JOINT_QUANTITIES = ("joint_pos_rad", "joint_vel_radps")  # may label their fields with joint names
+# PolicySpec robot reading (deploy.signals.READINGS) -> the log quantity it is read from
+READING_QUANTITIES = {"base_pos_w": "pos_w_m", "base_quat_wxyz": "quat_wxyz", "base_lin_vel_b": "lin_vel_b_mps",
+                      "base_ang_vel_b": "ang_vel_b_radps", "joint_pos": "joint_pos_rad", "joint_vel": "joint_vel_radps",
+                      "command": "command", "target_pos_w": "target_pos_w_m"}
 FORMATS = ("csv", "bag")
 UNITS = ("", "rad", "deg")
 QUAT_ORDERS = ("wxyz", "xyzw")
 TOP_KEYS = ("description", "format", "rate_hz", "time", "quantities")
-ENTRY_KEYS = ("fields", "topic", "scale", "offset", "unit", "quat_order")
+ENTRY_KEYS = ("fields", "topic", "scale", "offset", "unit", "quat_order", "joints")
 
 
 class MappingError(ValueError):
@@ -51,6 +62,7 @@ class Entry:
     offset: tuple[float, ...] = (0.0,)
     unit: str = ""  # "deg": converted to rad after scale/offset
     quat_order: str = "wxyz"  # order of the four fields; output is always w, x, y, z
+    joints: tuple[str, ...] = ()  # joint quantities: the joint each field belongs to
 
     @property
     def size(self) -> int:
@@ -78,12 +90,22 @@ class Mapping:
     rate_hz: float  # nominal sample rate: gaps are intervals longer than 1.5 periods
     time: Entry  # one field, seconds after conversion
     quantities: tuple[Entry, ...]
+    where: str = ""  # the file it was read from
 
-    def entry(self, name: str) -> Entry:
+    def entry(self, name: str, why: str = "") -> Entry:
         for e in self.quantities:
             if e.name == name:
                 return e
-        raise MappingError(f"mapping has no quantity '{name}'")
+        raise MappingError(f"mapping{' ' + self.where if self.where else ''} has no quantity '{name}'"
+                           + (f" ({why})" if why else "") + f"; it has {[e.name for e in self.quantities]}")
+
+    def require(self, names, why: str) -> None:
+        """MappingError naming the first of `names` the mapping neither names nor derives, and what it is
+        needed for."""
+        mapped = {e.name for e in self.quantities}
+        for name in names:
+            if name not in mapped and not (name in DERIVED and set(DERIVED[name]) <= mapped):
+                self.entry(name, why)
 
 
 def get_field(msg, path: str):
@@ -151,13 +173,7 @@ def parse_mapping(raw, where: str = "mapping") -> Mapping:
     if not isinstance(raw["quantities"], dict) or not raw["quantities"]:
         fail("quantities", "must map quantity names to entries")
     quantities = tuple(_parse_entry(name, e, fmt, f"quantities.{name}", fail) for name, e in raw["quantities"].items())
-    names = {e.name for e in quantities}
-    for name, size in REQUIRED.items():
-        if name not in names:
-            fail(f"quantities.{name}", "missing (required for replay)")
     for e in quantities:
-        if e.name in DERIVED:
-            fail(f"quantities.{e.name}", "is derived on import; do not map it")
         size = KNOWN_SIZES.get(e.name)
         if size is not None and e.size != size:
             fail(f"quantities.{e.name}.fields", f"needs {size} fields, got {e.size}")
@@ -168,8 +184,8 @@ def parse_mapping(raw, where: str = "mapping") -> Mapping:
     elif fmt == "csv":
         fail("time", "missing (a CSV needs a time column)")
     else:
-        time = Entry("t_s", ("log_time",))  # bags: the reader's receive time
-    return Mapping(str(raw.get("description", "")), fmt, float(rate), time, quantities)
+        fail("time", "missing (name the topic and field whose stamps give each row's time)")
+    return Mapping(str(raw.get("description", "")), fmt, float(rate), time, quantities, where)
 
 
 def _parse_entry(name: str, raw, fmt: str, key: str, fail) -> Entry:
@@ -204,7 +220,14 @@ def _parse_entry(name: str, raw, fmt: str, key: str, fail) -> Entry:
         fail(f"{key}.quat_order", f"'{order}' is not one of {QUAT_ORDERS}")
     if "quat_order" in raw and len(fields) != 4:
         fail(f"{key}.quat_order", f"applies to 4 fields, got {len(fields)}")
-    return Entry(name, tuple(fields), topic, numbers("scale", 1.0), numbers("offset", 0.0), unit, order)
+    joints = raw.get("joints", [])
+    if joints and name not in JOINT_QUANTITIES:
+        fail(f"{key}.joints", f"only joint quantities {JOINT_QUANTITIES} name their joints")
+    if not isinstance(joints, list) or not all(isinstance(j, str) and j for j in joints) or (joints and len(joints) != len(fields)):
+        fail(f"{key}.joints", f"must list one joint name per field ({len(fields)}), got {joints!r}")
+    if len(set(joints)) != len(joints):
+        fail(f"{key}.joints", f"names a joint twice: {joints}")
+    return Entry(name, tuple(fields), topic, numbers("scale", 1.0), numbers("offset", 0.0), unit, order, tuple(joints))
 
 
 # --- the log ---------------------------------------------------------------------------------------
@@ -226,22 +249,23 @@ class ClockReport:
 
 @dataclass(frozen=True)
 class Log:
-    """A log in this stack's units: `t_s` (T,) and named arrays (T, k), rows aligned with it.
+    """A log in this stack's units: `t_s` (T,) and named arrays (T, k), rows aligned with it; a
+    quantity the mapping does not name is None (or absent from `extra`).
 
     quat_wxyz is body-to-world; ang_vel_b_radps in the body frame (as MuJoCo's free joint);
     motor_cmd in the source's raw units; `step_ok[i]` says the interval t[i-1] -> t[i] is one period.
     """
 
     t_s: np.ndarray  # (T,)
-    pos_w_m: np.ndarray  # (T, 3)
-    quat_wxyz: np.ndarray  # (T, 4), unit
-    lin_vel_w_mps: np.ndarray  # (T, 3)
-    lin_vel_b_mps: np.ndarray  # (T, 3)
-    ang_vel_b_radps: np.ndarray  # (T, 3)
-    motor_cmd: np.ndarray  # (T, num_motors)
-    vbat_V: np.ndarray | None  # (T, 1)
     step_ok: np.ndarray  # (T,) bool
     clock: ClockReport
+    pos_w_m: np.ndarray | None = None  # (T, 3)
+    quat_wxyz: np.ndarray | None = None  # (T, 4), unit
+    lin_vel_w_mps: np.ndarray | None = None  # (T, 3)
+    lin_vel_b_mps: np.ndarray | None = None  # (T, 3)
+    ang_vel_b_radps: np.ndarray | None = None  # (T, 3)
+    motor_cmd: np.ndarray | None = None  # (T, num_motors)
+    vbat_V: np.ndarray | None = None  # (T, 1)
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # whatever else the mapping names
     source: str = ""
 
@@ -251,9 +275,15 @@ class Log:
     def __getitem__(self, name: str) -> np.ndarray:
         if name in self.extra:
             return self.extra[name]
-        if name in KNOWN_SIZES and getattr(self, name) is not None:
+        if name in LOG_FIELDS and getattr(self, name) is not None:
             return getattr(self, name)
         raise MappingError(f"log {self.source} has no quantity '{name}'")
+
+    def has(self, name: str) -> bool:
+        return name in self.extra or (name in LOG_FIELDS and getattr(self, name) is not None)
+
+
+LOG_FIELDS = ("pos_w_m", "quat_wxyz", "lin_vel_w_mps", "lin_vel_b_mps", "ang_vel_b_radps", "motor_cmd", "vbat_V")
 
 
 def clock_report(t_s: np.ndarray, period_s: float, t_prev: float | None = None) -> tuple[ClockReport, np.ndarray]:
@@ -269,7 +299,8 @@ def clock_report(t_s: np.ndarray, period_s: float, t_prev: float | None = None) 
     return report, ~(jump | (dt < 0.5 * period_s) | gap)
 
 
-def _merge(a: ClockReport, b: ClockReport, offset: int) -> ClockReport:
+def merge_clocks(a: ClockReport, b: ClockReport, offset: int = 0) -> ClockReport:
+    """Reports of consecutive stretches as one; `offset` shifts b's row indices (0: already from the start)."""
     return ClockReport(
         a.samples + b.samples, a.period_s, a.jumps + b.jumps, a.gaps + b.gaps, a.dropped + b.dropped,
         (a.first_jumps + tuple(i + offset for i in b.first_jumps))[:10],
@@ -278,14 +309,18 @@ def _merge(a: ClockReport, b: ClockReport, offset: int) -> ClockReport:
 
 
 def make_log(t_s: np.ndarray, values: dict[str, np.ndarray], clock: ClockReport, step_ok: np.ndarray, source: str) -> Log:
-    """Assemble a Log from converted (T, k) arrays: normalize the quaternion, derive body velocity."""
-    quat = values["quat_wxyz"] / np.linalg.norm(values["quat_wxyz"], axis=-1, keepdims=True)
-    lin_vel_w = values["lin_vel_w_mps"]
-    extra = {k: v for k, v in values.items() if k not in KNOWN_SIZES}
-    return Log(
-        t_s, values["pos_w_m"], quat, lin_vel_w, world_to_body(quat_to_rotmat(quat), lin_vel_w),
-        values["ang_vel_b_radps"], values["motor_cmd"], values.get("vbat_V"), step_ok, clock, extra, source,
-    )
+    """Assemble a Log from converted (T, k) arrays: normalize the quaternion, derive the linear velocity
+    in the frame the mapping does not give (world from body, or body from world)."""
+    values = dict(values)
+    if "quat_wxyz" in values:
+        values["quat_wxyz"] = values["quat_wxyz"] / np.linalg.norm(values["quat_wxyz"], axis=-1, keepdims=True)
+        rot = quat_to_rotmat(values["quat_wxyz"])
+        if "lin_vel_b_mps" not in values and "lin_vel_w_mps" in values:
+            values["lin_vel_b_mps"] = world_to_body(rot, values["lin_vel_w_mps"])
+        if "lin_vel_w_mps" not in values and "lin_vel_b_mps" in values:
+            values["lin_vel_w_mps"] = (rot @ values["lin_vel_b_mps"][..., None])[..., 0]
+    extra = {k: v for k, v in values.items() if k not in LOG_FIELDS}
+    return Log(t_s, step_ok, clock, **{k: v for k, v in values.items() if k in LOG_FIELDS}, extra=extra, source=source)
 
 
 # --- CSV -------------------------------------------------------------------------------------------
@@ -332,28 +367,9 @@ def _convert(rows: list[list[float]], entries: tuple[Entry, ...], cols: list[lis
     return out.pop("t_s")[:, 0], out
 
 
-def import_csv(path: str | Path, mapping: Mapping | str | Path, chunk_rows: int = 4096) -> Log:
-    """Import a flat CSV log through a mapping (a Mapping, a YAML path or a shipped mapping name)."""
-    if not isinstance(mapping, Mapping):
-        mapping = load_mapping(mapping)
-    period_s = 1.0 / mapping.rate_hz
-    times, oks, parts, clock, t_prev = [], [], [], None, None
-    for t_s, values in iter_csv(path, mapping, chunk_rows):
-        report, ok = clock_report(t_s, period_s, t_prev)
-        clock = report if clock is None else _merge(clock, report, sum(len(t) for t in times))
-        times.append(t_s)
-        oks.append(ok)
-        parts.append(values)
-        t_prev = t_s[-1]
-    if clock is None:
-        raise MappingError(f"{path}: no data rows")
-    values = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return make_log(np.concatenate(times), values, clock, np.concatenate(oks), str(path))
-
-
 # --- bags ------------------------------------------------------------------------------------------
-def import_bag(path: str | Path, mapping: Mapping | str | Path) -> Log:
-    """Import another stack's rosbag2 bag through a bag mapping.
+def iter_bag(path: str | Path, mapping: Mapping, chunk_rows: int = 4096) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Yield (t_s (n,), {quantity: (n, k)}) per chunk of rows of another stack's rosbag2 bag.
 
     Rows are the messages of the time entry's topic; every other quantity takes the newest message of
     its topic at or before that row (what a controller on that clock would have seen). Rows before
@@ -361,10 +377,9 @@ def import_bag(path: str | Path, mapping: Mapping | str | Path) -> Log:
     """
     from replay.bag import BagReader
 
-    if not isinstance(mapping, Mapping):
-        mapping = load_mapping(mapping)
     if mapping.format != "bag":
         raise MappingError(f"mapping format is '{mapping.format}', not bag")
+
     def absolute(topic: str) -> str:
         return "/" + topic.lstrip("/")
 
@@ -375,6 +390,14 @@ def import_bag(path: str | Path, mapping: Mapping | str | Path) -> Log:
     latest: dict[str, np.ndarray] = {}
     times: list[float] = []
     rows: dict[str, list[np.ndarray]] = {e.name: [] for e in mapping.quantities}
+
+    def chunk():
+        out = (np.asarray(times), {k: np.stack(v) for k, v in rows.items()})
+        times.clear()
+        for v in rows.values():
+            v.clear()
+        return out
+
     for m in BagReader(path).messages(sorted(set(by_topic) | {clock_topic})):
         topic = absolute(m.topic)
         for e in by_topic.get(topic, ()):
@@ -383,15 +406,37 @@ def import_bag(path: str | Path, mapping: Mapping | str | Path) -> Log:
             times.append(float(mapping.time.from_message(m.msg)[0]))
             for name, value in latest.items():
                 rows[name].append(value)
-    if not times:
-        raise MappingError(f"{path}: no row with every quantity of the mapping seen")
-    t_s = np.asarray(times)
-    clock, ok = clock_report(t_s, 1.0 / mapping.rate_hz)
-    return make_log(t_s, {k: np.stack(v) for k, v in rows.items()}, clock, ok, str(path))
+            if len(times) == chunk_rows:
+                yield chunk()
+    if times:
+        yield chunk()
 
 
-def import_log(path: str | Path, mapping: Mapping | str | Path) -> Log:
-    """A foreign log through its mapping: a CSV file or a rosbag2 bag, as the mapping's format says."""
+# --- either ----------------------------------------------------------------------------------------
+def iter_log(path: str | Path, mapping: Mapping | str | Path, chunk_rows: int = 4096) -> Iterator[Log]:
+    """A foreign log (a CSV file or a rosbag2 bag, as the mapping's format says) as Logs of at most
+    `chunk_rows` rows, memory bounded by the chunk: the clock report continues across chunks and
+    indexes rows from the start of the log."""
     if not isinstance(mapping, Mapping):
         mapping = load_mapping(mapping)
-    return import_bag(path, mapping) if mapping.format == "bag" else import_csv(path, mapping)
+    chunks = iter_bag(path, mapping, chunk_rows) if mapping.format == "bag" else iter_csv(path, mapping, chunk_rows)
+    period_s, t_prev, offset = 1.0 / mapping.rate_hz, None, 0
+    for t_s, values in chunks:
+        report, ok = clock_report(t_s, period_s, t_prev)
+        report = merge_clocks(ClockReport(0, period_s, 0, 0, 0), report, offset)
+        yield make_log(t_s, values, report, ok, str(path))
+        t_prev, offset = t_s[-1], offset + len(t_s)
+
+
+def import_log(path: str | Path, mapping: Mapping | str | Path, chunk_rows: int = 4096) -> Log:
+    """A whole foreign log through its mapping (a Mapping, a YAML path or a shipped mapping name)."""
+    chunks = list(iter_log(path, mapping, chunk_rows))
+    if not chunks:
+        raise MappingError(f"{path}: no data rows" + (" with every quantity of the mapping seen" if Path(path).is_dir() else ""))
+    clock = chunks[0].clock
+    for c in chunks[1:]:
+        clock = merge_clocks(clock, c.clock, 0)
+    cat = lambda xs: np.concatenate(xs)  # noqa: E731
+    arrays = {k: cat([getattr(c, k) for c in chunks]) for k in LOG_FIELDS if getattr(chunks[0], k) is not None}
+    extra = {k: cat([c.extra[k] for c in chunks]) for k in chunks[0].extra}
+    return Log(cat([c.t_s for c in chunks]), cat([c.step_ok for c in chunks]), clock, **arrays, extra=extra, source=str(path))

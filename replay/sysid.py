@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from replay.dynamics_gap import Plant, dynamics_gap, predict_windows, valid_starts
-from replay.mapping import Log, Mapping, import_log, load_mapping
+from replay.mapping import RIGID, Log, Mapping, import_log, load_mapping
 
 STOCK_MJCF = Path(__file__).resolve().parent.parent / "sim" / "models" / "quadrotor.xml"
 PWM_FULL = 65535.0
@@ -251,6 +251,7 @@ def crazyflie_report(fit_csv: str | Path, eval_csv: str | Path, mapping: Mapping
     """
     out_dir = Path(out_dir)
     mapping = mapping if isinstance(mapping, Mapping) else load_mapping(mapping)
+    mapping.require(RIGID, "system identification and the dynamics gap")
     fit_log, eval_log = import_log(fit_csv, mapping), import_log(eval_csv, mapping)
     result, fitted = fit_crazyflie(fit_log, out_dir)
     (out_dir / "sysid.json").write_text(json.dumps(

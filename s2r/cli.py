@@ -196,18 +196,19 @@ def cmd_replay(args) -> None:
     if any(k < 1 for k in args.k):
         raise ReplayError(f"--k values must be >= 1, got {args.k}")
     if log.suffix == ".csv" or args.mapping:  # a foreign log: a CSV file or another stack's bag
-        from replay.sysid import crazyflie_report
+        if not args.mapping or not (args.policy or args.fit):
+            raise ReplayError(f"{log} is a foreign log: give --mapping NAME_OR_YAML, and --policy A.onnx to score policies on it "
+                              "and/or --fit OTHER_LOG to fit the quadrotor model on another flight")
+        if args.policy:
+            from replay.foreign import score_foreign_log
 
-        if not (args.fit and args.mapping):
-            raise ReplayError(f"{log} is a foreign log: give --mapping NAME_OR_YAML and --fit OTHER_LOG (the flight to fit the model on)")
-        metrics = crazyflie_report(args.fit, log, args.mapping, out)
-        print(f"fitted the quadrotor model on {args.fit}; dynamics gap on {log} (mean error norm, stock -> fitted):")
-        for k, d in metrics["heldout"]["stock"]["k"].items():
-            f = metrics["heldout"]["fitted"]["k"][k]
-            print(f"  k={k:>3}  position {d['pos_m']['norm']['mean']:.4f} -> {f['pos_m']['norm']['mean']:.4f} m   velocity "
-                  f"{d['vel_mps']['norm']['mean']:.4f} -> {f['vel_mps']['norm']['mean']:.4f} m/s   attitude "
-                  f"{d['att_rad']['norm']['mean']:.4f} -> {f['att_rad']['norm']['mean']:.4f} rad")
-        print(f"wrote {out / 'dynamics_gap.json'}, {out / 'sysid.json'}, {out / 'gap_errors.png'}, {out / 'heldout_predictions.png'}")
+            m = score_foreign_log(log, args.mapping, args.policy, out, args.episodes)
+            print(f"{m['task']}: {m['rows']} control steps ({m['logged_s']:.1f} s, {m['starts']} start(s)) rebuilt from the "
+                  f"log's readings {sorted(m['readings'].values())}")
+            _print_ranking(m)
+            print(f"wrote {out / 'report.html'} and {out / 'metrics.json'}")
+        if args.fit:
+            _print_sysid(args.fit, log, args.mapping, out)
         return
     if args.fit:
         raise ReplayError("--fit applies to foreign logs read through --mapping; a bag of this stack carries its PolicySpec")
@@ -216,17 +217,37 @@ def cmd_replay(args) -> None:
           f"{m['throughput_x_realtime']:.0f}x real time" + ("" if m["complete"] else f"; bag cut short: {m['recovery_notes']}"))
     for name, a in m["action_agreement"].items():
         flew = " (the policy that flew)" if m["candidates"][name]["flew"] else ""
-        print(f"  {name:20s} action agreement max |diff| {a['max_abs_diff']:.3g}, mean {a['mean_abs_diff']:.3g}; "
-              f"shift {m['shift'][name]['score']:.3f}{flew}")
+        print(f"  {name:20s} action agreement max |diff| {a['max_abs_diff']:.3g}, mean {a['mean_abs_diff']:.3g}{flew}")
     if "dynamics_gap" in m:
         g = m["dynamics_gap"]
         for k, d in g["k"].items():
             print(f"  dynamics gap k={k:>3}: " + ", ".join(f"{q} {v['norm']['mean']:.4g}" for q, v in d.items() if q != "horizon_s"))
         print(f"  dynamics-gap pass: {g['cost_s_per_logged_s']:.3f} s per logged second ({g['windows']} windows)")
+    _print_ranking(m)
+    print(f"wrote {out / 'report.html'} and {out / 'metrics.json'}")
+
+
+def _print_ranking(m: dict) -> None:
+    """Shift per candidate (its worst terms), the ranking and the task metrics of a replay."""
+    for name, sh in m["shift"].items():
+        worst = sorted(sh["terms"].items(), key=lambda kv: -kv[1]["rms_z"])[:3]
+        print(f"  {name:20s} shift {sh['score']:.3f} (RMS z; worst terms " + ", ".join(f"{t} {v['rms_z']:.2f}" for t, v in worst) + ")")
     for r in m.get("ranking", {}).get("order", []):
         print(f"  rank {r['policy']:20s} score {r['score']:.4f} (sim {r['sim_score']:.4f}, shift {r['shift']:.3f})")
     print("  task metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in m["task_metrics"].items() if isinstance(v, float)))
-    print(f"wrote {out / 'report.html'} and {out / 'metrics.json'}")
+
+
+def _print_sysid(fit, log, mapping, out: Path) -> None:
+    from replay.sysid import crazyflie_report
+
+    metrics = crazyflie_report(fit, log, mapping, out)
+    print(f"fitted the quadrotor model on {fit}; dynamics gap on {log} (mean error norm, stock -> fitted):")
+    for k, d in metrics["heldout"]["stock"]["k"].items():
+        f = metrics["heldout"]["fitted"]["k"][k]
+        print(f"  k={k:>3}  position {d['pos_m']['norm']['mean']:.4f} -> {f['pos_m']['norm']['mean']:.4f} m   velocity "
+              f"{d['vel_mps']['norm']['mean']:.4f} -> {f['vel_mps']['norm']['mean']:.4f} m/s   attitude "
+              f"{d['att_rad']['norm']['mean']:.4f} -> {f['att_rad']['norm']['mean']:.4f} rad")
+    print(f"wrote {out / 'dynamics_gap.json'}, {out / 'sysid.json'}, {out / 'gap_errors.png'}, {out / 'heldout_predictions.png'}")
 
 
 def cmd_bench_replay(args) -> None:
@@ -303,12 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--json", help="also write the figures to this file")
     br.set_defaults(func=cmd_bench_replay)
 
-    r = sub.add_parser("replay", help="evaluate policies on a logged rollout (rosbag2 MCAP bag), or a foreign log against the quadrotor model")
-    r.add_argument("log", help="bag folder or .mcap file; or a foreign log (CSV file or another stack's bag) with --mapping and --fit")
+    r = sub.add_parser("replay", help="evaluate and rank policies on a logged rollout (rosbag2 MCAP bag, or another stack's log through a mapping)")
+    r.add_argument("log", help="bag folder or .mcap file; or a foreign log (CSV file or another stack's bag) with --mapping")
     r.add_argument("--policy", action="append", default=[], help="candidate policy.onnx (repeat for several)")
     r.add_argument("--out", required=True, help="folder for report.html, metrics.json and the PNGs")
     r.add_argument("--mapping", help="foreign-log mapping: a shipped name (crazyflie_nanobench) or a YAML file")
-    r.add_argument("--fit", help="foreign log: fit the model on this other flight, report the gap on LOG")
+    r.add_argument("--fit", help="foreign log: fit the quadrotor model on this other flight, report the gap on LOG")
     r.add_argument("--k", type=int, nargs="+", default=[1, 10, 50], help="prediction horizons, control steps")
     r.add_argument("--no-dynamics-gap", action="store_true")
     r.add_argument("--episodes", type=int, default=100, help="simulated episodes per candidate for the ranking")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from replay.dynamics_gap import Plant, dynamics_gap
-from replay.mapping import MappingError, clock_report, get_field, import_csv, load_mapping, make_log, parse_mapping
+from replay.mapping import RIGID, MappingError, clock_report, get_field, import_log, load_mapping, make_log, parse_mapping
 from replay.sysid import STOCK_MJCF, fit_crazyflie, in_flight, stock_plant, stock_thrust_N
 from sim.actuators import RotorModel
 from sim.backends.mujoco_cpu import MujocoCpuBackend
@@ -36,7 +36,7 @@ def _read_rows(path: Path, n: int) -> tuple[list[str], list[list[str]]]:
 @needs_data
 @pytest.mark.parametrize("name, rows", [(FIT.name, 2677), (HELDOUT.name, 2674)])
 def test_import_real_flights(mapping, name, rows):
-    log = import_csv(DATA / name, mapping, chunk_rows=500)  # several chunks
+    log = import_log(DATA / name, mapping, chunk_rows=500)  # several chunks
     assert len(log) == rows and log.motor_cmd.shape == (rows, 4) and log.quat_wxyz.shape == (rows, 4)
     assert np.median(np.diff(log.t_s)) == pytest.approx(0.01, abs=1e-5)
     assert log.clock.jumps == 0 and log.clock.gaps <= 3  # a few 20 ms intervals: one sample dropped each
@@ -45,7 +45,7 @@ def test_import_real_flights(mapping, name, rows):
     assert fly.sum() > 1500
     assert 50_000 < np.median(log.motor_cmd[fly]) < 58_000  # hover PWM ~54k
     assert 3.2 < np.median(log.vbat_V[fly]) < 4.2
-    assert np.median(np.abs(log.pos_w_m[fly, 2] - log["setpoint_pos_w_m"][fly, 2])) < 0.1
+    assert np.median(np.abs(log.pos_w_m[fly, 2] - log["target_pos_w_m"][fly, 2])) < 0.1
     assert np.median(log.pos_w_m[fly, 2]) == pytest.approx(1.0, abs=0.1)
     assert np.median(log["specific_force_b_mps2"][fly, 2]) == pytest.approx(9.81, rel=0.05)  # g -> m/s^2
     assert np.abs(log["rpy_rad"][fly]).max() < np.pi  # deg -> rad
@@ -57,7 +57,7 @@ def test_missing_column_names_it(mapping, tmp_path):
     j = header.index("pz")
     _write_rows(tmp_path / "cut.csv", header[:j] + header[j + 1 :], [r[:j] + r[j + 1 :] for r in rows])
     with pytest.raises(MappingError, match=r"column 'pz' \(mapping entry quantities.pos_w_m\)"):
-        import_csv(tmp_path / "cut.csv", mapping)
+        import_log(tmp_path / "cut.csv", mapping)
 
 
 def test_bad_mapping_key_names_it():
@@ -79,8 +79,11 @@ def test_bad_mapping_key_names_it():
         parse_mapping({**good, "quantities": {**good["quantities"], "pos_w_m": {"fields": ["x", "y"]}}})
     with pytest.raises(MappingError, match=r"rate_hz"):
         parse_mapping({**good, "rate_hz": 0})
-    with pytest.raises(MappingError, match=r"quantities.motor_cmd: missing"):
-        parse_mapping({**good, "quantities": {k: v for k, v in good["quantities"].items() if k != "motor_cmd"}})
+    no_motors = parse_mapping({**good, "quantities": {k: v for k, v in good["quantities"].items() if k != "motor_cmd"}})
+    with pytest.raises(MappingError, match=r"no quantity 'motor_cmd' \(system identification\)"):
+        no_motors.require(RIGID, "system identification")
+    with pytest.raises(MappingError, match=r"quantities.pos_w_m.joints: only joint quantities"):
+        parse_mapping({**good, "quantities": {**good["quantities"], "pos_w_m": {"fields": ["x", "y", "z"], "joints": ["a", "b", "c"]}}})
 
 
 def test_get_field_paths():
@@ -97,7 +100,7 @@ def test_clock_jump_and_dropped_row_are_reported(mapping, tmp_path):
     rows = rows[:100] + rows[101:]  # row 100 dropped
     rows[200][0] = rows[150][0]  # the clock jumps back half a second
     _write_rows(tmp_path / "bad_clock.csv", header, rows)
-    log = import_csv(tmp_path / "bad_clock.csv", mapping, chunk_rows=64)
+    log = import_log(tmp_path / "bad_clock.csv", mapping, chunk_rows=64)
     assert len(log) == 299
     assert log.clock.jumps == 1 and log.clock.first_jumps == (200,)
     assert log.clock.gaps == 2 and log.clock.first_gaps == (100, 201)  # the drop, and the jump's return
@@ -144,7 +147,7 @@ def test_dynamics_gap_self_consistent():
 @needs_data
 @pytest.mark.slow
 def test_fitted_model_beats_stock_on_heldout_flight(mapping, tmp_path):
-    fit_log, heldout = import_csv(FIT, mapping), import_csv(HELDOUT, mapping)
+    fit_log, heldout = import_log(FIT, mapping), import_log(HELDOUT, mapping)
     result, fitted = fit_crazyflie(fit_log, tmp_path)
     assert (tmp_path / "quadrotor_crazyflie_fit.xml").is_file()
     assert result.curve.form == "vbat_quadratic"  # battery sag matters: the README's caveat
@@ -176,11 +179,9 @@ def test_foreign_bag_imports_through_a_mapping_as_the_csv_does(mapping, tmp_path
     battery on their own topics, the IMU and motors stamped just before the odometry), read through a bag
     mapping: the same log as the CSV import of those rows."""
     from replay.bag import BagWriter
-    from replay.mapping import import_bag, import_log
-
     header, rows = _read_rows(FIT, 400)
     _write_rows(tmp_path / "part.csv", header, rows)
-    csv_log = import_csv(tmp_path / "part.csv", mapping)
+    csv_log = import_log(tmp_path / "part.csv", mapping)
     with BagWriter(tmp_path / "bag") as bag:
         for i in range(len(csv_log)):
             t_ns = int(round(csv_log.t_s[i] * 1e9))
@@ -201,4 +202,55 @@ def test_foreign_bag_imports_through_a_mapping_as_the_csv_does(mapping, tmp_path
         np.testing.assert_allclose(getattr(log, name), getattr(csv_log, name), atol=1e-9, err_msg=name)
     missing = {**BAG_MAPPING, "quantities": {**BAG_MAPPING["quantities"], "vbat_V": {"topic": "/cf/vbat", "fields": ["data"]}}}
     with pytest.raises(ValueError, match="/cf/vbat"):
-        import_bag(tmp_path / "bag", parse_mapping(missing))
+        import_log(tmp_path / "bag", parse_mapping(missing))
+
+
+@needs_data
+def test_policy_scored_on_a_real_flight(tmp_path):
+    """The shipped hover policy on a real Crazyflie flight: observations rebuilt from the mapped readings
+    (position, attitude, velocities, the controller's setpoint as target), its shift and rank reported."""
+    import json
+
+    from replay.bench import SHIPPED
+    from s2r.cli import main
+
+    out = tmp_path / "scored"
+    assert main(["replay", str(HELDOUT), "--mapping", "crazyflie_nanobench", "--policy", str(SHIPPED / "quadrotor.onnx"),
+                 "--out", str(out), "--episodes", "10"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["rows"] == 2674 and m["readings"]["target_pos_w"] == "target_pos_w_m" and m["readings"]["base_lin_vel_b"] == "lin_vel_b_mps"
+    terms = m["shift"]["quadrotor"]["terms"]
+    assert set(terms) == {"pos_error_b", "rot_mat", "lin_vel_b", "ang_vel_b", "last_action"}
+    assert all(np.isfinite(t["rms_z"]) and t["rms_z"] > 0 for t in terms.values())
+    assert m["ranking"]["order"][0]["policy"] == "quadrotor" and m["starts"] >= 1
+    for name in ("report.html", "shift.png", "actions.png"):
+        assert (out / name).is_file(), name
+
+
+def test_policy_readings_missing_or_misordered_are_named(tmp_path):
+    from deploy.onnx_policy import read_spec
+    from replay.bench import SHIPPED
+    from replay.foreign import control_stride, reading_columns
+    from replay.evaluate import ReplayError
+
+    spec = read_spec(SHIPPED / "quadruped.onnx")
+    joints = list(spec.action.names)
+    raw = {"format": "csv", "rate_hz": 200, "time": {"fields": ["t"]}, "quantities": {
+        "quat_wxyz": {"fields": ["qw", "qx", "qy", "qz"]}, "ang_vel_b_radps": {"fields": ["p", "q", "r"]},
+        "command": {"fields": ["vx", "vy", "wz"]},
+        "joint_pos_rad": {"fields": [f"q{i}" for i in range(12)], "joints": joints[::-1]},
+        "joint_vel_radps": {"fields": [f"dq{i}" for i in range(12)]}}}
+    cols = reading_columns(parse_mapping(raw), spec)
+    assert cols["joint_pos"][1].tolist() == list(range(11, -1, -1)) and cols["joint_vel"][1].tolist() == list(range(12))
+    assert control_stride(200, spec.control_hz) == 4
+    with pytest.raises(ReplayError, match="not a whole multiple"):
+        control_stride(120, spec.control_hz)
+    wrong = {**raw, "quantities": {**raw["quantities"], "joint_pos_rad": {"fields": [f"q{i}" for i in range(12)], "joints": ["hip"] + joints[1:]}}}
+    with pytest.raises(MappingError, match=rf"no joints \['{joints[0]}'\]"):
+        reading_columns(parse_mapping(wrong), spec)
+    short = {**raw, "quantities": {**raw["quantities"], "joint_vel_radps": {"fields": ["dq0", "dq1"]}}}
+    with pytest.raises(MappingError, match="has 2 fields; the policy has 12 joints"):
+        reading_columns(parse_mapping(short), spec)
+    no_cmd = {**raw, "quantities": {k: v for k, v in raw["quantities"].items() if k != "command"}}
+    with pytest.raises(MappingError, match=r"no quantity 'command' \(the policy's reading 'command' for observation term\(s\) \['command'\]\)"):
+        reading_columns(parse_mapping(no_cmd), spec)
