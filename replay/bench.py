@@ -1,8 +1,9 @@
 """`s2r bench replay`: replay throughput in multiples of real time, and the dynamics-gap pass's cost.
 
 The bags are recorded here from the task env driven by the policy (no ROS needed): policy_io, the
-joint commands and the joint states (four per control step, as a 200 Hz driver publishes them, so
-the reader decompresses a realistic mix of topics), written with replay.bag.BagWriter.
+joint commands and the joint states, each just after the odometry of the same stamp for a floating
+base (four per control step, as a 200 Hz driver publishes them, so the reader decompresses a
+realistic mix of topics), written with replay.bag.BagWriter.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from replay.bag import BagWriter
 from replay.evaluate import dynamics_pass, load_candidate, nominal_cfg, policy_io_pass
 
 SHIPPED = Path(__file__).resolve().parents[1] / "ros_ws" / "src" / "s2r_ros" / "policies"
-ARRAY, JS = "std_msgs/msg/Float64MultiArray", "sensor_msgs/msg/JointState"
+ARRAY, JS, ODOM = "std_msgs/msg/Float64MultiArray", "sensor_msgs/msg/JointState", "nav_msgs/msg/Odometry"
 SENSOR_MESSAGES_PER_STEP = 4
 
 
@@ -31,9 +32,22 @@ def _array(segments: list[tuple[str, np.ndarray]]) -> dict:
     return {"layout": {"dim": dims, "data_offset": 0}, "data": np.concatenate([x.ravel() for _, x in segments]).tolist()}
 
 
+def _xyz(v: np.ndarray) -> dict:
+    return dict(zip("xyz", map(float, v)))
+
+
+def _odometry(header: dict, r: dict[str, np.ndarray]) -> dict:
+    """nav_msgs/Odometry of SimRobot readings as the sim robot node publishes it (REP 105): pose in
+    the world, twist in the body frame."""
+    return {"header": {**header, "frame_id": "world"}, "child_frame_id": "base",
+            "pose": {"pose": {"position": _xyz(r["base_pos_w"]), "orientation": dict(zip("wxyz", map(float, r["base_quat_wxyz"])))}},
+            "twist": {"twist": {"linear": _xyz(r["base_lin_vel_b"]), "angular": _xyz(r["base_ang_vel_b"])}}}
+
+
 def record_rollout_bag(policy_path: Path, bag: Path, seconds: float, cfg=None, seed: int = 0) -> None:
     """A joint robot's rollout as a robot-side recorder would log it: each control step's policy_io and
-    joint_commands (position, kp_scale 1, kd NaN), and the joint states from the start of the step."""
+    joint_commands (position, kp_scale 1, kd NaN), and the joint states from the start of the step,
+    for a floating base each just after the odometry of the same header stamp."""
     from sim.sim_robot import SimRobot
     from sim.evaluate import load_policy
 
@@ -49,11 +63,13 @@ def record_rollout_bag(policy_path: Path, bag: Path, seconds: float, cfg=None, s
     with BagWriter(bag, meta, flush_period_s=1e9) as writer:
         for _ in range(round(seconds * spec.control_hz)):
             r = robot.readings()
+            header = {"stamp": {"sec": t // 10**9, "nanosec": t % 10**9}}
             for j in range(SENSOR_MESSAGES_PER_STEP):
-                writer.write_msg("/joint_states", JS, {"header": {"stamp": {"sec": t // 10**9, "nanosec": t % 10**9}},
-                                                       "name": list(spec.action.names), "position": r["joint_pos"].tolist(),
-                                                       "velocity": r["joint_vel"].tolist(), "effort": []},
-                                 t + j * period_ns // SENSOR_MESSAGES_PER_STEP)
+                log_t = t + j * period_ns // SENSOR_MESSAGES_PER_STEP
+                if robot.has_base:
+                    writer.write_msg("/odom", ODOM, _odometry(header, r), log_t - 100)
+                writer.write_msg("/joint_states", JS, {"header": header, "name": list(spec.action.names), "position": r["joint_pos"].tolist(),
+                                                       "velocity": r["joint_vel"].tolist(), "effort": []}, log_t)
             action = policy(obs)
             command = env.action_mapper(torch.from_numpy(action)).numpy()[0]
             writer.write_msg("/joint_commands", ARRAY, _array([("command", np.concatenate((command, np.ones(n), np.full(n, np.nan))))]), t - 1000)
@@ -68,8 +84,9 @@ def record_rollout_bag(policy_path: Path, bag: Path, seconds: float, cfg=None, s
 def bench_replay(policy: Path | None = None, seconds: float = 300.0, gap_seconds: float = 20.0, repeats: int = 3) -> dict:
     """Throughput of the policy_io pass (one policy, what `s2r replay --no-dynamics-gap` streams) on a
     50 Hz quadruped bag of `seconds`, the median of `repeats` passes (the machine is shared); the
-    dynamics-gap pass's cost per logged second on an arm bag of `gap_seconds` (the quadruped's
-    floating base is not in its joint topics)."""
+    dynamics-gap pass's cost per logged second (joints and floating base, k = 1, 10, 50) on a bag of
+    `gap_seconds` of the same policy recorded with nominal parameters, whose k = 1 errors say the
+    replay reproduces the recording simulator."""
     from replay.bag import BagReader
     from sim.evaluate import load_policy
 
@@ -87,14 +104,13 @@ def bench_replay(policy: Path | None = None, seconds: float = 300.0, gap_seconds
             io = policy_io_pass(BagReader(bag), spec, [cand], cfg)
             walls.append(time.perf_counter() - t0)
         wall_s = float(np.median(walls))
-        arm = SHIPPED / "arm.onnx"
-        arm_bag = Path(tmp) / "arm"
-        arm_cfg = load_policy(arm)[1]
-        record_rollout_bag(arm, arm_bag, gap_seconds, nominal_cfg(arm_cfg))
-        gap = dynamics_pass(BagReader(arm_bag), OnnxPolicy(arm).spec, arm_cfg, (1, 10, 50))
+        gap_bag = Path(tmp) / "quadruped_nominal"
+        record_rollout_bag(policy, gap_bag, gap_seconds, nominal_cfg(cfg))
+        gap = dynamics_pass(BagReader(gap_bag), spec, cfg, (1, 10, 50))
     return {"task": spec.task, "control_hz": spec.control_hz, "logged_s": io["logged_s"], "rows": io["rows"],
             "wall_s": wall_s, "wall_s_passes": walls, "throughput_x_realtime": io["logged_s"] / wall_s,
             "max_abs_action_diff": io["action_agreement"][cand.name]["max_abs_diff"],
-            "gap_task": "arm-reach", "gap_logged_s": gap_seconds, "gap_wall_s": gap["wall_s"],
+            "gap_task": spec.task, "gap_logged_s": gap_seconds, "gap_wall_s": gap["wall_s"],
             "gap_cost_s_per_logged_s": gap["cost_s_per_logged_s"], "gap_windows": gap["windows"],
-            "gap_k1_joint_pos_rad": gap["k"]["1"]["joint_pos_rad"]["norm"]["mean"]}
+            "gap_k1_joint_pos_rad": gap["k"]["1"]["joint_pos_rad"]["norm"]["mean"],
+            "gap_k1_base_pos_m": gap["k"]["1"]["base_pos_m"]["norm"]["mean"]}

@@ -157,6 +157,14 @@ class GapStats:
         """error (n, width): signed errors of n windows."""
         self.stats[k][quantity].add(np.concatenate((np.abs(error), np.linalg.norm(error, axis=-1, keepdims=True)), -1))
 
+    def add_rigid(self, k: int, prefix: str, qpos_pred: np.ndarray, lin_vel_w_pred_mps: np.ndarray,
+                  pos_w_m: np.ndarray, quat_wxyz: np.ndarray, lin_vel_w_mps: np.ndarray) -> None:
+        """A rigid body's errors (RIGID_QUANTITIES, names prefixed): predicted free-joint qpos (n, 7) and
+        world linear velocity (n, 3) against the logged ones."""
+        self.add(k, prefix + "pos_m", qpos_pred[:, 0:3] - pos_w_m)
+        self.add(k, prefix + "vel_mps", lin_vel_w_pred_mps - lin_vel_w_mps)
+        self.add(k, prefix + "att_rad", attitude_error_rad(qpos_pred[:, 3:7], quat_wxyz))
+
     def summary(self, period_s: float) -> dict:
         return {
             str(k): {"horizon_s": k * period_s,
@@ -184,9 +192,7 @@ def rigid_gap_stats(
         pred = predict_windows(log, thrust_N, plant, padded, horizon, backend)[: len(s)]
         for k in stats.ks:
             p, r = pred[:, k - 1], s + k
-            stats.add(k, "pos_m", p[:, 0:3] - log.pos_w_m[r])
-            stats.add(k, "vel_mps", p[:, 7:10] - log.lin_vel_w_mps[r])
-            stats.add(k, "att_rad", attitude_error_rad(p[:, 3:7], log.quat_wxyz[r]))
+            stats.add_rigid(k, "", p[:, 0:7], p[:, 7:10], log.pos_w_m[r], log.quat_wxyz[r], log.lin_vel_w_mps[r])
     backend.close()
     stats.windows += len(starts)
     return len(starts)
@@ -215,16 +221,35 @@ def dynamics_gap(
 
 
 # --- joint robots ----------------------------------------------------------------------------------
+BASE_QUANTITIES = tuple((f"base_{q}", axes) for q, axes in RIGID_QUANTITIES)
+
+
+def joint_quantities(joint_names: tuple[str, ...], floating_base: bool) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """GapStats quantities of a joint robot: its joints, and its base when it floats."""
+    joints = (("joint_pos_rad", joint_names), ("joint_vel_radps", joint_names))
+    return joints + BASE_QUANTITIES if floating_base else joints
+
+
+def free_joint(model) -> int | None:
+    """Id of the model's free joint (a floating base), or None for a fixed-base robot."""
+    import mujoco
+
+    free = [j for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
+    return free[0] if free else None
+
+
 @dataclass(frozen=True)
 class JointLog:
-    """Control-rate rows of a joint robot's log: the joint state when each logged position target
-    started acting, and that target. Rows are in the robot config's actuator order."""
+    """Control-rate rows of a joint robot's log: the joint state (and a floating base's state) when each
+    logged position target started acting, and that target. Rows are in the robot config's actuator order."""
 
     t_s: np.ndarray  # (T,)
     joint_pos_rad: np.ndarray  # (T, J)
     joint_vel_radps: np.ndarray  # (T, J)
     target_rad: np.ndarray  # (T, J) position target that acts from row i to row i + 1
     step_ok: np.ndarray  # (T,) bool: row i - 1 -> i is one regular control period with a plain target
+    base_qpos: np.ndarray | None = None  # (T, 7) free joint qpos [pos_w m, quat_wxyz]; None: fixed base
+    base_qvel: np.ndarray | None = None  # (T, 6) free joint qvel [lin vel world m/s, ang vel body rad/s]
 
     def __len__(self) -> int:
         return len(self.t_s)
@@ -232,9 +257,10 @@ class JointLog:
 
 def joint_gap_stats(log: JointLog, env, joint_names: tuple[str, ...], stats: GapStats, chunk: int = 256) -> int:
     """Adds the k-step joint position (rad) and velocity (rad/s) errors of the task env `env` (built
-    with `make_env`, nominal parameters) into `stats`: one env per start, put in the logged joint
-    state (`env.backend.reset`), driven by the logged targets through `env.step_command`. Windows in
-    which the env terminated are left out. Returns the number of windows used."""
+    with `make_env`, nominal parameters) into `stats`, and for a floating base its position (m), world
+    velocity (m/s) and attitude (rad) errors (quantities as `joint_quantities`): one env per start,
+    put in the logged joint and base state (`env.backend.reset`), driven by the logged targets through
+    `env.step_command`. Windows in which the env terminated are left out. Returns the number of windows used."""
     import mujoco
 
     horizon = max(stats.ks)
@@ -244,8 +270,18 @@ def joint_gap_stats(log: JointLog, env, joint_names: tuple[str, ...], stats: Gap
     missing = [n for n, j in zip(joint_names, jids) if j < 0]
     if missing:
         raise ValueError(f"the simulated robot has no joints {missing}")
-    qadr = torch.as_tensor([model.jnt_qposadr[j] for j in jids])
-    dadr = torch.as_tensor([model.jnt_dofadr[j] for j in jids])
+    free = free_joint(model)
+    logged_base = log.base_qpos is not None and log.base_qvel is not None
+    if free is not None and not logged_base:
+        raise ValueError(f"the simulated robot has a floating base (free joint '{model.joint(free).name}'): "
+                         "replaying it needs the logged base state (JointLog.base_qpos, base_qvel)")
+    if free is None and logged_base:
+        raise ValueError("the log has a base state but the simulated robot has no floating base (free joint)")
+    qadr = np.array([model.jnt_qposadr[j] for j in jids])
+    dadr = np.array([model.jnt_dofadr[j] for j in jids])
+    if free is not None:  # free joint: qpos [pos, quat], qvel [lin vel world, ang vel body]
+        base_q = slice(model.jnt_qposadr[free], model.jnt_qposadr[free] + 7)
+        base_v = slice(model.jnt_dofadr[free], model.jnt_dofadr[free] + 6)
     n_env = env.num_envs
     used = 0
     for i in range(0, len(starts), n_env):
@@ -256,6 +292,9 @@ def joint_gap_stats(log: JointLog, env, joint_names: tuple[str, ...], stats: Gap
         qpos, qvel = env.backend.qpos.clone(), torch.zeros_like(env.backend.qvel)
         qpos[:, qadr] = torch.from_numpy(log.joint_pos_rad[padded]).to(qpos)
         qvel[:, dadr] = torch.from_numpy(log.joint_vel_radps[padded]).to(qvel)
+        if free is not None:
+            qpos[:, base_q] = torch.from_numpy(log.base_qpos[padded]).to(qpos)
+            qvel[:, base_v] = torch.from_numpy(log.base_qvel[padded]).to(qvel)
         env.backend.reset(ids, qpos, qvel)
         if hasattr(env, "joint_pos"):  # the env's PD reads its own copy of the joint state before the first physics step
             env.joint_pos = qpos[:, qadr].to(env.joint_pos)
@@ -268,11 +307,14 @@ def joint_gap_stats(log: JointLog, env, joint_names: tuple[str, ...], stats: Gap
             k = j + 1
             if k in stats.ks:
                 ok = alive[: len(s)]
-                pos = env.backend.qpos[: len(s), qadr].double().numpy()[ok]
-                vel = env.backend.qvel[: len(s), dadr].double().numpy()[ok]
+                qpos_k = env.backend.qpos[: len(s)].double().numpy()[ok]
+                qvel_k = env.backend.qvel[: len(s)].double().numpy()[ok]
                 r = (s + k)[ok]
-                stats.add(k, "joint_pos_rad", pos - log.joint_pos_rad[r])
-                stats.add(k, "joint_vel_radps", vel - log.joint_vel_radps[r])
+                stats.add(k, "joint_pos_rad", qpos_k[:, qadr] - log.joint_pos_rad[r])
+                stats.add(k, "joint_vel_radps", qvel_k[:, dadr] - log.joint_vel_radps[r])
+                if free is not None:
+                    stats.add_rigid(k, "base_", qpos_k[:, base_q], qvel_k[:, base_v][:, :3],
+                                    log.base_qpos[r, :3], log.base_qpos[r, 3:], log.base_qvel[r, :3])
         used += int(alive[: len(s)].sum())
     stats.windows += used
     return used

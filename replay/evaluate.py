@@ -13,7 +13,8 @@ flat however long the log:
      falls and yaw-rate tracking; thresholds from the task config `s2r eval` uses.
 2. dynamics gap (unless disabled): the sensor and command topics as control-rate rows, replayed in
    simulation k steps from each logged state (replay.dynamics_gap): the quadrotor on the nominal
-   rigid-body plant, joint robots through the task env with nominal parameters.
+   rigid-body plant, joint robots through the task env with nominal parameters (a floating base, as
+   the quadruped's, put in its logged state from /odom, paired with /joint_states by header stamp).
 
 The ranking combines `s2r eval`-style simulated evaluation of every candidate under the task's full
 randomization with its shift on this log:  score = sim_score - SHIFT_WEIGHT * max(0, shift - 1),
@@ -37,7 +38,8 @@ from deploy.onnx_policy import OnnxPolicy, PolicyLoadError
 from deploy.signals import quat_to_rotmat
 from deploy.spec import PolicySpec, SpecError
 from replay.bag import BagError, BagReader, StreamHealthCounter, policy_io_segments
-from replay.dynamics_gap import RIGID_QUANTITIES, GapStats, JointLog, Plant, StreamingStats, joint_gap_stats, rigid_gap_stats
+from replay.dynamics_gap import (RIGID_QUANTITIES, GapStats, JointLog, Plant, StreamingStats, free_joint, joint_gap_stats,
+                                  joint_quantities, rigid_gap_stats)
 from replay.mapping import clock_report, make_log
 
 POLICY_IO = "/policy_io"
@@ -50,6 +52,7 @@ SEGMENT_ROWS = 4096  # dynamics-gap rows per segment
 PLOT_ROWS = 500  # first rows kept for the action plot
 RESET_JUMP_M = 0.05  # a state step this far from what the velocity explains: an episode reset, not physics
 RESET_JUMP_RAD = 0.2
+ODOM_MATCH_MESSAGES = 64  # odom states and joint-state rows kept while waiting for their pair (same header stamp)
 LATE_PERIODS = 2.5
 
 
@@ -323,8 +326,9 @@ def policy_io_pass(reader: BagReader, spec: PolicySpec, candidates: list[Candida
 # --- pass 2: dynamics gap --------------------------------------------------------------------------
 def nominal_cfg(cfg):
     """`cfg` with every randomization range pinned to its nominal value (scales and strengths 1,
-    offsets, biases, payloads and latencies 0, else the range's low end), one model variant, no
-    sensor noise: the simulator a log is compared with."""
+    offsets, biases, payloads and latencies 0, else the range's low end), magnitudes (push velocity,
+    CoM shift) 0 but not a float that must stay > 0 (a push interval), one model variant, no sensor
+    noise: the simulator a log is compared with."""
     from sim.sim_robot import noise_free
 
     def pin(obj):
@@ -339,7 +343,7 @@ def nominal_cfg(cfg):
                 changes[f.name] = (type(lo)(x), type(hi)(x))
             elif f.name == "model_variants":
                 changes[f.name] = 1
-            elif isinstance(v, float):
+            elif isinstance(v, float) and ("check" not in f.metadata or f.metadata["check"][0](0.0)):
                 changes[f.name] = 0.0
         return dataclasses.replace(obj, **changes)
 
@@ -370,6 +374,41 @@ def _odom_state(msg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return np.array([p.x, p.y, p.z]), quat, quat_to_rotmat(quat / np.linalg.norm(quat)) @ lin_b, np.array([w.x, w.y, w.z])
 
 
+def _stamp(msg) -> tuple[int, int]:
+    return msg.header.stamp.sec, msg.header.stamp.nanosec
+
+
+class BaseStateMatcher:
+    """Pairs each joint-state row with the odometry of the same header stamp (one physics step of the
+    robot), whichever of the two the bag holds first: a row's base slots are filled when its odom is
+    seen. Keeps at most `keep` unpaired odom states and `keep` waiting rows (the oldest go first; a row
+    never paired stays NaN), so memory stays flat over a long bag."""
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self.states: dict[tuple[int, int], np.ndarray] = {}  # stamp -> (13,) base qpos + qvel
+        self.waiting: dict[tuple[int, int], np.ndarray] = {}  # stamp -> (13,) view into a row
+
+    def add_state(self, stamp: tuple[int, int], state: np.ndarray) -> None:
+        slots = self.waiting.pop(stamp, None)
+        if slots is not None:
+            slots[:] = state
+        else:
+            self._put(self.states, stamp, state)
+
+    def add_row(self, stamp: tuple[int, int], slots: np.ndarray) -> None:
+        state = self.states.pop(stamp, None)
+        if state is not None:
+            slots[:] = state
+        else:
+            self._put(self.waiting, stamp, slots)
+
+    def _put(self, d: dict, stamp: tuple[int, int], value: np.ndarray) -> None:
+        d[stamp] = value
+        if len(d) > self.keep:
+            del d[next(iter(d))]
+
+
 def _regular(t_s: np.ndarray, period_s: float) -> np.ndarray:
     """(T,) rows after an interval that is forward and under LATE_PERIODS periods: receive times jitter
     by milliseconds on a loaded host, while a longer silence means dropped messages."""
@@ -385,7 +424,8 @@ def _continuous(pos: np.ndarray, vel: np.ndarray, dt_s: float, tol: float) -> np
 
 
 def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...], segment_rows: int = SEGMENT_ROWS) -> dict:
-    """Streams the sensor and command topics as control-rate rows, segment by segment, into GapStats."""
+    """Streams the sensor and command topics as control-rate rows, segment by segment, into GapStats.
+    A floating-base joint robot needs /odom: its base state is part of the state each window starts from."""
     period_s = 1.0 / spec.control_hz
     horizon = max(ks)
     health: dict[str, StreamHealthCounter] = {}
@@ -429,21 +469,31 @@ def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...],
         js_topic = _need(reader, "joint_states", "the joint state for the dynamics gap")
         cmd_topic = _need(reader, "joint_commands", "the commands for the dynamics gap")
         env = make_env(spec.task, 256, nominal_cfg(cfg), seed=0)
+        floating = free_joint(env.backend.model) is not None
+        odom_topic = _need(reader, "odom", "the floating base state for the dynamics gap") if floating else None
         joints = spec.action.names
-        stats = GapStats(ks, (("joint_pos_rad", joints), ("joint_vel_radps", joints)))
+        stats = GapStats(ks, joint_quantities(joints, floating))
         buf, pending = [], None
         n = len(joints)
+        # a row: t, joint pos (n), joint vel (n), target (n), plain target flag, and for a floating base its
+        # qpos (7) and qvel (6), NaN until the odom of the row's stamp is found
+        base = slice(2 + 3 * n, 15 + 3 * n) if floating else slice(0, 0)
+        matcher = BaseStateMatcher(ODOM_MATCH_MESSAGES)
 
         def process(rows: list[np.ndarray]) -> None:
             a = np.asarray(rows)
             t = a[:, 0]
             ok = _regular(t, period_s)
             pos, vel = a[:, 1 : 1 + n], a[:, 1 + n : 1 + 2 * n]
-            ok &= (a[:, -1] > 0) & _continuous(pos, vel, period_s, RESET_JUMP_RAD)
-            joint_gap_stats(JointLog(t, pos, vel, a[:, 1 + 2 * n : 1 + 3 * n], ok), env, joints, stats)
+            ok &= (a[:, 1 + 3 * n] > 0) & _continuous(pos, vel, period_s, RESET_JUMP_RAD)
+            base_qpos = base_qvel = None
+            if floating:
+                base_qpos, base_qvel = a[:, base][:, :7], a[:, base][:, 7:]
+                ok &= np.isfinite(a[:, base]).all(1) & _continuous(base_qpos[:, :3], base_qvel[:, :3], period_s, RESET_JUMP_M)
+            joint_gap_stats(JointLog(t, pos, vel, a[:, 1 + 2 * n : 1 + 3 * n], ok, base_qpos, base_qvel), env, joints, stats)
 
         order = None
-        for m in reader.messages([js_topic, cmd_topic]):
+        for m in reader.messages([js_topic, cmd_topic] + ([odom_topic] if floating else [])):
             health.setdefault(m.topic, StreamHealthCounter(period_s)).add(m.log_time_ns)
             if m.topic == cmd_topic:
                 data = np.asarray(m.msg.data, dtype=np.float64)
@@ -452,16 +502,23 @@ def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...],
                 plain = bool(np.all(data[n : 2 * n] == 1.0) and np.isnan(data[2 * n :]).all())
                 pending = (data[:n], plain)
                 continue
+            if m.topic == odom_topic:
+                pos, quat, vel_w, ang_b = _odom_state(m.msg)
+                matcher.add_state(_stamp(m.msg), np.concatenate((pos, quat / np.linalg.norm(quat), vel_w, ang_b)))
+                continue
             if pending is None:
                 continue
             if order is None:
-                names = list(m.msg.name)
-                missing = [j for j in joints if j not in names]
+                logged = list(m.msg.name)
+                missing = [j for j in joints if j not in logged]
                 if missing:
-                    raise ReplayError(f"{js_topic}: no joints {missing} (it has {names})")
-                order = np.array([names.index(j) for j in joints])
-            buf.append(np.concatenate(([m.log_time_ns / 1e9], np.asarray(m.msg.position)[order], np.asarray(m.msg.velocity)[order],
-                                       pending[0], [float(pending[1])])))
+                    raise ReplayError(f"{js_topic}: no joints {missing} (it has {logged})")
+                order = np.array([logged.index(j) for j in joints])
+            row = np.concatenate(([m.log_time_ns / 1e9], np.asarray(m.msg.position)[order], np.asarray(m.msg.velocity)[order],
+                                  pending[0], [float(pending[1])], np.full(base.stop - base.start, np.nan)))
+            if floating:
+                matcher.add_row(_stamp(m.msg), row[base])
+            buf.append(row)
             pending = None
             if len(buf) >= segment_rows:
                 process(buf)
@@ -471,6 +528,9 @@ def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...],
         env.close()
         model = f"{spec.task} task env, nominal parameters (randomization pinned), no sensor noise"
         names = {"joints": list(joints)}
+        if floating:
+            model += "; floating base from odom, matched to joint_states by header stamp"
+            names["base_axes"] = ["x", "y", "z"]
     wall_s = time.perf_counter() - t0
     if stats.windows == 0:
         raise ReplayError(f"bag {reader.path}: no window of {horizon} regular control steps to replay for the dynamics gap")

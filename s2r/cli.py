@@ -256,7 +256,9 @@ def cmd_bench_replay(args) -> None:
     r = bench_replay(Path(args.policy) if args.policy else None, args.seconds, args.gap_seconds)
     print(f"s2r bench replay: {r['task']} bag at {r['control_hz']:g} Hz, {r['logged_s']:.0f} s logged, one policy")
     print(f"  replay throughput (policy_io pass, no dynamics gap)  {r['throughput_x_realtime']:10.0f} x real time   (target >= 1000)")
-    print(f"  dynamics-gap pass (k = 1, 10, 50)                   {r['gap_cost_s_per_logged_s']:10.3f} s per logged second")
+    print(f"  dynamics-gap pass (k = 1, 10, 50)                   {r['gap_cost_s_per_logged_s']:10.3f} s per logged second   "
+          f"({r['gap_task']}, {r['gap_logged_s']:.0f} s nominal bag, {r['gap_windows']} windows)")
+    print(f"  dynamics gap k = 1 on that bag: joint position {r['gap_k1_joint_pos_rad']:.2g} rad, base position {r['gap_k1_base_pos_m']:.2g} m")
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2))
 
@@ -320,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     br = bsub.add_parser("replay", help="replay throughput (x real time) on a 50 Hz quadruped bag, and the dynamics-gap cost")
     br.add_argument("--policy", help="quadruped policy.onnx (default: the shipped one)")
     br.add_argument("--seconds", type=float, default=600.0, help="logged seconds of the synthetic bag")
-    br.add_argument("--gap-seconds", type=float, default=20.0, help="logged seconds of the bag the dynamics-gap pass runs on")
+    br.add_argument("--gap-seconds", type=float, default=20.0, help="logged seconds of the nominal-parameter bag the dynamics-gap pass runs on")
     br.add_argument("--json", help="also write the figures to this file")
     br.set_defaults(func=cmd_bench_replay)
 

@@ -210,3 +210,74 @@ def test_nominal_cfg_pins_every_range():
     assert r.damping_scale == (1.0, 1.0) and r.payload_kg == (0.0, 0.0) and r.model_variants == 1
     assert r.actuators.kp_scale == (1.0, 1.0) and r.actuators.latency_steps == (0, 0) and r.actuators.joint_pos_bias_rad == 0.0
     assert cfg.noise.joint_pos_rad == 0.0
+
+
+def _quadruped_gap(tmp_path: Path, name: str, actuators: dict | None = None) -> dict:
+    """The dynamics gap (k = 1, 10) of a 4 s quadruped rollout recorded with nominal parameters, the
+    actuator randomization pinned to `actuators` when given (a reality gap)."""
+    from deploy.onnx_policy import OnnxPolicy
+    from replay.bag import BagReader
+    from replay.bench import SHIPPED, record_rollout_bag
+    from sim.evaluate import load_policy
+
+    policy = SHIPPED / "quadruped.onnx"
+    cfg = load_policy(policy)[1]
+    rec = nominal_cfg(cfg)
+    if actuators:
+        r = rec.randomization
+        rec = dataclasses.replace(rec, randomization=dataclasses.replace(r, actuators=dataclasses.replace(r.actuators, **actuators)))
+    record_rollout_bag(policy, tmp_path / name, 4.0, rec)
+    return dynamics_pass(BagReader(tmp_path / name), OnnxPolicy(policy).spec, cfg, (1, 10))
+
+
+def test_quadruped_dynamics_gap_with_floating_base(tmp_path):
+    """The env with nominal parameters is the simulator that recorded the nominal bag: replayed from
+    the logged joint and base state (odom paired by stamp), it reproduces the log (the joint readings
+    are float32, hence ~1e-7 rad); motors at 80 % strength make every error grow by orders of magnitude."""
+    nominal = _quadruped_gap(tmp_path, "nominal")
+    gapped = _quadruped_gap(tmp_path, "gapped", {"motor_strength": (0.8, 0.8)})
+    mean = {name: {k: {q: v["norm"]["mean"] for q, v in d.items() if q != "horizon_s"} for k, d in g["k"].items()}
+            for name, g in (("nominal", nominal), ("gapped", gapped))}
+    print(json.dumps(mean, indent=1))
+    assert nominal["windows"] == 200 - 10  # every row paired with its odom, no reset in 4 s
+    assert nominal["base_axes"] == ["x", "y", "z"] and set(mean["nominal"]["1"]) == {
+        "joint_pos_rad", "joint_vel_radps", "base_pos_m", "base_vel_mps", "base_att_rad"}
+    g0, g1 = mean["nominal"], mean["gapped"]
+    assert g0["1"]["base_pos_m"] < 1e-7 and g0["10"]["base_pos_m"] < 1e-6 and g0["1"]["base_att_rad"] < 1e-6
+    assert g0["1"]["joint_pos_rad"] < 1e-6 and g0["10"]["joint_pos_rad"] < 1e-6
+    for q, floor in (("base_pos_m", 1e-3), ("base_vel_mps", 1e-2), ("base_att_rad", 1e-3), ("joint_pos_rad", 1e-2)):
+        assert g1["10"][q] > max(floor, 1000 * g0["10"][q]), (q, g0["10"], g1["10"])
+
+
+def test_quadruped_bag_without_odom_names_it(tmp_path):
+    from deploy.onnx_policy import OnnxPolicy
+    from replay.bag import BagReader
+    from replay.bench import ARRAY, JS, SHIPPED
+    from sim.evaluate import load_policy
+
+    policy = SHIPPED / "quadruped.onnx"
+    spec = OnnxPolicy(policy).spec
+    with BagWriter(tmp_path / "bag", {"policy_spec": spec.to_json()}) as bag:
+        bag.write_msg("/joint_commands", ARRAY, {"data": [0.0] * (3 * spec.action_dim)}, 1)
+        bag.write_msg("/joint_states", JS, {"name": list(spec.action.names), "position": [0.0] * spec.action_dim}, 2)
+    with pytest.raises(ReplayError, match="topic /odom is not in bag .*floating base"):
+        dynamics_pass(BagReader(tmp_path / "bag"), spec, load_policy(policy)[1], (1, 10))
+
+
+def test_base_state_matcher_pairs_odom_by_stamp_either_order():
+    import numpy as np
+
+    from replay.evaluate import BaseStateMatcher
+
+    m = BaseStateMatcher(keep=2)
+    rows = np.full((5, 13), np.nan)
+    m.add_state((1, 0), np.full(13, 1.0))  # odom first
+    m.add_row((1, 0), rows[0])
+    m.add_row((2, 0), rows[1])  # joint states first
+    m.add_state((2, 0), np.full(13, 2.0))
+    for i in (2, 3, 4):  # three rows wait, two are kept: the oldest stays unpaired
+        m.add_row((i + 1, 0), rows[i])
+    for i in (2, 3, 4):
+        m.add_state((i + 1, 0), np.full(13, i + 1.0))
+    assert (rows[0] == 1).all() and (rows[1] == 2).all() and np.isnan(rows[2]).all() and (rows[3] == 4).all() and (rows[4] == 5).all()
+    assert not m.waiting and list(m.states) == [(3, 0)]
