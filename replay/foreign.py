@@ -67,8 +67,13 @@ def control_stride(log_rate_hz: float, control_hz: float) -> int:
 
 
 def score_foreign_log(log_path: str | Path, mapping: Mapping | str | Path, policies: list[str | Path], out_dir: str | Path,
-                      sim_episodes: int = 100, chunk_rows: int = 4096) -> dict:
-    """Shift, actions and ranking of `policies` on a foreign log; writes metrics.json and report.html."""
+                      sim_episodes: int = 100, window_s: tuple[float, float] | None = None, chunk_rows: int = 4096) -> dict:
+    """Shift, actions and ranking of `policies` on a foreign log; writes metrics.json and report.html.
+
+    `window_s` (start, end), in seconds from the log's first row: only the rows in it are scored (a log
+    holds more than the policy's task: the robot on the ground, take-off, landing)."""
+    if window_s is not None and not window_s[0] < window_s[1]:
+        raise ReplayError(f"window {window_s}: start must be before end")
     from sim.evaluate import load_policy
 
     if not policies:
@@ -90,16 +95,18 @@ def score_foreign_log(log_path: str | Path, mapping: Mapping | str | Path, polic
     task = TaskMetrics(spec, cfg)
     plot: dict[str, list] = {"action": [], **{n: [] for n in names}}
     rows = steps = skipped = starts = 0
-    need_reset, clock = True, None
+    need_reset, clock, t_first = True, None, None
     t0 = time.perf_counter()
     for chunk in iter_log(log_path, mapping, chunk_rows):
         readings = {r: chunk[q][:, order] for r, (q, order) in columns.items()}
         finite = np.all([np.isfinite(v).all(1) for v in readings.values()], axis=0)
+        t_first = chunk.t_s[0] if t_first is None else t_first
+        inside = np.ones(len(chunk), bool) if window_s is None else (chunk.t_s - t_first >= window_s[0]) & (chunk.t_s - t_first <= window_s[1])
         obs = [[] for _ in candidates]
         actions = [[] for _ in candidates]
         for i in range(len(chunk)):
-            need_reset |= not chunk.step_ok[i]
-            if (rows + i) % stride:
+            need_reset |= not (chunk.step_ok[i] and inside[i])
+            if (rows + i) % stride or not inside[i]:
                 continue
             if not finite[i]:
                 skipped += 1
@@ -132,12 +139,13 @@ def score_foreign_log(log_path: str | Path, mapping: Mapping | str | Path, polic
             clipped[j] += (np.abs(a) >= spec.action.clip).sum(0)
             plot[c.name] += list(a[: max(0, PLOT_ROWS - len(plot[c.name]))])
     if steps == 0:
-        raise ReplayError(f"{log_path}: no control step with every reading the policy needs finite")
+        raise ReplayError(f"{log_path}: no control step with every reading the policy needs finite"
+                          + (f" in the window {window_s} s" if window_s else ""))
     period_s = 1.0 / spec.control_hz
     metrics = {
         "log": str(log_path), "mapping": mapping.where or mapping.description, "task": spec.task, "robot": spec.robot,
         "control_hz": spec.control_hz, "rows": steps, "log_rows": rows, "logged_s": steps * period_s,
-        "starts": starts, "skipped_nonfinite": skipped, "wall_s": time.perf_counter() - t0,
+        "window_s": window_s, "starts": starts, "skipped_nonfinite": skipped, "wall_s": time.perf_counter() - t0,
         "readings": {r: q for r, (q, _) in columns.items()},
         "health": {"clock": clock.to_dict()},
         "candidates": {c.name: {"path": str(c.path), "sha256": c.policy.sha256} for c in candidates},

@@ -202,7 +202,7 @@ def cmd_replay(args) -> None:
         if args.policy:
             from replay.foreign import score_foreign_log
 
-            m = score_foreign_log(log, args.mapping, args.policy, out, args.episodes)
+            m = score_foreign_log(log, args.mapping, args.policy, out, args.episodes, tuple(args.window) if args.window else None)
             print(f"{m['task']}: {m['rows']} control steps ({m['logged_s']:.1f} s, {m['starts']} start(s)) rebuilt from the "
                   f"log's readings {sorted(m['readings'].values())}")
             _print_ranking(m)
@@ -332,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="folder for report.html, metrics.json and the PNGs")
     r.add_argument("--mapping", help="foreign-log mapping: a shipped name (crazyflie_nanobench) or a YAML file")
     r.add_argument("--fit", help="foreign log: fit the quadrotor model on this other flight, report the gap on LOG")
+    r.add_argument("--window", type=float, nargs=2, metavar=("START", "END"),
+                   help="foreign log with --policy: score only these seconds from the log's first row")
     r.add_argument("--k", type=int, nargs="+", default=[1, 10, 50], help="prediction horizons, control steps")
     r.add_argument("--no-dynamics-gap", action="store_true")
     r.add_argument("--episodes", type=int, default=100, help="simulated episodes per candidate for the ranking")
