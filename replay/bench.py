@@ -20,7 +20,7 @@ from replay.bag import BagWriter
 from replay.evaluate import dynamics_pass, load_candidate, nominal_cfg, policy_io_pass
 
 SHIPPED = Path(__file__).resolve().parents[1] / "ros_ws" / "src" / "s2r_ros" / "policies"
-ARRAY, JS, ODOM = "std_msgs/msg/Float64MultiArray", "sensor_msgs/msg/JointState", "nav_msgs/msg/Odometry"
+ARRAY, JS, ODOM, TWIST = "std_msgs/msg/Float64MultiArray", "sensor_msgs/msg/JointState", "nav_msgs/msg/Odometry", "geometry_msgs/msg/Twist"
 SENSOR_MESSAGES_PER_STEP = 4
 
 
@@ -44,10 +44,12 @@ def _odometry(header: dict, r: dict[str, np.ndarray]) -> dict:
             "twist": {"twist": {"linear": _xyz(r["base_lin_vel_b"]), "angular": _xyz(r["base_ang_vel_b"])}}}
 
 
-def record_rollout_bag(policy_path: Path, bag: Path, seconds: float, cfg=None, seed: int = 0) -> None:
+def record_rollout_bag(policy_path: Path, bag: Path, seconds: float, cfg=None, seed: int = 0) -> dict:
     """A joint robot's rollout as a robot-side recorder would log it: each control step's policy_io and
     joint_commands (position, kp_scale 1, kd NaN), and the joint states from the start of the step,
-    for a floating base each just after the odometry of the same header stamp."""
+    for a floating base each just after the odometry of the same header stamp, and the operator's
+    velocity command (cmd_vel). Returns the env's own mean linear-velocity tracking error over the
+    settled steps (`s2r eval`'s measure), to check the figure replay computes from the log."""
     from sim.sim_robot import SimRobot
     from sim.evaluate import load_policy
 
@@ -60,10 +62,15 @@ def record_rollout_bag(policy_path: Path, bag: Path, seconds: float, cfg=None, s
     period_ns = round(1e9 / spec.control_hz)
     t = 1_700_000_000_000_000_000
     meta = {"policy_spec": spec.to_json(), "policy_sha256": policy.sha256}
+    settled_errors = []
     with BagWriter(bag, meta, flush_period_s=1e9) as writer:
         for _ in range(round(seconds * spec.control_hz)):
             r = robot.readings()
             header = {"stamp": {"sec": t // 10**9, "nanosec": t % 10**9}}
+            command = robot.operator().get("command")
+            if command is not None:
+                writer.write_msg("/cmd_vel", TWIST, {"linear": _xyz((command[0], command[1], 0.0)),
+                                                     "angular": _xyz((0.0, 0.0, command[2]))}, t - 200)
             for j in range(SENSOR_MESSAGES_PER_STEP):
                 log_t = t + j * period_ns // SENSOR_MESSAGES_PER_STEP
                 if robot.has_base:
@@ -75,10 +82,14 @@ def record_rollout_bag(policy_path: Path, bag: Path, seconds: float, cfg=None, s
             writer.write_msg("/joint_commands", ARRAY, _array([("command", np.concatenate((command, np.ones(n), np.full(n, np.nan))))]), t - 1000)
             writer.write_msg("/policy_io", ARRAY, _array([("obs", obs[0]), ("action", action[0]), ("command", command),
                                                          ("timing", np.array([t / 1e9, 0.0, 0.0, 2.0]))]), t + 1000)
-            o, *_ = env.step(torch.from_numpy(action))
+            o, _, _, _, extras = env.step(torch.from_numpy(action))
+            metrics = extras["metrics"]
+            if "lin_vel_error_mps" in metrics and metrics["settled"][0] > 0:
+                settled_errors.append(float(metrics["lin_vel_error_mps"][0]))
             obs = o["policy"].numpy()
             t += period_ns
     robot.close()
+    return {"mean_lin_vel_error_mps": float(np.mean(settled_errors)) if settled_errors else float("nan")}
 
 
 def bench_replay(policy: Path | None = None, seconds: float = 300.0, gap_seconds: float = 20.0, repeats: int = 3) -> dict:

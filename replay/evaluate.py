@@ -223,7 +223,9 @@ class TaskMetrics:
             out.update(mean_yaw_rate_error_radps=s["mean"], falls=self.events,
                        mean_lin_vel_error_mps=None,
                        definition=f"|yaw-rate command - gyro z| every running step; fall: trunk tilted beyond "
-                       f"acos({self.cfg.fall_tilt_cos}); linear tracking needs a base velocity the policy does not observe")
+                       f"acos({self.cfg.fall_tilt_cos}); linear tracking |cmd_vel xy - odometry twist xy| from "
+                       f"{self.cfg.eval_settle_s} s after each command change, when the bag has /odom and /cmd_vel "
+                       f"(the policy does not observe its base velocity)")
         elif self.task == "arm-reach":
             final = np.asarray(self._final + ([self._last_dist] if self._prev_target is not None else []))
             out.update(mean_ee_distance_m=s["mean"], targets=len(final),
@@ -320,7 +322,39 @@ def policy_io_pass(reader: BagReader, spec: PolicySpec, candidates: list[Candida
         "shift": {c.name: shift_summary(spec, z, b) for c, z, b in zip(candidates, z_abs, beyond)},
         "task_metrics": task.summary(period_s),
         "_plot": {k: np.asarray(v) for k, v in plot.items()},
+        "_span_ns": (health.first, health.prev),
     }
+
+
+def base_tracking_pass(reader: BagReader, cfg, span_ns: tuple[int, int]) -> dict | None:
+    """A walking robot's linear-velocity tracking from the log: |cmd_vel (x, y) - odometry twist (x, y)|
+    (both body frame) on every /odom message while the controller ran (`span_ns`), from `cfg.eval_settle_s`
+    after each command change, as `s2r eval` measures it. None when the bag lacks /odom or /cmd_vel."""
+    topics = [next((t for t in (name, name.lstrip("/")) if t in reader.topics), None) for name in ("/odom", "/cmd_vel")]
+    if None in topics:
+        return None
+    odom, cmd_topic = topics
+    settle_ns = round(cfg.eval_settle_s * 1e9)
+    stats, errors, cmd, changed_ns = StreamingStats(1), [], None, 0
+    for m in reader.messages(topics):
+        if m.topic == cmd_topic:
+            new = (m.msg.linear.x, m.msg.linear.y)
+            if new != cmd:
+                cmd, changed_ns = new, m.log_time_ns
+            continue
+        if cmd is None or not span_ns[0] <= m.log_time_ns <= span_ns[1] or m.log_time_ns - changed_ns < settle_ns:
+            continue
+        v = m.msg.twist.twist.linear
+        errors.append(math.hypot(cmd[0] - v.x, cmd[1] - v.y))
+        if len(errors) >= CHUNK_ROWS:
+            stats.add(np.asarray(errors)[:, None])
+            errors.clear()
+    if errors:
+        stats.add(np.asarray(errors)[:, None])
+    if stats.n == 0:
+        return None
+    s = stats.summary(("e",))["e"]
+    return {"mean_lin_vel_error_mps": s["mean"], "p90_lin_vel_error_mps": s["p90"], "lin_vel_samples": stats.n}
 
 
 # --- pass 2: dynamics gap --------------------------------------------------------------------------
@@ -580,7 +614,9 @@ def replay_bag(bag: str | Path, policies: list[str | Path], out_dir: str | Path,
     t0 = time.perf_counter()
     io = policy_io_pass(reader, spec, candidates, cfg)
     io_wall_s = time.perf_counter() - t0
-    plot = io.pop("_plot")
+    plot, span_ns = io.pop("_plot"), io.pop("_span_ns")
+    if spec.task == "quadruped-walk":
+        io["task_metrics"].update(base_tracking_pass(reader, cfg, span_ns) or {})
     metrics = {
         "bag": str(bag), "complete": reader.complete, "recovery_notes": reader.notes, "task": spec.task, "robot": spec.robot,
         "logged_policy_sha256": reader.metadata.get("policy_sha256", ""), "control_hz": spec.control_hz,

@@ -328,3 +328,23 @@ def test_foreign_bag_mapping_scores_as_policy_io_does(bags, no_dr_policy, tmp_pa
                 assert b == pytest.approx(a, rel=0.05), (c, t)
     assert [r["policy"] for r in foreign["ranking"]["order"]] == [r["policy"] for r in native["ranking"]["order"]]
     assert (tmp_path / "foreign" / "report.html").is_file()
+
+
+def test_quadruped_tracking_from_odometry_and_cmd_vel(tmp_path):
+    """The walking robot's linear-velocity tracking computed from the log (/cmd_vel against /odom's
+    body twist, settled steps, while the controller ran) is the env's own `s2r eval` measure."""
+    from replay.bag import BagReader
+    from replay.bench import SHIPPED, record_rollout_bag
+    from replay.evaluate import base_tracking_pass
+    from deploy.onnx_policy import OnnxPolicy
+    from sim.evaluate import load_policy
+
+    policy = SHIPPED / "quadruped.onnx"
+    reference = record_rollout_bag(policy, tmp_path / "bag", 6.0)
+    spec, cfg = OnnxPolicy(policy).spec, load_policy(policy)[1]
+    cand = load_candidate(policy, spec)
+    io = policy_io_pass(BagReader(tmp_path / "bag"), spec, [cand], cfg)
+    got = base_tracking_pass(BagReader(tmp_path / "bag"), cfg, io["_span_ns"])
+    print(got, reference)
+    assert got["lin_vel_samples"] >= 4 * 200  # 4 odometry messages per control step, 4 s after the settle time
+    assert got["mean_lin_vel_error_mps"] == pytest.approx(reference["mean_lin_vel_error_mps"], rel=0.02)
