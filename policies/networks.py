@@ -32,11 +32,14 @@ class EmpiricalNormalization(nn.Module):
         """Merge the batch `(n, dim)` into the running statistics (Chan et al. parallel update)."""
         n = x.shape[0]
         total = self.count + n
-        batch_mean = x.mean(0)
-        delta = batch_mean - self.mean
+        # Moments of x centred on the running mean: column reductions of a row-major batch are ~10x
+        # faster as plain means than as torch.var, and centring keeps E[d^2] - E[d]^2 precise.
+        d = x - self.mean
+        delta = d.mean(0)  # batch mean - running mean
+        batch_var = ((d * d).mean(0) - delta.square()).clamp_min(0.0)
         w = float(n / total)
         self.mean += w * delta
-        self.var.mul_(1 - w).add_(w * x.var(0, unbiased=False) + w * (1 - w) * delta.square())
+        self.var.mul_(1 - w).add_(w * batch_var + w * (1 - w) * delta.square())
         self.std.copy_(torch.sqrt(self.var + self.eps))
         self.count.fill_(total)
 

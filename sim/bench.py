@@ -62,7 +62,18 @@ def thread_pool_rate(model: mujoco.MjModel, ctrl: np.ndarray, nthread: int, step
 def bench_sim(task: str, num_envs: int, steps: int = 100, repeats: int = 7, seed: int = 0) -> dict:
     """Env and ceiling are timed alternately, `steps` physics steps per env each time, `repeats` pairs.
     The ratio is the median over pairs of env rate / ceiling rate: on a shared machine whose speed
-    drifts by tens of percent between seconds, adjacent timings see the same machine."""
+    drifts by tens of percent between seconds, adjacent timings see the same machine. The env steps
+    with one torch thread, as training collects (policies.runner): its tensors are small, and
+    MuJoCo's threads get the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _bench_sim(task, num_envs, steps, repeats, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench_sim(task: str, num_envs: int, steps: int, repeats: int, seed: int) -> dict:
     env = make_env(task, num_envs, seed=seed)
     env.reset()
     backend = env.backend

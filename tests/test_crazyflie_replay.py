@@ -12,7 +12,7 @@ from replay.dynamics_gap import Plant, dynamics_gap
 from replay.mapping import RIGID, MappingError, clock_report, get_field, import_log, load_mapping, make_log, parse_mapping
 from replay.sysid import STOCK_MJCF, fit_crazyflie, in_flight, stock_plant, stock_thrust_N
 from sim.actuators import RotorModel
-from sim.backends.mujoco_cpu import MujocoCpuBackend
+from sim.backends.mujoco_cpu import MujocoCpuBackend, physics_substeps
 
 DATA = Path(__file__).parents[2] / "shared/data/crazyflie-flights"
 FIT, HELDOUT = DATA / "B3_figure8_fast_rep1.csv", DATA / "B2_circle_fast_rep1.csv"
@@ -121,7 +121,7 @@ def _simulated_log(plant: Plant, steps: int = 300, seed: int = 0):
     for i in range(steps):
         states[i] = np.concatenate((backend.qpos[0].numpy(), backend.qvel[0].numpy()))
         backend.ctrl.copy_(rotors.step(torch.from_numpy(cmd_N[i : i + 1]).float()))
-        backend.step(1)
+        backend.step(physics_substeps(backend.model, 0.01))
     backend.close()
     t_s = np.arange(steps) * 0.01
     clock, ok = clock_report(t_s, 0.01)

@@ -18,8 +18,8 @@ def test_backend_steps_all_envs_and_resets_some():
     b = MujocoCpuBackend(MODEL, num_envs=8, nthread=2)
     assert b.qpos.shape == (8, 7) and b.qvel.shape == (8, 6) and b.ctrl.shape == (8, 4)
     z0 = b.qpos[:, 2].clone()
-    for _ in range(10):
-        b.step()  # no thrust: free fall
+    for _ in range(round(0.1 / b.model.opt.timestep)):
+        b.step()  # no thrust: 0.1 s of free fall
     assert torch.all(b.qpos[:, 2] < z0 - 0.04)
     assert torch.all(b.qvel[:, 2] < -0.9)
     ids = torch.tensor([1, 5])

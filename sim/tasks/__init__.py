@@ -17,7 +17,7 @@ class Task(NamedTuple):
 
 
 TASKS = {
-    "quadrotor-hover": Task(QuadrotorHoverCfg, QuadrotorHoverEnv, {}),
+    "quadrotor-hover": Task(QuadrotorHoverCfg, QuadrotorHoverEnv, {"ppo": {"critic_hidden": (32, 32)}}),
     "quadruped-walk": Task(
         QuadrupedWalkCfg, QuadrupedWalkEnv,
         {
