@@ -14,7 +14,7 @@ flat however long the log:
 2. dynamics gap (unless disabled): the sensor and command topics as control-rate rows, replayed in
    simulation k steps from each logged state (replay.dynamics_gap): the quadrotor on the nominal
    rigid-body plant, joint robots through the task env with nominal parameters (a floating base, as
-   the quadruped's, put in its logged state from /odom, paired with /joint_states by header stamp).
+   the quadruped's, put in its logged state from the /odom nearest in header stamp to each /joint_states row).
 
 The ranking combines `s2r eval`-style simulated evaluation of every candidate under the task's full
 randomization with its shift on this log:  score = sim_score - SHIFT_WEIGHT * max(0, shift - 1),
@@ -52,7 +52,7 @@ SEGMENT_ROWS = 4096  # dynamics-gap rows per segment
 PLOT_ROWS = 500  # first rows kept for the action plot
 RESET_JUMP_M = 0.05  # a state step this far from what the velocity explains: an episode reset, not physics
 RESET_JUMP_RAD = 0.2
-ODOM_MATCH_MESSAGES = 64  # odom states and joint-state rows kept while waiting for their pair (same header stamp)
+ODOM_MATCH_PERIODS = 0.25  # a joint-state row takes the odometry nearest in stamp, within this many control periods
 LATE_PERIODS = 2.5
 
 
@@ -408,39 +408,44 @@ def _odom_state(msg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return np.array([p.x, p.y, p.z]), quat, quat_to_rotmat(quat / np.linalg.norm(quat)) @ lin_b, np.array([w.x, w.y, w.z])
 
 
-def _stamp(msg) -> tuple[int, int]:
-    return msg.header.stamp.sec, msg.header.stamp.nanosec
+def _stamp_s(msg) -> float:
+    return msg.header.stamp.sec + 1e-9 * msg.header.stamp.nanosec
 
 
 class BaseStateMatcher:
-    """Pairs each joint-state row with the odometry of the same header stamp (one physics step of the
-    robot), whichever of the two the bag holds first: a row's base slots are filled when its odom is
-    seen. Keeps at most `keep` unpaired odom states and `keep` waiting rows (the oldest go first; a row
-    never paired stays NaN), so memory stays flat over a long bag."""
+    """Pairs joint-state rows with the odometry nearest to them in header stamp, within `tol_s`: the sim
+    robot stamps both alike each physics step, a real robot's estimator stamps odometry on its own
+    ticks. Odometry is kept until the rows around it are paired (`fill`) and dropped by `prune`, so
+    memory is bounded by a segment of rows however long the bag."""
 
-    def __init__(self, keep: int):
-        self.keep = keep
-        self.states: dict[tuple[int, int], np.ndarray] = {}  # stamp -> (13,) base qpos + qvel
-        self.waiting: dict[tuple[int, int], np.ndarray] = {}  # stamp -> (13,) view into a row
+    def __init__(self, tol_s: float):
+        self.tol_s = tol_s
+        self.t_s: list[float] = []
+        self.states: list[np.ndarray] = []  # (13,) base qpos + qvel
 
-    def add_state(self, stamp: tuple[int, int], state: np.ndarray) -> None:
-        slots = self.waiting.pop(stamp, None)
-        if slots is not None:
-            slots[:] = state
-        else:
-            self._put(self.states, stamp, state)
+    def add(self, t_s: float, state: np.ndarray) -> None:
+        self.t_s.append(t_s)
+        self.states.append(state)
 
-    def add_row(self, stamp: tuple[int, int], slots: np.ndarray) -> None:
-        state = self.states.pop(stamp, None)
-        if state is not None:
-            slots[:] = state
-        else:
-            self._put(self.waiting, stamp, slots)
+    def fill(self, row_t_s: np.ndarray) -> np.ndarray:
+        """(n, 13) base states for rows stamped `row_t_s` (n,); NaN where no odometry lies within tol_s."""
+        out = np.full((len(row_t_s), 13), np.nan)
+        if not self.t_s:
+            return out
+        order = np.argsort(self.t_s, kind="stable")
+        t = np.asarray(self.t_s)[order]
+        hi = np.clip(np.searchsorted(t, row_t_s), 0, len(t) - 1)
+        lo = np.clip(hi - 1, 0, len(t) - 1)
+        j = np.where(np.abs(t[lo] - row_t_s) <= np.abs(t[hi] - row_t_s), lo, hi)
+        ok = np.abs(t[j] - row_t_s) <= self.tol_s
+        out[ok] = np.asarray(self.states)[order[j[ok]]]
+        return out
 
-    def _put(self, d: dict, stamp: tuple[int, int], value: np.ndarray) -> None:
-        d[stamp] = value
-        if len(d) > self.keep:
-            del d[next(iter(d))]
+    def prune(self, before_s: float) -> None:
+        """Forget odometry no row stamped at or after `before_s` can be paired with."""
+        keep = [i for i, t in enumerate(self.t_s) if t >= before_s - self.tol_s]
+        self.t_s = [self.t_s[i] for i in keep]
+        self.states = [self.states[i] for i in keep]
 
 
 def _regular(t_s: np.ndarray, period_s: float) -> np.ndarray:
@@ -509,10 +514,8 @@ def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...],
         stats = GapStats(ks, joint_quantities(joints, floating))
         buf, pending = [], None
         n = len(joints)
-        # a row: t, joint pos (n), joint vel (n), target (n), plain target flag, and for a floating base its
-        # qpos (7) and qvel (6), NaN until the odom of the row's stamp is found
-        base = slice(2 + 3 * n, 15 + 3 * n) if floating else slice(0, 0)
-        matcher = BaseStateMatcher(ODOM_MATCH_MESSAGES)
+        # a row: receive time, joint pos (n), joint vel (n), target (n), plain target flag, header stamp
+        matcher = BaseStateMatcher(ODOM_MATCH_PERIODS / spec.control_hz)
 
         def process(rows: list[np.ndarray]) -> None:
             a = np.asarray(rows)
@@ -522,8 +525,9 @@ def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...],
             ok &= (a[:, 1 + 3 * n] > 0) & _continuous(pos, vel, period_s, RESET_JUMP_RAD)
             base_qpos = base_qvel = None
             if floating:
-                base_qpos, base_qvel = a[:, base][:, :7], a[:, base][:, 7:]
-                ok &= np.isfinite(a[:, base]).all(1) & _continuous(base_qpos[:, :3], base_qvel[:, :3], period_s, RESET_JUMP_M)
+                base = matcher.fill(a[:, -1])
+                base_qpos, base_qvel = base[:, :7], base[:, 7:]
+                ok &= np.isfinite(base).all(1) & _continuous(base_qpos[:, :3], base_qvel[:, :3], period_s, RESET_JUMP_M)
             joint_gap_stats(JointLog(t, pos, vel, a[:, 1 + 2 * n : 1 + 3 * n], ok, base_qpos, base_qvel), env, joints, stats)
 
         order = None
@@ -538,7 +542,7 @@ def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...],
                 continue
             if m.topic == odom_topic:
                 pos, quat, vel_w, ang_b = _odom_state(m.msg)
-                matcher.add_state(_stamp(m.msg), np.concatenate((pos, quat / np.linalg.norm(quat), vel_w, ang_b)))
+                matcher.add(_stamp_s(m.msg), np.concatenate((pos, quat / np.linalg.norm(quat), vel_w, ang_b)))
                 continue
             if pending is None:
                 continue
@@ -548,22 +552,20 @@ def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...],
                 if missing:
                     raise ReplayError(f"{js_topic}: no joints {missing} (it has {logged})")
                 order = np.array([logged.index(j) for j in joints])
-            row = np.concatenate(([m.log_time_ns / 1e9], np.asarray(m.msg.position)[order], np.asarray(m.msg.velocity)[order],
-                                  pending[0], [float(pending[1])], np.full(base.stop - base.start, np.nan)))
-            if floating:
-                matcher.add_row(_stamp(m.msg), row[base])
-            buf.append(row)
+            buf.append(np.concatenate(([m.log_time_ns / 1e9], np.asarray(m.msg.position)[order], np.asarray(m.msg.velocity)[order],
+                                       pending[0], [float(pending[1]), _stamp_s(m.msg)])))
             pending = None
             if len(buf) >= segment_rows:
                 process(buf)
                 buf = buf[-horizon:]
+                matcher.prune(buf[0][-1])
         if len(buf) > horizon:
             process(buf)
         env.close()
         model = f"{spec.task} task env, nominal parameters (randomization pinned), no sensor noise"
         names = {"joints": list(joints)}
         if floating:
-            model += "; floating base from odom, matched to joint_states by header stamp"
+            model += f"; floating base from the odom nearest in header stamp to each joint_states row (within {matcher.tol_s * 1e3:g} ms)"
             names["base_axes"] = ["x", "y", "z"]
     wall_s = time.perf_counter() - t0
     if stats.windows == 0:

@@ -264,23 +264,19 @@ def test_quadruped_bag_without_odom_names_it(tmp_path):
         dynamics_pass(BagReader(tmp_path / "bag"), spec, load_policy(policy)[1], (1, 10))
 
 
-def test_base_state_matcher_pairs_odom_by_stamp_either_order():
+def test_base_state_matcher_pairs_the_nearest_odometry_within_tolerance():
     import numpy as np
 
     from replay.evaluate import BaseStateMatcher
 
-    m = BaseStateMatcher(keep=2)
-    rows = np.full((5, 13), np.nan)
-    m.add_state((1, 0), np.full(13, 1.0))  # odom first
-    m.add_row((1, 0), rows[0])
-    m.add_row((2, 0), rows[1])  # joint states first
-    m.add_state((2, 0), np.full(13, 2.0))
-    for i in (2, 3, 4):  # three rows wait, two are kept: the oldest stays unpaired
-        m.add_row((i + 1, 0), rows[i])
-    for i in (2, 3, 4):
-        m.add_state((i + 1, 0), np.full(13, i + 1.0))
-    assert (rows[0] == 1).all() and (rows[1] == 2).all() and np.isnan(rows[2]).all() and (rows[3] == 4).all() and (rows[4] == 5).all()
-    assert not m.waiting and list(m.states) == [(3, 0)]
+    m = BaseStateMatcher(tol_s=0.002)
+    for k in range(5):  # odometry at 200 Hz, stamped on its own ticks
+        m.add(0.005 * k + 0.001, np.full(13, float(k)))
+    rows = np.array([0.0, 0.0052, 0.0099, 0.03, 0.0155])  # joint states, not in order with the odometry
+    got = m.fill(rows)
+    np.testing.assert_array_equal(got[:, 0], [0.0, 1.0, 2.0, np.nan, 3.0])  # 0.03: no odometry within 2 ms
+    m.prune(0.0155)
+    assert m.t_s == [0.016, 0.021] and np.isnan(m.fill(np.array([0.0]))).all()  # the rows before are done
 
 
 FOREIGN_MAPPING = {  # this stack's own sensor topics, read as another stack's bag is: no policy_io
