@@ -53,6 +53,9 @@ def bags(tmp_path_factory):
             p["ctl"] = start_node("policy_node", "quadrotor", tmp, domain, policy_params("quadrotor", policy))
         for tmp, domain, gap, p in procs:
             wait_for(lambda: "mode running" in _log(tmp, "policy_node") or p["ctl"].poll() is not None, 60, what="the controller")
+            # the recorder finds policy_io by polling the graph: record from when it has
+            wait_for(lambda: "recording /policy_io" in _log(tmp, "recorder_node") or p["rec"].poll() is not None, 60,
+                     what="the recorder subscribing to policy_io")
         time.sleep(RECORD_S)
     finally:
         for tmp, domain, gap, p in procs:
