@@ -3,9 +3,10 @@
 It steps the training task's physics (sim.sim_robot.SimRobot: one env, its actuator models and
 randomization) in real time in its own thread, and at every physics step publishes what the robot's
 sensors report: joint_states (joint robots), imu and odom (floating-base robots), i.e. 200 Hz for the
-quadruped, 250 Hz for the arm, 100 Hz for the quadrotor. The newest command is applied from the next
-physics step on, as a drive does; when commands stop for `command_timeout_s` it goes passive (no
-gains, zero thrust).
+quadruped, 250 Hz for the arm; the quadrotor, whose motor model runs at the control rate, publishes
+at 100 Hz (its physics takes four 400 Hz steps in between). The newest command is applied from the
+next physics step on (the quadrotor's: the next control step), as a drive does; when commands stop
+for `command_timeout_s` it goes passive (no gains, zero thrust).
 It also plays the operator of the task's episodes (`operator: true`): it publishes each episode's
 velocity command on cmd_vel or target on target, scores every episode with the task's evaluation
 summary, and writes it to `summary_path` after `episodes` episodes (0: run forever). Physics waits
