@@ -20,6 +20,7 @@ from policies.networks import ActorCritic
 from policies.ppo import PPO, PPOCfg
 from policies.storage import RolloutStorage
 from sim import config as C
+from sim.env import one_torch_thread
 from sim.tasks import make_env, task_entry
 
 
@@ -145,7 +146,6 @@ class Runner:
             shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
         writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         metrics = MetricsCsv(self.run_dir / "metrics.csv")
-        train_threads = torch.get_num_threads()
 
         interrupted = []
         previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
@@ -155,22 +155,19 @@ class Runner:
         try:
             while self.iteration < cfg.max_iterations and not interrupted:
                 t0 = time.perf_counter()
-                # Collect: env tensors are small, so one torch thread is fastest and leaves
-                # the cores to MuJoCo's threads.
-                torch.set_num_threads(1)
                 episodes = EpisodeStats()
                 self.model.eval()
-                for _ in range(cfg.ppo.num_steps):
-                    actions, record = ppo.act(obs)
-                    obs, rewards, terminated, truncated, extras = env.step(actions)
-                    ppo.record(record, rewards, terminated, truncated, obs)
-                    if "episode" in extras:
-                        episodes.add(extras["episode"])
-                ppo.compute_returns(obs)
+                with one_torch_thread():  # collect; the update below uses every thread
+                    for _ in range(cfg.ppo.num_steps):
+                        actions, record = ppo.act(obs)
+                        obs, rewards, terminated, truncated, extras = env.step(actions)
+                        ppo.record(record, rewards, terminated, truncated, obs)
+                        if "episode" in extras:
+                            episodes.add(extras["episode"])
+                    ppo.compute_returns(obs)
                 self.obs = obs
                 collect_s = time.perf_counter() - t0
 
-                torch.set_num_threads(train_threads)
                 self.model.train()
                 stats = ppo.update()
                 self.iteration += 1
@@ -210,7 +207,6 @@ class Runner:
             signal.signal(signal.SIGINT, previous_handler)
             bar.close()
             writer.close()
-            torch.set_num_threads(train_threads)
         final = self.save()
         plot_learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png")
         if interrupted:

@@ -71,12 +71,14 @@ def record_rollout_bag(policy_path: Path, bag: Path, seconds: float, cfg=None, s
             if command is not None:
                 writer.write_msg("/cmd_vel", TWIST, {"linear": _xyz((command[0], command[1], 0.0)),
                                                      "angular": _xyz((0.0, 0.0, command[2]))}, t - 200)
-            for j in range(SENSOR_MESSAGES_PER_STEP):
+            odom = _odometry(header, r) if robot.has_base else None
+            joint_state = {"header": header, "name": list(spec.action.names), "position": r["joint_pos"].tolist(),
+                           "velocity": r["joint_vel"].tolist(), "effort": []}
+            for j in range(SENSOR_MESSAGES_PER_STEP):  # the same reading, as a 200 Hz driver repeats it
                 log_t = t + j * period_ns // SENSOR_MESSAGES_PER_STEP
-                if robot.has_base:
-                    writer.write_msg("/odom", ODOM, _odometry(header, r), log_t - 100)
-                writer.write_msg("/joint_states", JS, {"header": header, "name": list(spec.action.names), "position": r["joint_pos"].tolist(),
-                                                       "velocity": r["joint_vel"].tolist(), "effort": []}, log_t)
+                if odom is not None:
+                    writer.write_msg("/odom", ODOM, odom, log_t - 100)
+                writer.write_msg("/joint_states", JS, joint_state, log_t)
             action = policy(obs)
             command = env.action_mapper(torch.from_numpy(action)).numpy()[0]
             writer.write_msg("/joint_commands", ARRAY, _array([("command", np.concatenate((command, np.ones(n), np.full(n, np.nan))))]), t - 1000)

@@ -17,7 +17,7 @@ import torch
 from replay.mapping import Log
 from sim.actuators import RotorModel
 from sim.backends import physics_substeps
-from sim.backends.mujoco_cpu import MujocoCpuBackend
+from sim.backends.mujoco_cpu import MujocoCpuBackend, free_joint
 
 
 @dataclass(frozen=True)
@@ -230,14 +230,6 @@ def joint_quantities(joint_names: tuple[str, ...], floating_base: bool) -> tuple
     return joints + BASE_QUANTITIES if floating_base else joints
 
 
-def free_joint(model) -> int | None:
-    """Id of the model's free joint (a floating base), or None for a fixed-base robot."""
-    import mujoco
-
-    free = [j for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
-    return free[0] if free else None
-
-
 @dataclass(frozen=True)
 class JointLog:
     """Control-rate rows of a joint robot's log: the joint state (and a floating base's state) when each
@@ -255,7 +247,7 @@ class JointLog:
         return len(self.t_s)
 
 
-def joint_gap_stats(log: JointLog, env, joint_names: tuple[str, ...], stats: GapStats, chunk: int = 256) -> int:
+def joint_gap_stats(log: JointLog, env, joint_names: tuple[str, ...], stats: GapStats) -> int:
     """Adds the k-step joint position (rad) and velocity (rad/s) errors of the task env `env` (built
     with `make_env`, nominal parameters) into `stats`, and for a floating base its position (m), world
     velocity (m/s) and attitude (rad) errors (quantities as `joint_quantities`): one env per start,

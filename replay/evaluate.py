@@ -38,8 +38,8 @@ from deploy.onnx_policy import OnnxPolicy, PolicyLoadError
 from deploy.signals import quat_to_rotmat
 from deploy.spec import PolicySpec, SpecError
 from replay.bag import BagError, BagReader, StreamHealthCounter, policy_io_segments
-from replay.dynamics_gap import (RIGID_QUANTITIES, GapStats, JointLog, Plant, StreamingStats, free_joint, joint_gap_stats,
-                                  joint_quantities, rigid_gap_stats)
+from replay.dynamics_gap import (RIGID_QUANTITIES, GapStats, JointLog, Plant, StreamingStats, joint_gap_stats, joint_quantities,
+                                  rigid_gap_stats)
 from replay.mapping import clock_report, make_log
 
 POLICY_IO = "/policy_io"
@@ -262,7 +262,7 @@ def _check_fields(segments: dict[str, slice], width: int, spec: PolicySpec, wher
 def policy_io_pass(reader: BagReader, spec: PolicySpec, candidates: list[Candidate], cfg) -> dict:
     """Action agreement, shift and task metrics in one stream over policy_io, computed on blocks of
     CHUNK_ROWS messages that share a layout (one ONNX call and array operations per block)."""
-    if POLICY_IO not in reader.topics and POLICY_IO.lstrip("/") not in reader.topics:
+    if _find_topic(reader, POLICY_IO) is None:
         raise ReplayError(f"topic {POLICY_IO} is not in bag {reader.path}; it has {sorted(reader.topics)}")
     period_s = 1.0 / spec.control_hz
     agree = [ColumnStats(spec.action_dim) for _ in candidates]
@@ -330,7 +330,7 @@ def base_tracking_pass(reader: BagReader, cfg, span_ns: tuple[int, int]) -> dict
     """A walking robot's linear-velocity tracking from the log: |cmd_vel (x, y) - odometry twist (x, y)|
     (both body frame) on every /odom message while the controller ran (`span_ns`), from `cfg.eval_settle_s`
     after each command change, as `s2r eval` measures it. None when the bag lacks /odom or /cmd_vel."""
-    topics = [next((t for t in (name, name.lstrip("/")) if t in reader.topics), None) for name in ("/odom", "/cmd_vel")]
+    topics = [_find_topic(reader, name) for name in ("odom", "cmd_vel")]
     if None in topics:
         return None
     odom, cmd_topic = topics
@@ -392,10 +392,15 @@ def quadrotor_plant(cfg) -> Plant:
     return Plant("nominal", str(Path(__file__).resolve().parents[1] / "sim" / "models" / cfg.model), (lo + hi) / 2, cfg.max_thrust_N)
 
 
+def _find_topic(reader: BagReader, topic: str) -> str | None:
+    """The bag's name for `topic`, with or without the leading slash; None if it is not there."""
+    return next((name for name in ("/" + topic.lstrip("/"), topic.lstrip("/")) if name in reader.topics), None)
+
+
 def _need(reader: BagReader, topic: str, why: str) -> str:
-    for name in (topic, f"/{topic}"):
-        if name in reader.topics:
-            return name
+    name = _find_topic(reader, topic)
+    if name is not None:
+        return name
     raise ReplayError(f"topic /{topic} is not in bag {reader.path} ({why}); it has {sorted(reader.topics)}; "
                       "pass --no-dynamics-gap to skip that pass")
 
@@ -503,6 +508,7 @@ def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...],
         model = f"nominal quadrotor plant: {Path(plant.mjcf_path).name}, motor tau {plant.tau_s} s, thrust clamp {plant.max_thrust_N} N"
         names = {"axes": ["x", "y", "z"]}
     else:
+        from sim.backends.mujoco_cpu import free_joint
         from sim.tasks import make_env
 
         js_topic = _need(reader, "joint_states", "the joint state for the dynamics gap")

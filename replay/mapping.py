@@ -279,32 +279,30 @@ class Log:
             return getattr(self, name)
         raise MappingError(f"log {self.source} has no quantity '{name}'")
 
-    def has(self, name: str) -> bool:
-        return name in self.extra or (name in LOG_FIELDS and getattr(self, name) is not None)
-
 
 LOG_FIELDS = ("pos_w_m", "quat_wxyz", "lin_vel_w_mps", "lin_vel_b_mps", "ang_vel_b_radps", "motor_cmd", "vbat_V")
 
 
-def clock_report(t_s: np.ndarray, period_s: float, t_prev: float | None = None) -> tuple[ClockReport, np.ndarray]:
-    """Count clock jumps and gaps in `t_s` (T,), continuing after `t_prev`; also step_ok (T,)."""
+def clock_report(t_s: np.ndarray, period_s: float, t_prev: float | None = None, first_row: int = 0) -> tuple[ClockReport, np.ndarray]:
+    """Count clock jumps and gaps in `t_s` (T,), continuing after `t_prev`; also step_ok (T,). Irregular
+    rows are located as `first_row` + their index (a chunk's place in the whole log)."""
     dt = np.diff(t_s, prepend=t_s[0] - period_s if t_prev is None else t_prev)
     jump = dt <= 0
     gap = dt > 1.5 * period_s
     dropped = int(np.round(dt[gap] / period_s).sum() - gap.sum())
     report = ClockReport(
         len(t_s), period_s, int(jump.sum()), int(gap.sum()), dropped,
-        tuple(np.flatnonzero(jump)[:10].tolist()), tuple(np.flatnonzero(gap)[:10].tolist()),
+        tuple((first_row + np.flatnonzero(jump)[:10]).tolist()), tuple((first_row + np.flatnonzero(gap)[:10]).tolist()),
     )
     return report, ~(jump | (dt < 0.5 * period_s) | gap)
 
 
-def merge_clocks(a: ClockReport, b: ClockReport, offset: int = 0) -> ClockReport:
-    """Reports of consecutive stretches as one; `offset` shifts b's row indices (0: already from the start)."""
+def merge_clocks(a: ClockReport, b: ClockReport) -> ClockReport:
+    """Reports of consecutive stretches of one log as one (row indices already count from its start)."""
     return ClockReport(
         a.samples + b.samples, a.period_s, a.jumps + b.jumps, a.gaps + b.gaps, a.dropped + b.dropped,
-        (a.first_jumps + tuple(i + offset for i in b.first_jumps))[:10],
-        (a.first_gaps + tuple(i + offset for i in b.first_gaps))[:10],
+        (a.first_jumps + b.first_jumps)[:10],
+        (a.first_gaps + b.first_gaps)[:10],
     )
 
 
@@ -422,8 +420,7 @@ def iter_log(path: str | Path, mapping: Mapping | str | Path, chunk_rows: int = 
     chunks = iter_bag(path, mapping, chunk_rows) if mapping.format == "bag" else iter_csv(path, mapping, chunk_rows)
     period_s, t_prev, offset = 1.0 / mapping.rate_hz, None, 0
     for t_s, values in chunks:
-        report, ok = clock_report(t_s, period_s, t_prev)
-        report = merge_clocks(ClockReport(0, period_s, 0, 0, 0), report, offset)
+        report, ok = clock_report(t_s, period_s, t_prev, offset)
         yield make_log(t_s, values, report, ok, str(path))
         t_prev, offset = t_s[-1], offset + len(t_s)
 
@@ -435,8 +432,8 @@ def import_log(path: str | Path, mapping: Mapping | str | Path, chunk_rows: int 
         raise MappingError(f"{path}: no data rows" + (" with every quantity of the mapping seen" if Path(path).is_dir() else ""))
     clock = chunks[0].clock
     for c in chunks[1:]:
-        clock = merge_clocks(clock, c.clock, 0)
-    cat = lambda xs: np.concatenate(xs)  # noqa: E731
-    arrays = {k: cat([getattr(c, k) for c in chunks]) for k in LOG_FIELDS if getattr(chunks[0], k) is not None}
-    extra = {k: cat([c.extra[k] for c in chunks]) for k in chunks[0].extra}
-    return Log(cat([c.t_s for c in chunks]), cat([c.step_ok for c in chunks]), clock, **arrays, extra=extra, source=str(path))
+        clock = merge_clocks(clock, c.clock)
+    arrays = {k: np.concatenate([getattr(c, k) for c in chunks]) for k in LOG_FIELDS if getattr(chunks[0], k) is not None}
+    extra = {k: np.concatenate([c.extra[k] for c in chunks]) for k in chunks[0].extra}
+    return Log(np.concatenate([c.t_s for c in chunks]), np.concatenate([c.step_ok for c in chunks]), clock, **arrays,
+               extra=extra, source=str(path))

@@ -139,11 +139,8 @@ def cmd_eval(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    import torch
-
     from sim.bench import bench_sim
 
-    torch.set_num_threads(1)
     r = bench_sim(args.task, args.num_envs, steps=args.steps, repeats=args.repeats)
     print(f"s2r bench sim --task {r['task']} --num-envs {r['num_envs']}  ({r['threads']} MuJoCo threads)")
     print(f"  training env             {r['env_steps_per_s']:12,.0f} env steps/s "

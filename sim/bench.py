@@ -18,6 +18,7 @@ import torch
 from mujoco import rollout
 
 from sim.backends.mujoco_cpu import CONTROL_SPEC
+from sim.env import one_torch_thread
 from sim.tasks import make_env
 
 
@@ -63,14 +64,9 @@ def bench_sim(task: str, num_envs: int, steps: int = 100, repeats: int = 7, seed
     """Env and ceiling are timed alternately, `steps` physics steps per env each time, `repeats` pairs.
     The ratio is the median over pairs of env rate / ceiling rate: on a shared machine whose speed
     drifts by tens of percent between seconds, adjacent timings see the same machine. The env steps
-    with one torch thread, as training collects (policies.runner): its tensors are small, and
-    MuJoCo's threads get the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one torch thread, as training collects."""
+    with one_torch_thread():
         return _bench_sim(task, num_envs, steps, repeats, seed)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _bench_sim(task: str, num_envs: int, steps: int, repeats: int, seed: int) -> dict:

@@ -9,6 +9,7 @@ ObsBuilder and actions mapped by deploy's ActionMapper, the same code the robot 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import torch
@@ -17,6 +18,18 @@ from deploy.action_mapper import ActionMapper
 from deploy.obs_builder import ObsBuilder
 from deploy.spec import PolicySpec
 from sim.config import ConfigError
+
+
+@contextmanager
+def one_torch_thread():
+    """Step envs with one torch thread: their tensors are small, so one thread is fastest and leaves
+    the cores to MuJoCo's threads. Training collects, evaluation and the sim benchmark all step so."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class BatchedEnv(ABC):

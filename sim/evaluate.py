@@ -17,6 +17,7 @@ import torch
 
 from deploy.onnx_policy import TASK_CONFIG_KEY, OnnxPolicy
 from sim.config import from_dict
+from sim.env import one_torch_thread
 from sim.tasks import default_cfg, make_env, task_entry
 
 
@@ -89,12 +90,8 @@ def load_policy(policy_path: str | Path, task_cfg=None):
 def evaluate(policy_path: str | Path, episodes: int = 200, seed: int = 1, task_cfg=None) -> dict:
     policy, cfg = load_policy(policy_path, task_cfg)
     task = policy.spec.task
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small per-step tensors: one thread is fastest and leaves MuJoCo the cores
-    try:
+    with one_torch_thread():
         return _run_episodes(policy, task, cfg, episodes, seed, policy_path)
-    finally:
-        torch.set_num_threads(threads)
 
 
 class EpisodeRecorder:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import mujoco
 import numpy as np
 import torch
 
 from deploy.signals import quat_to_rotmat, world_to_body
+from sim.backends.mujoco_cpu import free_joint
 from sim.config import ConfigError
 from sim.evaluate import EpisodeRecorder
 from sim.tasks import make_env
@@ -54,7 +54,7 @@ class SimRobot:
                 raise ConfigError(f"reality gap: '{name}' is baked into the model variants and cannot be pinned per robot")
         self._gap_cols = [(env.param_names.index(k), float(v)) for k, v in self.gap.items()]
         model = env.backend.model
-        self.has_base = model.njnt > 0 and model.jnt_type[0] == mujoco.mjtJoint.mjJNT_FREE
+        self.has_base = free_joint(model) is not None
         self.joint_names: tuple[str, ...] = getattr(env, "joint_names", ())
         self.recorder = EpisodeRecorder(task, self.cfg, 1, env.max_episode_steps, per_env=10**9)
         env.reset()

@@ -41,6 +41,12 @@ def load_model(path: str | Path, edit: Callable[[mujoco.MjSpec], None] | None = 
         raise ModelError(f"model {path} does not compile: {e}") from e
 
 
+def free_joint(model: mujoco.MjModel) -> int | None:
+    """Id of the model's free joint (a floating base), or None for a fixed-base robot."""
+    free = [j for j in range(model.njnt) if model.jnt_type[j] == mujoco.mjtJoint.mjJNT_FREE]
+    return free[0] if free else None
+
+
 def physics_substeps(model: mujoco.MjModel, control_dt_s: float | None) -> int:
     """Physics steps per control step; the control period must be a whole number of them."""
     if control_dt_s is None:
