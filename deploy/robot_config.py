@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deploy.spec import ACTION_TYPES, SPEC_VERSION, PolicySpec, SpecError
-from sim.config import ConfigError, validate  # stdlib only: no torch or mujoco behind it
+from config.validate import ConfigError, validate  # stdlib only: no torch or mujoco behind it
 
 __all__ = ["ConfigError", "RobotConfig", "check_against_spec"]
 

@@ -107,7 +107,7 @@ def rollout_observations(model: ActorCritic, task: str, task_cfg, steps: int = 1
 
 
 def export_checkpoint(ckpt_path: str | Path, out_path: str | Path | None = None) -> tuple[Path, dict]:
-    from sim import config as C
+    from config import validate as C
     from sim.tasks import task_entry
 
     ckpt_path = Path(ckpt_path)

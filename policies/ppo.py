@@ -12,7 +12,7 @@ import torch
 
 from policies.networks import ActorCritic
 from policies.storage import RolloutStorage
-from sim.config import nonnegative, positive
+from config.validate import nonnegative, positive
 
 
 @dataclass(frozen=True)

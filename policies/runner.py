@@ -19,7 +19,7 @@ from policies.checkpoint import CheckpointError, atomic_write, save_checkpoint
 from policies.networks import ActorCritic
 from policies.ppo import PPO, PPOCfg
 from policies.storage import RolloutStorage
-from sim import config as C
+from config import validate as C
 from sim.env import one_torch_thread
 from sim.tasks import make_env, task_entry
 

@@ -198,11 +198,13 @@ class TaskMetrics:
     def _ee_distance(self, joint_pos: np.ndarray, target: np.ndarray) -> np.ndarray:
         import mujoco
 
+        from sim.robots import find_robot, robot_model
+
         if self._fk is None:
-            model = mujoco.MjModel.from_xml_path(str(Path(__file__).resolve().parents[1] / "sim" / "models" / self.cfg.model))
+            robot = robot_model(find_robot(self.cfg.robot), kind="arm")
+            model = robot.model
             jids = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, n) for n in self.spec.action.names]
-            sensor = model.sensor("ee_pos")
-            self._fk = (model, mujoco.MjData(model), [model.jnt_qposadr[j] for j in jids], model.sensor_adr[sensor.id])
+            self._fk = (model, mujoco.MjData(model), [model.jnt_qposadr[j] for j in jids], robot.ee_pos_adr)
         model, data, qadr, adr = self._fk
         out = np.empty(len(joint_pos))
         for i, q in enumerate(joint_pos):

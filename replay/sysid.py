@@ -29,7 +29,7 @@ import numpy as np
 from replay.dynamics_gap import Plant, dynamics_gap, predict_windows, valid_starts
 from replay.mapping import RIGID, Log, Mapping, import_log, load_mapping
 
-STOCK_MJCF = Path(__file__).resolve().parent.parent / "sim" / "models" / "quadrotor.xml"
+STOCK_MJCF = Path(__file__).resolve().parent.parent / "sim" / "robots" / "crazyflie.xml"
 PWM_FULL = 65535.0
 STOCK_MAX_THRUST_N = 0.15  # quadrotor-hover's max_thrust_N
 STOCK_TAU_S = 0.03

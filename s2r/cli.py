@@ -1,4 +1,4 @@
-"""The `s2r` command: train, export, eval, replay, bench, tasks."""
+"""The `s2r` command: train, export, eval, replay, bench, tasks, robots."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def _known_errors():
     from policies.checkpoint import CheckpointError
     from policies.export import ExportError
     from sim.backends.mujoco_cpu import ModelError
-    from sim.config import ConfigError
+    from config.validate import ConfigError
+    from sim.robots import UnknownRobotError
     from sim.tasks import UnknownTaskError
     from sim.video import VideoError
 
@@ -29,12 +30,12 @@ def _known_errors():
     from replay.evaluate import ReplayError
     from replay.mapping import MappingError
 
-    return (ConfigError, UnknownTaskError, CheckpointError, PolicyLoadError, SpecError, ModelError, ExportError, VideoError,
+    return (ConfigError, UnknownTaskError, UnknownRobotError, CheckpointError, PolicyLoadError, SpecError, ModelError, ExportError, VideoError,
             BagError, ReplayError, MappingError)
 
 
 def _apply_sets(train_cfg, task_cfg, sets: list[str]):
-    from sim.config import ConfigError, override
+    from config.validate import ConfigError, override
 
     for item in sets:
         key, sep, value = item.partition("=")
@@ -63,7 +64,7 @@ def cmd_train(args) -> None:
     from policies.checkpoint import load_checkpoint
     from policies.export import export_checkpoint
     from policies.runner import Runner, TrainCfg, default_train_cfg
-    from sim import config as C
+    from config import validate as C
     from sim.tasks import default_cfg, task_entry
 
     resume = None
@@ -76,7 +77,7 @@ def cmd_train(args) -> None:
         run_dir = Path(args.run_dir) if args.run_dir else ckpt_path.parent
     else:
         train_cfg = default_train_cfg(args.task)
-        task_cfg = default_cfg(args.task)
+        task_cfg = default_cfg(args.task, args.robot)
         run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / args.task / time.strftime("%Y%m%d-%H%M%S")
     flags = {
         "num_envs": args.num_envs, "max_iterations": args.max_iterations, "seed": args.seed,
@@ -112,7 +113,7 @@ def cmd_export(args) -> None:
 
 def cmd_eval(args) -> None:
     from deploy.onnx_policy import PolicyLoadError
-    from sim.config import ConfigError
+    from config.validate import ConfigError
     from sim.evaluate import evaluate, write_eval
 
     if args.episodes < 1:
@@ -264,7 +265,23 @@ def cmd_tasks(args) -> None:
     from sim.tasks import TASKS
 
     for name in sorted(TASKS):
-        print(name)
+        print(f"{name:18s} robot kind: {TASKS[name].kind:10s} default robot: {TASKS[name].cfg().robot}")
+
+
+def cmd_robots(args) -> None:
+    from sim.robots import ROBOTS_DIR, find_robot, robot_names
+
+    for name in robot_names():
+        r = find_robot(name)
+        print(f"{name:20s} {r.kind:10s} {len(r.actuator_names):2d} actuators  {r.control_hz:g} Hz  {ROBOTS_DIR / (name + '.yaml')}")
+
+
+def cmd_robot_check(args) -> None:
+    from sim.robot_check import check_and_render
+
+    report = check_and_render(args.robot, args.png)
+    for line in report:
+        print(line)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a policy headless, then export it to ONNX")
     t.add_argument("--task", default="quadrotor-hover")
+    t.add_argument("--robot", help="built-in robot name (s2r robots) or a robot YAML path; default: the task's own")
     t.add_argument("--num-envs", type=int)
     t.add_argument("--max-iterations", type=int)
     t.add_argument("--time-limit", type=float, help="stop after this many seconds of training")
@@ -338,6 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("tasks", help="list the tasks")
     ls.set_defaults(func=cmd_tasks)
+
+    rl = sub.add_parser("robots", help="list the built-in robots")
+    rl.set_defaults(func=cmd_robots)
+    ro = sub.add_parser("robot", help="robot configs")
+    rosub = ro.add_subparsers(dest="robot_command", required=True)
+    rc = rosub.add_parser("check", help="validate a robot config against its model; write a picture of its default pose")
+    rc.add_argument("robot", help="robot YAML path or built-in name")
+    rc.add_argument("--png", help="picture of the default pose (default: ROBOT.png beside the config)")
+    rc.set_defaults(func=cmd_robot_check)
     return p
 
 

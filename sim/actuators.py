@@ -38,34 +38,35 @@ class RotorModel:
         return self.thrust_N * self.thrust_scale
 
 
-def add_joint_drives(spec: mujoco.MjSpec, joint_names: tuple[str, ...]) -> None:
-    """Turn each named joint's torque motor into a motor driver's PD law that MuJoCo evaluates at every
-    physics step, with per-env gains supplied as controls:
+def add_joint_drives(spec: mujoco.MjSpec, joint_names: tuple[str, ...], effort_limits: tuple[float, ...]) -> None:
+    """Drive each named joint by a motor driver's PD law that MuJoCo evaluates at every physics step,
+    with per-env gains supplied as controls:
 
         torque = clip(ff + kq * q + kqd * qd, -limit, limit),  ff = s kp target, kq = -s kp, kqd = -s kd
 
-    The motor itself carries `ff` (gain 1, no control limit); two added actuators on the same joint
-    carry `kq` and `kqd` (affine gains equal to the joint's position and velocity); the joint's
-    actuatorfrcrange clamps their sum to the motor's torque limit (its ctrlrange times gear). So the
-    gains stay per-env inputs of one shared model and a whole control period steps in one rollout
-    call (measured by `s2r bench sim`), instead of one call per physics step with the PD in torch.
-    A `jointactuatorfrc` sensor `<joint>_torque` reports the torque applied in the last physics step.
-    Expects each joint's first actuator to be a torque motor with gear 1 (sim.joint_env.resolve_joints checks).
+    Three actuators per joint: `drive_<joint>` carries `ff` (gain 1), `drive_<joint>_kq` and
+    `drive_<joint>_kqd` carry `kq` and `kqd` (affine gains equal to the joint's position and velocity);
+    the joint's actuatorfrcrange clamps their sum to `limit`. So the gains stay per-env inputs of one
+    shared model and a whole control period steps in one rollout call (measured by `s2r bench sim`),
+    instead of one call per physics step with the PD in torch. They replace whatever actuator the model
+    had on the joint: a torque motor, or a servo's position actuator (the same PD law, run by the servo).
+    A `jointactuatorfrc` sensor `drive_<joint>_torque` reports the torque applied in the last physics step.
     """
-    for name in joint_names:
-        motor = next(a for a in spec.actuators if a.target == name)
-        limit = float(motor.ctrlrange[1])
+    for name, limit in zip(joint_names, effort_limits):
+        for act in [a for a in spec.actuators if a.trntype == mujoco.mjtTrn.mjTRN_JOINT and a.target == name]:
+            spec.delete(act)
         joint = spec.joint(name)
         joint.actfrclimited = mujoco.mjtLimited.mjLIMITED_TRUE
         joint.actfrcrange = [-limit, limit]
-        motor.ctrllimited = mujoco.mjtLimited.mjLIMITED_FALSE
-        for suffix, gain in (("kq", [0.0, 1.0, 0.0]), ("kqd", [0.0, 0.0, 1.0])):
+        for suffix, gaintype, gain in (("", mujoco.mjtGain.mjGAIN_FIXED, [1.0, 0.0, 0.0]),
+                                       ("_kq", mujoco.mjtGain.mjGAIN_AFFINE, [0.0, 1.0, 0.0]),
+                                       ("_kqd", mujoco.mjtGain.mjGAIN_AFFINE, [0.0, 0.0, 1.0])):
             spec.add_actuator(
-                name=f"{motor.name}_{suffix}", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT,
-                gaintype=mujoco.mjtGain.mjGAIN_AFFINE, gainprm=gain + [0.0] * 7,
+                name=f"drive_{name}{suffix}", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT,
+                gaintype=gaintype, gainprm=gain + [0.0] * 7,
                 biastype=mujoco.mjtBias.mjBIAS_NONE, ctrllimited=mujoco.mjtLimited.mjLIMITED_FALSE,
             )
-        spec.add_sensor(name=f"{name}_torque", type=mujoco.mjtSensor.mjSENS_JOINTACTFRC,
+        spec.add_sensor(name=f"drive_{name}_torque", type=mujoco.mjtSensor.mjSENS_JOINTACTFRC,
                         objtype=mujoco.mjtObj.mjOBJ_JOINT, objname=name)
 
 

@@ -17,7 +17,7 @@ import torch
 from deploy.action_mapper import ActionMapper
 from deploy.obs_builder import ObsBuilder
 from deploy.spec import PolicySpec
-from sim.config import ConfigError
+from config.validate import ConfigError
 
 
 @contextmanager

@@ -16,62 +16,9 @@ import numpy as np
 import torch
 
 from deploy.onnx_policy import TASK_CONFIG_KEY, OnnxPolicy
-from sim.config import from_dict
+from config.validate import from_dict
 from sim.env import one_torch_thread
 from sim.tasks import default_cfg, make_env, task_entry
-
-
-def quadrotor_hover_summary(cfg, pos_error_m: np.ndarray, alive: np.ndarray, crashed: np.ndarray) -> dict:
-    """pos_error_m, alive: (steps, episodes). Success: no termination, and within `success_radius_m`
-    of the target at every step from `success_after_s` until the episode ends."""
-    settle = int(round(cfg.success_after_s * cfg.control_hz))
-    late_err = np.where(alive[settle:], pos_error_m[settle:], np.nan)
-    survived = ~crashed
-    # worst error after settling; an episode that ended before settling has none and fails
-    worst = np.where(alive[settle:], pos_error_m[settle:], -np.inf).max(axis=0, initial=-np.inf)
-    within = (worst >= 0) & (worst <= cfg.success_radius_m)
-    success = survived & within
-    mean_err = float(np.nanmean(late_err[:, survived])) if survived.any() else float("nan")
-    return {
-        "success_rate": float(success.mean()),
-        "crash_rate": float(crashed.mean()),
-        "mean_pos_error_m": mean_err,
-        "final_pos_error_m": float(np.nanmean(np.where(survived, pos_error_m[-1], np.nan))) if survived.any() else float("nan"),
-        "success_definition": f"within {cfg.success_radius_m} m of the target at every step from "
-        f"{cfg.success_after_s} s after start until the {cfg.episode_s} s episode ends, without a crash",
-    }
-
-
-def quadruped_walk_summary(cfg, lin_vel_error_mps, yaw_rate_error_radps, settled, alive, crashed) -> dict:
-    """(steps, episodes) series. Tracking errors are averaged over the steps at least
-    `eval_settle_s` after each command change, while the robot is up."""
-    use = alive & (settled > 0)
-    return {
-        "mean_lin_vel_error_mps": float(lin_vel_error_mps[use].mean()) if use.any() else float("nan"),
-        "mean_yaw_rate_error_radps": float(yaw_rate_error_radps[use].mean()) if use.any() else float("nan"),
-        "fall_rate": float(crashed.mean()),
-        "success_definition": f"tracking error |v_cmd_xy - v_xy| averaged from {cfg.eval_settle_s} s after each "
-        f"command change; fall rate over {cfg.episode_s} s episodes, commands over the full ranges",
-    }
-
-
-def arm_reach_summary(cfg, ee_distance_m, alive, crashed) -> dict:
-    """Success: end effector within `success_radius_m` of the target at the end of the episode."""
-    final = ee_distance_m[-1]
-    return {
-        "success_rate": float(((final <= cfg.success_radius_m) & ~crashed).mean()),
-        "mean_final_distance_m": float(final.mean()),
-        "median_final_distance_m": float(np.median(final)),
-        "success_definition": f"end effector within {cfg.success_radius_m} m of the target at the end of the "
-        f"{cfg.episode_s} s episode",
-    }
-
-
-SUMMARIES = {
-    "quadrotor-hover": quadrotor_hover_summary,
-    "quadruped-walk": quadruped_walk_summary,
-    "arm-reach": arm_reach_summary,
-}
 
 
 def load_policy(policy_path: str | Path, task_cfg=None):
@@ -95,7 +42,7 @@ def evaluate(policy_path: str | Path, episodes: int = 200, seed: int = 1, task_c
 
 
 class EpisodeRecorder:
-    """Collects per-step metrics into whole episodes and summarizes them with the task's SUMMARY.
+    """Collects per-step metrics into whole episodes and summarizes them with the task's `summary`.
 
     Each env contributes its first `per_env` episodes; an episode that ended early is padded to the
     full length with its last values and `alive` False, so every summary sees `(steps, episodes)`.
@@ -103,8 +50,9 @@ class EpisodeRecorder:
     episode), so both score a policy the same way.
     """
 
-    def __init__(self, task: str, cfg, num_envs: int, max_steps: int, per_env: int = 1):
-        self.task, self.cfg, self.max_steps, self.per_env = task, cfg, max_steps, per_env
+    def __init__(self, summarize, num_envs: int, max_steps: int, per_env: int = 1):
+        """`summarize(crashed, **series)`: the task's evaluation summary (its env's `summary`)."""
+        self.summarize, self.max_steps, self.per_env = summarize, max_steps, per_env
         self._current: list[dict[str, list]] = [{} for _ in range(num_envs)]
         self._started = np.zeros(num_envs, int)  # episodes begun per env
         self.episodes: list[dict[str, np.ndarray]] = []  # finished: series (steps,), alive (steps,), crashed
@@ -145,7 +93,7 @@ class EpisodeRecorder:
         eps = self.episodes
         series = {k: np.stack([e[k] for e in eps], axis=1) for k in eps[0] if k != "crashed"}
         crashed = np.array([e["crashed"] for e in eps])
-        return {**SUMMARIES[self.task](self.cfg, **series, crashed=crashed), "terminations": self.reasons_count}
+        return {**self.summarize(crashed=crashed, **series), "terminations": self.reasons_count}
 
 
 def _run_episodes(policy: OnnxPolicy, task: str, cfg, episodes: int, seed: int, policy_path) -> dict:
@@ -153,7 +101,7 @@ def _run_episodes(policy: OnnxPolicy, task: str, cfg, episodes: int, seed: int, 
     policy.spec.check_compatible(env.spec)
     env.record_metrics = True
     obs = env.reset()
-    recorder = EpisodeRecorder(task, cfg, episodes, env.max_episode_steps)
+    recorder = EpisodeRecorder(env.summary, episodes, env.max_episode_steps)
     t0 = time.perf_counter()
     while not recorder.done:
         action = policy(obs["policy"].cpu().numpy())

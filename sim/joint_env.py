@@ -11,25 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import mujoco
 import numpy as np
 import torch
 
-from sim.actuators import JointPD, add_joint_drives
-from sim.backends import make_backend, physics_substeps
-from sim.backends.mujoco_cpu import ModelError, load_model
-from sim.config import nonnegative, positive
+from config.robot import JointsCfg
+from config.validate import nonnegative
+from sim.actuators import JointPD
+from sim.backends import make_backend
 from sim.env import BatchedEnv
-
-
-@dataclass(frozen=True)
-class JointControlCfg:
-    """Joint position control: target = default_pose + action_scale * action, PD to torque."""
-
-    kp: tuple[float, ...]  # N m/rad, one per joint, or one for all
-    kd: tuple[float, ...]  # N m s/rad
-    action_scale_rad: float = field(default=0.25, metadata=positive())
-    default_pose_key: str = "home"  # keyframe holding the default joint positions
+from sim.robots import find_robot, robot_model
 
 
 @dataclass(frozen=True)
@@ -43,40 +33,6 @@ class ActuatorRandomizationCfg:
     joint_pos_bias_rad: float = field(default=0.01, metadata=nonnegative())  # encoder offset
 
 
-def resolve_joints(model: mujoco.MjModel, names: tuple[str, ...], path: str):
-    """qpos addresses, dof addresses and motor ids of the named hinge joints, in the given order. Raises
-    ModelError naming the first joint the model lacks or cannot drive with a torque motor (gear 1,
-    ctrlrange = torque limit), which is what add_joint_drives builds the drive from."""
-    all_joints = [model.joint(i).name for i in range(model.njnt)]
-    qadr, dadr, act_ids = [], [], []
-    for name in names:
-        jid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)
-        if jid < 0:
-            raise ModelError(f"{path}: model has no joint '{name}' (joints: {', '.join(all_joints)})")
-        if model.jnt_type[jid] != mujoco.mjtJoint.mjJNT_HINGE:
-            raise ModelError(f"{path}: joint '{name}' is not a hinge joint")
-        acts = [a for a in range(model.nu) if model.actuator_trntype[a] == mujoco.mjtTrn.mjTRN_JOINT and model.actuator_trnid[a, 0] == jid]
-        if not acts:
-            raise ModelError(f"{path}: no actuator drives joint '{name}'")
-        a = acts[0]
-        if not model.actuator_ctrllimited[a]:
-            raise ModelError(f"{path}: actuator '{model.actuator(a).name}' of joint '{name}' has no ctrlrange (torque limit)")
-        if model.actuator_gear[a, 0] != 1 or model.actuator_gaintype[a] != mujoco.mjtGain.mjGAIN_FIXED or model.actuator_biastype[a] != mujoco.mjtBias.mjBIAS_NONE:
-            raise ModelError(f"{path}: actuator '{model.actuator(a).name}' of joint '{name}' is not a torque motor with gear 1")
-        qadr.append(model.jnt_qposadr[jid])
-        dadr.append(model.jnt_dofadr[jid])
-        act_ids.append(a)
-    return np.array(qadr), np.array(dadr), np.array(act_ids)
-
-
-def per_joint(values: tuple[float, ...], n: int, name: str) -> np.ndarray:
-    if len(values) == 1:
-        return np.full(n, values[0])
-    if len(values) != n:
-        raise ModelError(f"{name}: {len(values)} values for {n} joints")
-    return np.asarray(values, dtype=np.float64)
-
-
 class JointPositionEnv(BatchedEnv):
     """A BatchedEnv whose command is joint position targets (rad) for `joint_names`.
 
@@ -87,54 +43,39 @@ class JointPositionEnv(BatchedEnv):
 
     joint_names: tuple[str, ...]
 
-    def _setup(self, cfg, model_path, make_spec, num_envs: int, device, seed: int, backend: str) -> None:
-        """The set-up every joint-position task shares: backend, default pose, spec, BatchedEnv, PD.
-        `cfg` has model-independent fields control_hz, episode_s, control, reward and
-        randomization.{model_variants, actuators}; `make_spec(cfg, default_pos, low, high)`."""
+    def _setup(self, cfg, kind: str, make_spec, task_params, num_envs: int, device, seed: int, backend: str) -> None:
+        """The set-up every joint-position task shares: robot, backend, spec, BatchedEnv, PD.
+        `cfg` has fields robot, episode_s, action_scale_rad, reward and
+        randomization.{model_variants, actuators}; `make_spec(cfg, robot)`; `task_params(joint_names)`:
+        the names of the task's own randomized parameters, the columns of `params` before the actuators'."""
         dr = cfg.randomization
-        self._make_backend(model_path, num_envs, cfg.control_hz, dr.model_variants, backend)
-        self.home_qpos = self._default_pose(cfg.control.default_pose_key)
-        default_pos = self.home_qpos[self._qadr]
-        self.spec = make_spec(cfg, default_pos, self.joint_low, self.joint_high)
+        self.robot = robot = robot_model(find_robot(cfg.robot), kind=kind)
+        self.joint_names = robot.cfg.joints.names
+        self.param_names = task_params(self.joint_names) + self.actuator_param_names()
+        self.backend = make_backend(backend, robot.model, num_envs, model_variants=dr.model_variants)
+        self.decimation = robot.decimation
+        self.physics_dt_s = float(robot.model.opt.timestep)
+        self.control_hz = robot.cfg.control_hz
+        self._qadr, self._dadr = robot.joint_qadr, robot.joint_dadr
+        self.joint_low = robot.joint_low.astype(np.float32)
+        self.joint_high = robot.joint_high.astype(np.float32)
+        self._drive_ctrl = torch.as_tensor(robot.drive_ctrl)
+        self._torque_adr = torch.as_tensor(robot.torque_adr)
+        self.spec = make_spec(cfg, robot)
         self.reward_weights = dict(cfg.reward)
-        self.max_episode_steps = round(cfg.episode_s * cfg.control_hz)
+        self.max_episode_steps = round(cfg.episode_s * self.control_hz)
         self.max_latency_steps = dr.actuators.latency_steps[1]
         BatchedEnv.__init__(self, num_envs, device, seed)
-        self._init_joints(cfg.control, default_pos)
+        self._init_joints(robot.cfg.joints)
 
-    def _make_backend(self, model_path, num_envs: int, control_hz: float, model_variants: int, backend: str):
-        # joints are checked on the model as written; the backend then adds their drives to it
-        raw = load_model(model_path)
-        self._qadr, self._dadr, act_ids = resolve_joints(raw, self.joint_names, f"model {model_path}")
-        motors = [raw.actuator(a).name for a in act_ids]
-        self.backend = make_backend(
-            backend, model_path, num_envs, model_variants=model_variants,
-            edit_spec=lambda spec: add_joint_drives(spec, self.joint_names),
-        )
-        model = self.backend.model
-        self.decimation = physics_substeps(model, 1.0 / control_hz)
-        self.physics_dt_s = float(model.opt.timestep)
-        self.joint_low = model.jnt_range[[model.dof_jntid[d] for d in self._dadr], 0].astype(np.float32)
-        self.joint_high = model.jnt_range[[model.dof_jntid[d] for d in self._dadr], 1].astype(np.float32)
-        # ctrl columns of the drives, in JointPD.controls order: ff of every joint, then kq, then kqd
-        self._drive_ctrl = torch.as_tensor([model.actuator(f"{m}{sfx}").id for sfx in ("", "_kq", "_kqd") for m in motors])
-        self._torque_adr = torch.as_tensor([model.sensor_adr[model.sensor(f"{j}_torque").id] for j in self.joint_names])
-
-    def _default_pose(self, key: str) -> np.ndarray:
-        model = self.backend.model
-        kid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_KEY, key)
-        if kid < 0:
-            raise ModelError(f"model has no keyframe '{key}' for the default pose")
-        return model.key_qpos[kid].copy()
-
-    def _init_joints(self, control: JointControlCfg, default_joint_pos: np.ndarray) -> None:
+    def _init_joints(self, joints: JointsCfg) -> None:
         """After BatchedEnv.__init__: PD controller and joint state tensors."""
         n_j = len(self.joint_names)
         dev = self.device
-        kp = torch.tensor(per_joint(control.kp, n_j, "kp"), dtype=torch.float32, device=dev)
-        kd = torch.tensor(per_joint(control.kd, n_j, "kd"), dtype=torch.float32, device=dev)
+        kp = torch.tensor(joints.per_joint("kp"), dtype=torch.float32, device=dev)
+        kd = torch.tensor(joints.per_joint("kd"), dtype=torch.float32, device=dev)
         self.pd = JointPD(self.num_envs, kp, kd)
-        self.default_joint_pos = torch.tensor(default_joint_pos, dtype=torch.float32, device=dev)
+        self.default_joint_pos = torch.tensor(joints.default_pos_rad, dtype=torch.float32, device=dev)
         self.joint_pos = torch.zeros(self.num_envs, n_j, device=dev)
         self.joint_vel = torch.zeros(self.num_envs, n_j, device=dev)
         self.torque = torch.zeros(self.num_envs, n_j, device=dev)

@@ -17,7 +17,7 @@ import torch
 
 from deploy.signals import quat_to_rotmat, world_to_body
 from sim.backends.mujoco_cpu import free_joint
-from sim.config import ConfigError
+from config.validate import ConfigError
 from sim.evaluate import EpisodeRecorder
 from sim.tasks import make_env
 
@@ -56,7 +56,7 @@ class SimRobot:
         model = env.backend.model
         self.has_base = free_joint(model) is not None
         self.joint_names: tuple[str, ...] = getattr(env, "joint_names", ())
-        self.recorder = EpisodeRecorder(task, self.cfg, 1, env.max_episode_steps, per_env=10**9)
+        self.recorder = EpisodeRecorder(env.summary, 1, env.max_episode_steps, per_env=10**9)
         env.reset()
         self._apply_gap()
 

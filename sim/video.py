@@ -21,7 +21,7 @@ class VideoError(ValueError):
     pass
 
 
-def _camera(model: mujoco.MjModel, name: str | None):
+def scene_camera(model: mujoco.MjModel, name: str | None):
     """The model's named camera, or a camera tracking the first body."""
     if name is not None and mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, name) >= 0:
         return name
@@ -72,7 +72,7 @@ def record_video(policy_path: str | Path, out: str | Path, seconds: float = 10.0
         renderer = mujoco.Renderer(model, height, width)
     except Exception as e:  # no GL context: name the fix
         raise VideoError(f"cannot render offscreen ({e}); on a headless machine set MUJOCO_GL=egl") from e
-    camera = _camera(model, getattr(env, "video_camera", None))
+    camera = scene_camera(model, getattr(env, "video_camera", None))
     target_mocap = -1
     tid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "target")
     if tid >= 0 and hasattr(env, "target_pos_m"):

@@ -11,7 +11,7 @@ from policies.checkpoint import load_checkpoint
 from policies.export import export_checkpoint
 from policies.runner import Runner, default_train_cfg
 from sim.backends.mujoco_cpu import ModelError
-from sim.config import override
+from config.validate import override
 from sim.evaluate import evaluate
 from sim.joint_env import JointControlCfg
 from sim.tasks import default_cfg, make_env

@@ -8,7 +8,7 @@ import mujoco
 import numpy as np
 import pytest
 
-MODEL = Path(__file__).resolve().parent.parent / "sim" / "models" / "arm.xml"
+MODEL = Path(__file__).resolve().parent.parent / "sim" / "robots" / "ur5e.xml"
 JOINTS = [
     "shoulder_pan_joint",
     "shoulder_lift_joint",

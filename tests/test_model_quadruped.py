@@ -6,7 +6,7 @@ import mujoco
 import numpy as np
 import pytest
 
-MODEL = Path(__file__).resolve().parents[1] / "sim" / "models" / "quadruped.xml"
+MODEL = Path(__file__).resolve().parents[1] / "sim" / "robots" / "go1.xml"
 LEGS = ("FR", "FL", "RR", "RL")  # Unitree order
 PARTS = ("hip", "thigh", "calf")
 JOINTS = [f"{leg}_{part}_joint" for leg in LEGS for part in PARTS]

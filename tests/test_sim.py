@@ -9,9 +9,10 @@ import torch
 from sim.backends import physics_substeps
 from sim.backends.mujoco_cpu import ModelError, MujocoCpuBackend
 from sim.tasks import default_cfg, make_env
-from sim.tasks.quadrotor_hover import MODELS_DIR, PARAM_NAMES
+from sim.robots import ROBOTS_DIR
+from sim.tasks.quadrotor_hover import PARAM_NAMES
 
-MODEL = MODELS_DIR / "quadrotor.xml"
+MODEL = ROBOTS_DIR / "crazyflie.xml"
 
 
 def test_backend_steps_all_envs_and_resets_some():
@@ -165,7 +166,7 @@ def test_quat_to_rotmat_matches_mujoco():
 
 
 def test_unknown_reward_term_is_named():
-    from sim.config import ConfigError
+    from config.validate import ConfigError
 
     cfg = dataclasses.replace(default_cfg("quadrotor-hover"), reward={"alive": 1.0, "backflips": 2.0})
     with pytest.raises(ConfigError, match="task.reward.backflips: no such reward term"):

@@ -12,7 +12,7 @@ from deploy.spec import SpecError
 from policies.checkpoint import CheckpointError, load_checkpoint
 from policies.export import ExportError, export_checkpoint, export_onnx, model_from_checkpoint
 from policies.runner import Runner, TrainCfg
-from sim.config import override
+from config.validate import override
 from sim.evaluate import evaluate
 from sim.tasks import default_cfg
 

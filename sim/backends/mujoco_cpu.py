@@ -68,12 +68,12 @@ class MujocoCpuBackend:
     """
 
     def __init__(
-        self, model_path: str | Path, num_envs: int, nthread: int = 0, model_variants: int = 1,
-        edit_spec: Callable[[mujoco.MjSpec], None] | None = None,
+        self, model: str | Path | mujoco.MjModel, num_envs: int, nthread: int = 0, model_variants: int = 1,
     ):
+        """`model`: a compiled model (a robot's, sim.robots.robot_model) or an MJCF path."""
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.model = load_model(model_path, edit_spec)
+        self.model = model if isinstance(model, mujoco.MjModel) else load_model(model)
         self.model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_AUTORESET
         self.num_envs = num_envs
         self.nthread = nthread or os.cpu_count() or 1

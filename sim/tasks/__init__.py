@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from sim.config import ConfigError, validate
+import dataclasses
+
+from config.validate import ConfigError, override, validate
+from sim.robots import find_robot
 from sim.tasks.arm_reach import ArmReachCfg, ArmReachEnv
 from sim.tasks.quadrotor_hover import QuadrotorHoverCfg, QuadrotorHoverEnv
 from sim.tasks.quadruped_walk import QuadrupedWalkCfg, QuadrupedWalkEnv
@@ -13,13 +16,14 @@ from sim.tasks.quadruped_walk import QuadrupedWalkCfg, QuadrupedWalkEnv
 class Task(NamedTuple):
     cfg: type
     env: type
+    kind: str  # the kind of robot it runs on (config.robot.KINDS)
     train: dict  # overrides of the runner's TrainCfg (nested dicts for its sub-configs)
 
 
 TASKS = {
-    "quadrotor-hover": Task(QuadrotorHoverCfg, QuadrotorHoverEnv, {"ppo": {"critic_hidden": (32, 32)}}),
+    "quadrotor-hover": Task(QuadrotorHoverCfg, QuadrotorHoverEnv, "multirotor", {"ppo": {"critic_hidden": (32, 32)}}),
     "quadruped-walk": Task(
-        QuadrupedWalkCfg, QuadrupedWalkEnv,
+        QuadrupedWalkCfg, QuadrupedWalkEnv, "legged",
         {
             "num_envs": 1024, "max_iterations": 1500, "save_interval": 100,
             "ppo": {
@@ -30,7 +34,7 @@ TASKS = {
         },
     ),
     "arm-reach": Task(
-        ArmReachCfg, ArmReachEnv,
+        ArmReachCfg, ArmReachEnv, "arm",
         {
             "num_envs": 1024, "max_iterations": 300, "save_interval": 50,
             "ppo": {
@@ -54,12 +58,25 @@ def task_entry(name: str) -> Task:
     return TASKS[name]
 
 
-def default_cfg(name: str):
-    return task_entry(name).cfg()
+def default_cfg(name: str, robot: str | None = None):
+    """The task's config for `robot` (default: the task's own robot), with the robot's task_overrides."""
+    cfg = task_entry(name).cfg()
+    if robot is not None:
+        cfg = dataclasses.replace(cfg, robot=robot)
+    return robot_overrides(name, cfg)
+
+
+def robot_overrides(name: str, cfg):
+    """`cfg` with the fields its robot's config sets for task `name` (RobotCfg.task_overrides)."""
+    robot = find_robot(cfg.robot)
+    for key, value in robot.task_overrides.get(name, {}).items():
+        value = tuple(value) if isinstance(value, list) else value
+        cfg = override(cfg, key, value, prefix=f"robot '{robot.name}' task_overrides.{name}.")
+    return cfg
 
 
 def make_env(name: str, num_envs: int, cfg=None, device="cpu", seed: int = 0):
-    cfg_cls, env_cls, _ = task_entry(name)
+    cfg_cls, env_cls, _, _ = task_entry(name)
     cfg = cfg_cls() if cfg is None else cfg
     if not isinstance(cfg, cfg_cls):
         raise ConfigError(f"task '{name}' takes a {cfg_cls.__name__}, got {type(cfg).__name__}")

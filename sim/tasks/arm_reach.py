@@ -1,4 +1,5 @@
-"""arm-reach: bring the end effector (tool flange) of a UR5e-class arm to a random target position.
+"""arm-reach: bring the end effector of any arm robot (config/robot.py: joints, end-effector site,
+drive gains) to a random target position.
 
 Joint position targets into PD at 250 Hz physics, policy at 50 Hz. Terms follow Isaac Lab's reach task.
 Actor: joint positions relative to the default pose and joint velocities (noisy, encoder offsets),
@@ -10,16 +11,14 @@ gains, latency, encoder offsets).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import numpy as np
 import torch
 
 from deploy.spec import ActionSpec, ObsTerm, PolicySpec
-from sim.config import SensorNoiseCfg, nonnegative, positive
-from sim.joint_env import ActuatorRandomizationCfg, JointControlCfg, JointPositionEnv
-
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-JOINTS = ("shoulder_pan_joint", "shoulder_lift_joint", "elbow_joint", "wrist_1_joint", "wrist_2_joint", "wrist_3_joint")
+from config.validate import SensorNoiseCfg, nonnegative, positive
+from sim.joint_env import ActuatorRandomizationCfg, JointPositionEnv
+from sim.robots import PAYLOAD_RADIUS_M, RobotModel
 
 
 @dataclass(frozen=True)
@@ -53,12 +52,9 @@ class NoiseCfg(SensorNoiseCfg):
 
 @dataclass(frozen=True)
 class ArmReachCfg:
-    model: str = "arm.xml"
-    control_hz: float = field(default=50.0, metadata=positive())
+    robot: str = "ur5e"  # an arm: built-in name or robot YAML path (s2r robots)
     episode_s: float = field(default=3.0, metadata=positive())
-    control: JointControlCfg = JointControlCfg(
-        kp=(1000.0, 3000.0, 1500.0, 300.0, 300.0, 100.0), kd=(40.0, 120.0, 40.0, 8.0, 7.0, 4.0), action_scale_rad=1.0
-    )
+    action_scale_rad: float = field(default=1.0, metadata=positive())  # joint target = default + scale * action
     success_radius_m: float = field(default=0.02, metadata=positive())
     precision_radius_m: float = field(default=0.05, metadata=positive())
     target: TargetCfg = TargetCfg()
@@ -74,66 +70,67 @@ class ArmReachCfg:
     )
 
 
-VARIANT_PARAMS = (
-    tuple(f"{j}_damping_scale" for j in JOINTS) + tuple(f"{j}_frictionloss_Nm" for j in JOINTS)
-    + tuple(f"{j}_armature_scale" for j in JOINTS) + ("payload_kg",)
-)
-VARIANT, ACTUATOR = slice(0, len(VARIANT_PARAMS)), slice(len(VARIANT_PARAMS), None)
+def variant_param_names(joints: tuple[str, ...]) -> tuple[str, ...]:
+    return (
+        tuple(f"{j}_damping_scale" for j in joints) + tuple(f"{j}_frictionloss_Nm" for j in joints)
+        + tuple(f"{j}_armature_scale" for j in joints) + ("payload_kg",)
+    )
 
 
-def make_spec(cfg: ArmReachCfg, default_pos, low, high) -> PolicySpec:
-    n = len(JOINTS)
+def make_spec(cfg: ArmReachCfg, robot: RobotModel) -> PolicySpec:
+    joints = robot.cfg.joints
+    names, n = joints.names, len(joints.names)
     return PolicySpec(
-        robot="ur5e",
+        robot=robot.cfg.name,
         task="arm-reach",
-        control_hz=cfg.control_hz,
+        control_hz=robot.cfg.control_hz,
         obs=(
-            ObsTerm("joint_pos_rel", JOINTS, (1.0,) * n, unit="rad"),
-            ObsTerm("joint_vel", JOINTS, (0.1,) * n, unit="rad/s"),
+            ObsTerm("joint_pos_rel", names, (1.0,) * n, unit="rad"),
+            ObsTerm("joint_vel", names, (0.1,) * n, unit="rad/s"),
             ObsTerm("target_pos", ("x", "y", "z"), (2.0,) * 3, unit="m"),
-            ObsTerm("last_action", JOINTS, (1.0,) * n),
+            ObsTerm("last_action", names, (1.0,) * n),
         ),
         action=ActionSpec(
             type="joint_position",
-            names=JOINTS,
-            scale=(cfg.control.action_scale_rad,) * n,
-            offset=tuple(float(x) for x in default_pos),
+            names=names,
+            scale=(cfg.action_scale_rad,) * n,
+            offset=tuple(float(x) for x in joints.default_pos_rad),
             clip=3.0,
-            low=tuple(float(x) for x in low),
-            high=tuple(float(x) for x in high),
+            low=tuple(float(x) for x in robot.joint_low),
+            high=tuple(float(x) for x in robot.joint_high),
             unit="rad",
         ),
-        extra={"kp": list(cfg.control.kp), "kd": list(cfg.control.kd), "success": f"end effector within {cfg.success_radius_m} m of the target at the end of the episode"},
+        extra={"kp": list(joints.kp), "kd": list(joints.kd), "physics_hz": robot.physics_hz,
+               "success": f"end effector within {cfg.success_radius_m} m of the target at the end of the episode"},
     )
 
 
 class ArmReachEnv(JointPositionEnv):
-    variant_param_names = VARIANT_PARAMS  # baked into the model variants, not settable per env
-    joint_names = JOINTS
     video_camera = "front"
 
     def __init__(self, cfg: ArmReachCfg, num_envs: int, device="cpu", seed: int = 0, backend="mujoco"):
         self.cfg = cfg
-        self.param_names = VARIANT_PARAMS + self.actuator_param_names()
-        self._setup(cfg, MODELS_DIR / cfg.model, make_spec, num_envs, device, seed, backend)
-        model = self.backend.model
+        self._setup(cfg, "arm", make_spec, variant_param_names, num_envs, device, seed, backend)
+        self.variant_param_names = variant_param_names(self.joint_names)  # baked into the model variants
+        self._actuator_cols = slice(len(self.variant_param_names), None)
         dev = self.device
-        self.payload = model.body("payload").id
-        self._ee_pos_adr = model.sensor_adr[model.sensor("ee_pos").id]
-        self._ee_quat_adr = model.sensor_adr[model.sensor("ee_quat").id]
+        self.payload = self.robot.payload_body
+        self._ee_pos_adr = self.robot.ee_pos_adr
+        self._ee_quat_adr = self.robot.ee_quat_adr
         self.target_pos_m = torch.zeros(num_envs, 3, device=dev)
         self.ee_pos_m = torch.zeros(num_envs, 3, device=dev)
         self.ee_quat = torch.zeros(num_envs, 4, device=dev)
         self._target_center = torch.tensor(cfg.target.center_m, device=dev)
         self._target_half = torch.tensor(cfg.target.half_extent_m, device=dev)
-        self._noise_std = torch.tensor((cfg.noise.joint_pos_rad,) * 6 + (cfg.noise.joint_vel_radps,) * 6, device=dev)
+        n_j = len(self.joint_names)
+        self._noise_std = torch.tensor((cfg.noise.joint_pos_rad,) * n_j + (cfg.noise.joint_vel_radps,) * n_j, device=dev)
         self._variant_params = self._randomize_variants()
         self._read_joints()
 
     def _randomize_variants(self) -> torch.Tensor:
         """Sample joint damping, friction, armature and payload per model variant and write them in."""
         dr, b, model = self.cfg.randomization, self.backend, self.backend.model
-        k, n = len(b.variants), len(JOINTS)
+        k, n = len(b.variants), len(self.joint_names)
         u = torch.rand(k, 3 * n + 1, generator=self.generator, device=self.device).cpu()
         lo = torch.tensor([dr.damping_scale[0]] * n + [dr.frictionloss_Nm[0]] * n + [dr.armature_scale[0]] * n + [dr.payload_kg[0]])
         hi = torch.tensor([dr.damping_scale[1]] * n + [dr.frictionloss_Nm[1]] * n + [dr.armature_scale[1]] * n + [dr.payload_kg[1]])
@@ -141,7 +138,7 @@ class ArmReachEnv(JointPositionEnv):
         if k == 1:  # one shared model: nominal physics
             p = torch.tensor([1.0] * n + list(model.dof_frictionloss[self._dadr]) + [1.0] * n + [0.0])[None]
         d = self._dadr
-        r_payload = 0.02  # the payload sphere's radius: inertia of a solid sphere of that mass
+        r_payload = PAYLOAD_RADIUS_M  # the payload sphere's radius: inertia of a solid sphere of that mass
         for m, row in zip(b.variants, p.double().numpy()):
             m.dof_damping[d] = model.dof_damping[d] * row[:n]
             m.dof_frictionloss[d] = row[n : 2 * n]
@@ -167,24 +164,26 @@ class ArmReachEnv(JointPositionEnv):
         p = torch.cat((self._variant_params[variant], self._sample_actuator_params(n, self.cfg.randomization.actuators)), dim=-1)
         self.params[env_ids] = p
         self._apply_params(env_ids)
-        u = torch.rand(n, 3 + len(JOINTS), generator=self.generator, device=dev)
+        u = torch.rand(n, 3 + len(self.joint_names), generator=self.generator, device=dev)
         self.target_pos_m[env_ids] = self._target_center + (u[:, :3] * 2 - 1) * self._target_half
-        qpos = torch.as_tensor(self.home_qpos, dtype=torch.float32, device=dev) + (u[:, 3:] * 2 - 1) * 0.2
-        self.backend.reset(env_ids, qpos.double(), torch.zeros(n, len(JOINTS), dtype=torch.float64))
+        qpos = torch.as_tensor(self.robot.home_qpos, dtype=torch.float32, device=dev).repeat(n, 1)
+        qpos[:, self._qadr] += (u[:, 3:] * 2 - 1) * 0.2
+        self.backend.reset(env_ids, qpos.double(), torch.zeros(n, self.backend.model.nv, dtype=torch.float64))
         self._read_joints()
         self.torque[env_ids] = 0.0
         # the end-effector sensors are refreshed by the next physics step; until then, keep the last value
         # except for the freshly reset envs, whose reward starts at the next step
 
     def _apply_params(self, env_ids) -> None:
-        self._apply_actuator_params(env_ids, self.params[env_ids][:, ACTUATOR])
+        self._apply_actuator_params(env_ids, self.params[env_ids][:, self._actuator_cols])
 
     def _signals(self):
         true = torch.cat((self.joint_pos - self.default_joint_pos, self.joint_vel), dim=-1)
         sensed = true + self.sensor_noise(self._noise_std)
-        sensed[:, :6] += self.joint_pos_bias
+        n_j = len(self.joint_names)
+        sensed[:, :n_j] += self.joint_pos_bias
         return true, {
-            "joint_pos_rel": sensed[:, :6], "joint_vel": sensed[:, 6:], "target_pos": self.target_pos_m,
+            "joint_pos_rel": sensed[:, :n_j], "joint_vel": sensed[:, n_j:], "target_pos": self.target_pos_m,
             "last_action": self.action,
         }
 
@@ -211,6 +210,18 @@ class ArmReachEnv(JointPositionEnv):
 
     def _step_metrics(self):
         return {"ee_distance_m": self._ee_distance()}
+
+    def summary(self, ee_distance_m, alive, crashed) -> dict:
+        """Success: end effector within `success_radius_m` of the target at the end of the episode."""
+        cfg = self.cfg
+        final = ee_distance_m[-1]
+        return {
+            "success_rate": float(((final <= cfg.success_radius_m) & ~crashed).mean()),
+            "mean_final_distance_m": float(final.mean()),
+            "median_final_distance_m": float(np.median(final)),
+            "success_definition": f"end effector within {cfg.success_radius_m} m of the target at the end of the "
+            f"{cfg.episode_s} s episode",
+        }
 
     def _task_state(self):
         return {"target_pos_m": self.target_pos_m, "torque": self.torque}

@@ -1,4 +1,5 @@
-"""quadrotor-hover: fly to and hold a target position from a random position, velocity and attitude.
+"""quadrotor-hover: fly to and hold a target position from a random position, velocity and attitude,
+on any multirotor robot (config/robot.py: rotors, base body, control rate).
 
 Actor: noisy position error and linear velocity (body frame), rotation matrix, angular velocity, recent
 actions. Body-frame errors make the map from observation to rotor commands independent of yaw.
@@ -12,20 +13,19 @@ MjModel (see sim/backends/mujoco_cpu.py for why).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import numpy as np
 import torch
 
 from deploy.signals import quat_to_rotmat, world_to_body
 from deploy.spec import ActionSpec, ObsTerm, PolicySpec
 from sim.actuators import RotorModel
-from sim.backends import make_backend, physics_substeps
-from sim.config import SensorNoiseCfg, noise_distribution, nonnegative, positive
+from config.robot import GRAVITY_MPS2
+from config.validate import SensorNoiseCfg, noise_distribution, nonnegative, positive
+from sim.backends import make_backend
 from sim.env import BatchedEnv
 from sim.math import tilt_quat
-
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-GRAVITY_MPS2 = 9.81
+from sim.robots import RobotModel, find_robot, robot_model
 
 
 @dataclass(frozen=True)
@@ -79,11 +79,9 @@ class NoiseCfg(SensorNoiseCfg):
 
 @dataclass(frozen=True)
 class QuadrotorHoverCfg:
-    model: str = "quadrotor.xml"
-    control_hz: float = field(default=100.0, metadata=positive())
+    robot: str = "crazyflie"  # a multirotor: built-in name or robot YAML path (s2r robots)
     episode_s: float = field(default=5.0, metadata=positive())
     target_pos_m: tuple[float, float, float] = (0.0, 0.0, 1.0)
-    max_thrust_N: float = field(default=0.15, metadata=positive())  # per rotor
     action_history: int = field(default=4, metadata=positive())
     crash_height_m: float = 0.05
     max_pos_error_m: float = field(default=1.0, metadata=positive())  # per axis
@@ -108,7 +106,6 @@ class QuadrotorHoverCfg:
     )
 
 
-ROTORS = ("m1", "m2", "m3", "m4")
 PARAM_NAMES = (
     "mass_scale", "thrust_scale", "motor_tau_s", "latency_steps",
     "pos_bias_x_m", "pos_bias_y_m", "pos_bias_z_m",
@@ -120,42 +117,60 @@ MASS, THRUST, TAU, LATENCY = 0, 1, 2, 3
 POS_BIAS, GYRO_BIAS, DISTURBANCE = slice(4, 7), slice(7, 10), slice(10, 13)
 
 
-def hover_thrust_N(mass_kg: float) -> float:
-    """Per-rotor thrust that holds the nominal body aloft."""
-    return mass_kg * GRAVITY_MPS2 / len(ROTORS)
-
-
-def make_spec(cfg: QuadrotorHoverCfg, mass_kg: float) -> PolicySpec:
-    hover_N = hover_thrust_N(mass_kg)
-    n = len(ROTORS)
+def make_spec(cfg: QuadrotorHoverCfg, robot: RobotModel) -> PolicySpec:
+    rotors = robot.cfg.rotors
+    n = len(rotors.names)
+    hover_N = robot.mass_kg * GRAVITY_MPS2 / n
     xyz = ("x", "y", "z")
     return PolicySpec(
-        robot="crazyflie",
+        robot=robot.cfg.name,
         task="quadrotor-hover",
-        control_hz=cfg.control_hz,
+        control_hz=robot.cfg.control_hz,
         obs=(
             ObsTerm("pos_error_b", xyz, (1.0,) * 3, clip=5.0, unit="m"),
             ObsTerm("rot_mat", tuple(f"r{i}{j}" for i in range(3) for j in range(3)), (1.0,) * 9, unit=""),
             ObsTerm("lin_vel_b", xyz, (0.5,) * 3, clip=5.0, unit="m/s"),
             ObsTerm("ang_vel_b", xyz, (0.2,) * 3, clip=5.0, unit="rad/s"),
-            ObsTerm("last_action", ROTORS, (1.0,) * n, history=cfg.action_history),
+            ObsTerm("last_action", rotors.names, (1.0,) * n, history=cfg.action_history),
         ),
         action=ActionSpec(
             type="motor_thrust",
-            names=ROTORS,
-            scale=(cfg.max_thrust_N - hover_N,) * n,
+            names=rotors.names,
+            scale=(rotors.max_thrust_N - hover_N,) * n,
             offset=(hover_N,) * n,
             clip=1.0,
             low=(0.0,) * n,
-            high=(cfg.max_thrust_N,) * n,
+            high=(rotors.max_thrust_N,) * n,
             unit="N",
         ),
         extra={
             "target_pos_m": list(cfg.target_pos_m),
             "success": f"within {cfg.success_radius_m} m of the target from {cfg.success_after_s} s "
             "after start until the episode ends",
+            "physics_hz": robot.physics_hz,
         },
     )
+
+
+def hover_summary(cfg: QuadrotorHoverCfg, control_hz: float, pos_error_m: np.ndarray, alive: np.ndarray, crashed: np.ndarray) -> dict:
+    """pos_error_m, alive: (steps, episodes). Success: no termination, and within `success_radius_m`
+    of the target at every step from `success_after_s` until the episode ends."""
+    settle = int(round(cfg.success_after_s * control_hz))
+    late_err = np.where(alive[settle:], pos_error_m[settle:], np.nan)
+    survived = ~crashed
+    # worst error after settling; an episode that ended before settling has none and fails
+    worst = np.where(alive[settle:], pos_error_m[settle:], -np.inf).max(axis=0, initial=-np.inf)
+    within = (worst >= 0) & (worst <= cfg.success_radius_m)
+    success = survived & within
+    mean_err = float(np.nanmean(late_err[:, survived])) if survived.any() else float("nan")
+    return {
+        "success_rate": float(success.mean()),
+        "crash_rate": float(crashed.mean()),
+        "mean_pos_error_m": mean_err,
+        "final_pos_error_m": float(np.nanmean(np.where(survived, pos_error_m[-1], np.nan))) if survived.any() else float("nan"),
+        "success_definition": f"within {cfg.success_radius_m} m of the target at every step from "
+        f"{cfg.success_after_s} s after start until the {cfg.episode_s} s episode ends, without a crash",
+    }
 
 
 class QuadrotorHoverEnv(BatchedEnv):
@@ -163,18 +178,23 @@ class QuadrotorHoverEnv(BatchedEnv):
 
     def __init__(self, cfg: QuadrotorHoverCfg, num_envs: int, device="cpu", seed: int = 0, backend="mujoco"):
         self.cfg = cfg
-        self.backend = make_backend(backend, MODELS_DIR / cfg.model, num_envs)
-        self.decimation = physics_substeps(self.backend.model, 1.0 / cfg.control_hz)
-        model = self.backend.model
-        self.base_body = model.body("base").id
-        self.mass_kg = float(model.body_subtreemass[self.base_body])
-        self.spec = make_spec(cfg, self.mass_kg)
+        self.robot = robot = robot_model(find_robot(cfg.robot), kind="multirotor")
+        self.backend = make_backend(backend, robot.model, num_envs)
+        self.decimation = robot.decimation
+        self.base_body = robot.base_body
+        self.mass_kg = robot.mass_kg
+        self.num_rotors = len(robot.cfg.rotors.names)
+        self.max_thrust_N = robot.cfg.rotors.max_thrust_N
+        self.spec = make_spec(cfg, robot)
         self.reward_weights = dict(cfg.reward)
-        self.max_episode_steps = round(cfg.episode_s * cfg.control_hz)
+        self.max_episode_steps = round(cfg.episode_s * robot.cfg.control_hz)
         self.max_latency_steps = cfg.randomization.latency_steps[1]
         super().__init__(num_envs, device, seed)
         self.target_pos_m = torch.tensor(cfg.target_pos_m, device=self.device)
-        self.rotors = RotorModel(num_envs, len(ROTORS), 1.0 / cfg.control_hz, cfg.max_thrust_N, self.device)
+        self.rotors = RotorModel(num_envs, self.num_rotors, 1.0 / robot.cfg.control_hz, self.max_thrust_N, self.device)
+        # the rotors' ctrl columns: all of them (one copy) unless the model has actuators of its own
+        nu = robot.model.nu
+        self._rotor_ctrl = None if np.array_equal(robot.rotor_ctrl, np.arange(nu)) else torch.as_tensor(robot.rotor_ctrl)
         self.curriculum_level = cfg.curriculum.start_level if cfg.curriculum.enabled else 1.0
         self._sensor_bias = torch.zeros(num_envs, 18, device=self.device)  # per-episode, in sensor layout
         self._inv_mass_scale = torch.ones(num_envs, 1, device=self.device)
@@ -231,8 +251,8 @@ class QuadrotorHoverEnv(BatchedEnv):
         p[:, LATENCY] = p[:, LATENCY].floor()
         self.params[env_ids] = p
         self._apply_params(env_ids)
-        hover_N = hover_thrust_N(self.mass_kg) * p[:, MASS] / p[:, THRUST]
-        self.rotors.reset(env_ids, hover_N[:, None].expand(n, len(ROTORS)))
+        hover_N = self.mass_kg * GRAVITY_MPS2 / self.num_rotors * p[:, MASS] / p[:, THRUST]
+        self.rotors.reset(env_ids, hover_N[:, None].expand(n, self.num_rotors))
         self._update_state(env_ids)
 
     def _apply_params(self, env_ids) -> None:
@@ -253,8 +273,11 @@ class QuadrotorHoverEnv(BatchedEnv):
     def _apply_command(self, command: torch.Tensor) -> None:
         if self.physics_step_hook is not None:  # once per command: the motor model runs at the control rate
             command = self.physics_step_hook(command)
-        thrust_N = self.rotors.step(command)
-        self.backend.ctrl.copy_(thrust_N * self._inv_mass_scale)
+        thrust_N = self.rotors.step(command) * self._inv_mass_scale
+        if self._rotor_ctrl is None:
+            self.backend.ctrl.copy_(thrust_N)
+        else:
+            self.backend.ctrl[:, self._rotor_ctrl] = thrust_N.to(self.backend.ctrl)
         self.backend.step(self.decimation)
         self._update_state()
 
@@ -277,7 +300,7 @@ class QuadrotorHoverEnv(BatchedEnv):
         }
 
     def _privileged(self) -> torch.Tensor:
-        thrust_frac = self.rotors.thrust_N / self.cfg.max_thrust_N
+        thrust_frac = self.rotors.thrust_N / self.max_thrust_N
         return torch.cat((thrust_frac, self.params), dim=-1)
 
     def _terminations(self) -> dict[str, torch.Tensor]:
@@ -316,6 +339,9 @@ class QuadrotorHoverEnv(BatchedEnv):
 
     def _step_metrics(self) -> dict[str, torch.Tensor]:
         return {"pos_error_m": self.pos_error_m.norm(dim=-1)}
+
+    def summary(self, crashed: np.ndarray, **series: np.ndarray) -> dict:
+        return hover_summary(self.cfg, self.spec.control_hz, crashed=crashed, **series)
 
     # --- curriculum ------------------------------------------------------------------------------
     def _after_iteration(self, stats: dict) -> dict[str, float]:

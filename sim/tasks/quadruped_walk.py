@@ -1,4 +1,5 @@
-"""quadruped-walk: track a commanded forward, lateral and yaw velocity on flat ground (Go1 class).
+"""quadruped-walk: track a commanded forward, lateral and yaw velocity on flat ground, on any legged
+robot (config/robot.py: joints, feet, base body, drive gains).
 
 Joint position targets into PD at 200 Hz physics, policy at 50 Hz. Terms and weights follow
 legged_gym's flat-ground Go1/A1 set-up (weights per second, as there).
@@ -11,18 +12,15 @@ every randomized parameter.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import numpy as np
 import torch
 
 from deploy.signals import projected_gravity, quat_to_rotmat, world_to_body
 from deploy.spec import ActionSpec, ObsTerm, PolicySpec
-from sim.config import SensorNoiseCfg, nonnegative, positive
-from sim.joint_env import ActuatorRandomizationCfg, JointControlCfg, JointPositionEnv
-
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
-LEGS = ("FR", "FL", "RR", "RL")
-JOINTS = tuple(f"{leg}_{j}_joint" for leg in LEGS for j in ("hip", "thigh", "calf"))
+from config.validate import SensorNoiseCfg, nonnegative, positive
+from sim.joint_env import ActuatorRandomizationCfg, JointPositionEnv
+from sim.robots import RobotModel
 
 
 @dataclass(frozen=True)
@@ -50,8 +48,8 @@ class CurriculumCfg:
 @dataclass(frozen=True)
 class RandomizationCfg:
     friction: tuple[float, float] = (0.4, 1.25)
-    payload_kg: tuple[float, float] = (-1.0, 2.0)  # added to the trunk
-    payload_com_m: float = field(default=0.05, metadata=nonnegative())  # trunk CoM shift per axis
+    payload_kg: tuple[float, float] = (-1.0, 2.0)  # added to the base body
+    payload_com_m: float = field(default=0.05, metadata=nonnegative())  # base CoM shift per axis
     model_variants: int = field(default=64, metadata=positive())  # sampled (friction, payload) worlds
     actuators: ActuatorRandomizationCfg = ActuatorRandomizationCfg()
     gyro_bias_radps: float = field(default=0.02, metadata=nonnegative())
@@ -71,11 +69,10 @@ class NoiseCfg(SensorNoiseCfg):
 
 @dataclass(frozen=True)
 class QuadrupedWalkCfg:
-    model: str = "quadruped.xml"
-    control_hz: float = field(default=50.0, metadata=positive())
+    robot: str = "go1"  # a legged robot: built-in name or robot YAML path (s2r robots)
     episode_s: float = field(default=20.0, metadata=positive())
-    control: JointControlCfg = JointControlCfg(kp=(20.0,), kd=(0.5,), action_scale_rad=0.25)
-    fall_height_m: float = 0.15  # trunk centre below this: fallen (only the feet collide)
+    action_scale_rad: float = field(default=0.25, metadata=positive())  # joint target = default + scale * action
+    fall_height_m: float = 0.15  # base centre below this: fallen (only the feet collide)
     fall_tilt_cos: float = 0.5  # trunk z axis more than 60 deg from vertical: fallen
     tracking_sigma_mps: float = field(default=0.5, metadata=positive())  # exp kernel width
     air_time_target_s: float = field(default=0.5, metadata=positive())
@@ -107,63 +104,66 @@ VARIANT_PARAMS = ("friction", "payload_kg", "payload_com_x_m", "payload_com_y_m"
 VARIANT, GYRO_BIAS, ACTUATOR = slice(0, 5), slice(5, 8), slice(8, None)
 
 
-def make_spec(cfg: QuadrupedWalkCfg, default_pos, low, high) -> PolicySpec:
-    n = len(JOINTS)
+def make_spec(cfg: QuadrupedWalkCfg, robot: RobotModel) -> PolicySpec:
+    joints = robot.cfg.joints
+    names, n = joints.names, len(joints.names)
     xyz = ("x", "y", "z")
     return PolicySpec(
-        robot="go1",
+        robot=robot.cfg.name,
         task="quadruped-walk",
-        control_hz=cfg.control_hz,
+        control_hz=robot.cfg.control_hz,
         obs=(
             ObsTerm("ang_vel_b", xyz, (0.25,) * 3, unit="rad/s"),
             ObsTerm("projected_gravity", xyz, (1.0,) * 3, unit=""),
             ObsTerm("command", ("lin_vel_x", "lin_vel_y", "yaw_rate"), (2.0, 2.0, 0.25), unit="m/s, m/s, rad/s"),
-            ObsTerm("joint_pos_rel", JOINTS, (1.0,) * n, unit="rad"),
-            ObsTerm("joint_vel", JOINTS, (0.05,) * n, unit="rad/s"),
-            ObsTerm("last_action", JOINTS, (1.0,) * n),
+            ObsTerm("joint_pos_rel", names, (1.0,) * n, unit="rad"),
+            ObsTerm("joint_vel", names, (0.05,) * n, unit="rad/s"),
+            ObsTerm("last_action", names, (1.0,) * n),
         ),
         action=ActionSpec(
             type="joint_position",
-            names=JOINTS,
-            scale=(cfg.control.action_scale_rad,) * n,
-            offset=tuple(float(x) for x in default_pos),
+            names=names,
+            scale=(cfg.action_scale_rad,) * n,
+            offset=tuple(float(x) for x in joints.default_pos_rad),
             clip=10.0,
-            low=tuple(float(x) for x in low),
-            high=tuple(float(x) for x in high),
+            low=tuple(float(x) for x in robot.joint_low),
+            high=tuple(float(x) for x in robot.joint_high),
             unit="rad",
         ),
-        extra={"kp": list(cfg.control.kp), "kd": list(cfg.control.kd), "physics_hz": 200.0},
+        extra={"kp": list(joints.kp), "kd": list(joints.kd), "physics_hz": robot.physics_hz},
     )
 
 
 class QuadrupedWalkEnv(JointPositionEnv):
     variant_param_names = VARIANT_PARAMS  # baked into the model variants, not settable per env
-    joint_names = JOINTS
     video_camera = "track"
 
     def __init__(self, cfg: QuadrupedWalkCfg, num_envs: int, device="cpu", seed: int = 0, backend="mujoco"):
         self.cfg = cfg
-        self.param_names = VARIANT_PARAMS + ("gyro_bias_x_radps", "gyro_bias_y_radps", "gyro_bias_z_radps") + self.actuator_param_names()
         dr = cfg.randomization
-        self._setup(cfg, MODELS_DIR / cfg.model, make_spec, num_envs, device, seed, backend)
-        model = self.backend.model
+        task_params = VARIANT_PARAMS + ("gyro_bias_x_radps", "gyro_bias_y_radps", "gyro_bias_z_radps")
+        self._setup(cfg, "legged", make_spec, lambda joints: task_params, num_envs, device, seed, backend)
         dev = self.device
-        self.trunk = model.body("trunk").id
-        self.touch_adr = torch.tensor([model.sensor_adr[model.sensor(f"{leg}_touch").id] for leg in LEGS])
-        self.dt_s = 1.0 / cfg.control_hz
+        robot = self.robot
+        self.trunk = robot.base_body
+        self._base_q = slice(robot.base_qadr, robot.base_qadr + 7)
+        self._base_v = slice(robot.base_dadr, robot.base_dadr + 6)
+        self.touch_adr = torch.as_tensor(robot.touch_adr)
+        n_feet, n_j = len(robot.touch_adr), len(self.joint_names)
+        self.dt_s = 1.0 / self.control_hz
         self.command = torch.zeros(num_envs, 3, device=dev)
-        self.feet_air_time = torch.zeros(num_envs, 4, device=dev)
-        self.foot_force_N = torch.zeros(num_envs, 4, device=dev)
-        self.prev_joint_vel = torch.zeros(num_envs, len(JOINTS), device=dev)
+        self.feet_air_time = torch.zeros(num_envs, n_feet, device=dev)
+        self.foot_force_N = torch.zeros(num_envs, n_feet, device=dev)
+        self.prev_joint_vel = torch.zeros(num_envs, n_j, device=dev)
         self.curriculum_level = cfg.curriculum.start_level if cfg.curriculum.enabled else 1.0
-        self._resample_steps = max(1, round(cfg.commands.resample_s * cfg.control_hz))
-        self._push_steps = max(1, round(dr.push_interval_s * cfg.control_hz))
+        self._resample_steps = max(1, round(cfg.commands.resample_s * self.control_hz))
+        self._push_steps = max(1, round(dr.push_interval_s * self.control_hz))
         self._steps_since_command = torch.zeros(num_envs, dtype=torch.long, device=dev)
         self._window = torch.zeros(4, dtype=torch.float64)  # (tracked, best, timeouts, episodes) since the last decision
         self._gyro_bias = torch.zeros(num_envs, 3, device=dev)
         self._noise_std = torch.tensor(
             (cfg.noise.ang_vel_radps,) * 3 + (cfg.noise.gravity,) * 3
-            + (cfg.noise.joint_pos_rad,) * 12 + (cfg.noise.joint_vel_radps,) * 12,
+            + (cfg.noise.joint_pos_rad,) * n_j + (cfg.noise.joint_vel_radps,) * n_j,
             device=dev,
         )
         c = cfg.commands
@@ -184,8 +184,8 @@ class QuadrupedWalkEnv(JointPositionEnv):
         hi = torch.tensor([dr.friction[1], dr.payload_kg[1]] + [dr.payload_com_m] * 3)
         p = lo + u * (hi - lo)
         if k == 1:  # one shared model: nominal physics
-            p = torch.tensor([[float(model.geom_friction[model.geom("floor").id, 0]), 0.0, 0.0, 0.0, 0.0]])
-        feet = [model.geom(f"{leg}_foot").id for leg in LEGS] + [model.geom("floor").id]
+            p = torch.tensor([[float(model.geom_friction[self.robot.floor_geom, 0]), 0.0, 0.0, 0.0, 0.0]])
+        feet = list(self.robot.foot_geoms) + [self.robot.floor_geom]
         for m, row in zip(b.variants, p.tolist()):
             m.geom_friction[feet, 0] = row[0]  # MuJoCo takes the larger of the two geoms' friction
             m.body_mass[self.trunk] = model.body_mass[self.trunk] + row[1]
@@ -200,7 +200,7 @@ class QuadrupedWalkEnv(JointPositionEnv):
     # --- state -----------------------------------------------------------------------------------
     def _update_state(self) -> None:
         b = self.backend
-        base = torch.cat((b.qpos[:, :7], b.qvel[:, :6]), dim=-1).to(self.device, torch.float32)
+        base = torch.cat((b.qpos[:, self._base_q], b.qvel[:, self._base_v]), dim=-1).to(self.device, torch.float32)
         self.base_height_m = base[:, 2]
         self.rot = quat_to_rotmat(base[:, 3:7])  # body to world
         self.lin_vel_b = world_to_body(self.rot, base[:, 7:10])
@@ -226,7 +226,7 @@ class QuadrupedWalkEnv(JointPositionEnv):
         if v > 0 and ids.numel():
             kick = (torch.rand(len(ids), 2, generator=self.generator, device=self.device) * 2 - 1) * v
             cpu_ids = ids.to(self.backend.qvel.device)
-            self.backend.qvel[cpu_ids, :2] += kick.to(self.backend.qvel)
+            self.backend.qvel[cpu_ids, self._base_v.start : self._base_v.start + 2] += kick.to(self.backend.qvel)
 
     def _sample_commands(self, env_ids: torch.Tensor) -> None:
         c = self.cfg.commands
@@ -250,11 +250,12 @@ class QuadrupedWalkEnv(JointPositionEnv):
         self.params[env_ids] = p
         self._apply_params(env_ids)
         # start at the default pose with the joints a little perturbed, random heading
-        qpos = torch.as_tensor(self.home_qpos, dtype=torch.float32, device=dev).repeat(n, 1)
+        qpos = torch.as_tensor(self.robot.home_qpos, dtype=torch.float32, device=dev).repeat(n, 1)
         yaw = (u[:, 3] * 2 - 1) * torch.pi
-        qpos[:, 3] = torch.cos(yaw / 2)
-        qpos[:, 6] = torch.sin(yaw / 2)
-        qpos[:, 7:] += (u[:, 4:5] * 2 - 1) * 0.1
+        q0 = self._base_q.start
+        qpos[:, q0 + 3] = torch.cos(yaw / 2)
+        qpos[:, q0 + 6] = torch.sin(yaw / 2)
+        qpos[:, self._qadr] += (u[:, 4:5] * 2 - 1) * 0.1
         self.backend.reset(env_ids, qpos.double(), torch.zeros(n, self.backend.model.nv, dtype=torch.float64))
         self._sample_commands(env_ids)
         self.feet_air_time[env_ids] = 0.0
@@ -275,10 +276,11 @@ class QuadrupedWalkEnv(JointPositionEnv):
         )
         sensed = true + self.sensor_noise(self._noise_std)
         sensed[:, 0:3] += self._gyro_bias
-        sensed[:, 6:18] += self.joint_pos_bias
+        n_j = len(self.joint_names)
+        sensed[:, 6 : 6 + n_j] += self.joint_pos_bias
         return true, {
             "ang_vel_b": sensed[:, 0:3], "projected_gravity": sensed[:, 3:6], "command": self.command,
-            "joint_pos_rel": sensed[:, 6:18], "joint_vel": sensed[:, 18:30], "last_action": self.action,
+            "joint_pos_rel": sensed[:, 6 : 6 + n_j], "joint_vel": sensed[:, 6 + n_j :], "last_action": self.action,
         }
 
     def _privileged(self):
@@ -330,8 +332,21 @@ class QuadrupedWalkEnv(JointPositionEnv):
     def _reward_joint_limits(self):
         return ((self._soft_low - self.joint_pos).clamp(min=0) + (self.joint_pos - self._soft_high).clamp(min=0)).sum(-1)
 
+    def summary(self, lin_vel_error_mps, yaw_rate_error_radps, settled, alive, crashed) -> dict:
+        """(steps, episodes) series. Tracking errors are averaged over the steps at least
+        `eval_settle_s` after each command change, while the robot is up."""
+        cfg = self.cfg
+        use = alive & (settled > 0)
+        return {
+            "mean_lin_vel_error_mps": float(lin_vel_error_mps[use].mean()) if use.any() else float("nan"),
+            "mean_yaw_rate_error_radps": float(yaw_rate_error_radps[use].mean()) if use.any() else float("nan"),
+            "fall_rate": float(crashed.mean()),
+            "success_definition": f"tracking error |v_cmd_xy - v_xy| averaged from {cfg.eval_settle_s} s after each "
+            f"command change; fall rate over {cfg.episode_s} s episodes, commands over the full ranges",
+        }
+
     def _step_metrics(self):
-        settled = self._steps_since_command >= round(self.cfg.eval_settle_s * self.cfg.control_hz)
+        settled = self._steps_since_command >= round(self.cfg.eval_settle_s * self.control_hz)
         return {
             "lin_vel_error_mps": (self.command[:, :2] - self.lin_vel_b[:, :2]).norm(dim=-1),
             "yaw_rate_error_radps": (self.command[:, 2] - self.ang_vel_b[:, 2]).abs(),
