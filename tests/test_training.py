@@ -175,7 +175,7 @@ def test_training_improves_hover_within_a_short_budget(tmp_path):
 
 def test_hover_success_definition():
     """Success: no crash, and within the radius at every step from 2 s to the end."""
-    from sim.evaluate import quadrotor_hover_summary
+    from sim.tasks.quadrotor_hover import hover_summary
 
     cfg = default_cfg("quadrotor-hover")  # 100 Hz, settle after 200 steps, 500-step episodes
     steps, n = 500, 4
@@ -185,7 +185,7 @@ def test_hover_success_definition():
     alive = np.ones((steps, n), bool)
     alive[150:, 3] = False  # ended before settling
     crashed = np.array([False, False, True, True])
-    m = quadrotor_hover_summary(cfg, err, alive, crashed)
+    m = hover_summary(cfg, 100.0, err, alive, crashed)
     assert m["success_rate"] == 0.25  # only env 0
     assert m["crash_rate"] == 0.5
     assert abs(m["mean_pos_error_m"] - (0.05 * 599 + 0.11) / 600) < 1e-9
