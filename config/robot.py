@@ -17,10 +17,16 @@ from pathlib import Path
 
 from config.validate import ConfigError
 
+BUILTIN_ROBOTS_DIR = Path(__file__).resolve().parents[1] / "sim" / "robots"  # NAME.yaml + its MJCF
 KINDS = ("multirotor", "legged", "arm")
 DRIVES = ("torque_pd", "position_servo")
 GRAVITY_MPS2 = 9.81
 MIN_THRUST_TO_WEIGHT = 1.5  # below this a multirotor cannot both hover and correct
+
+
+class UnknownRobotError(KeyError):
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 class RobotConfigError(ConfigError):
@@ -240,3 +246,20 @@ def robot_cfg_to_dict(cfg: RobotCfg) -> dict:
 
 def hover_thrust_to_weight(cfg: RobotCfg, mass_kg: float) -> float:
     return len(cfg.rotors.names) * cfg.rotors.max_thrust_N / (mass_kg * GRAVITY_MPS2)
+
+
+def robot_names() -> list[str]:
+    """The built-in robots (sim/robots/NAME.yaml)."""
+    return sorted(p.stem for p in BUILTIN_ROBOTS_DIR.glob("*.yaml"))
+
+
+def find_robot(name_or_path: str) -> RobotCfg:
+    """A built-in robot by name, or a robot config YAML by path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise UnknownRobotError(f"robot config not found: {path}")
+        return load_robot_cfg(path)
+    if (BUILTIN_ROBOTS_DIR / f"{name_or_path}.yaml").is_file():
+        return load_robot_cfg(BUILTIN_ROBOTS_DIR / f"{name_or_path}.yaml")
+    raise UnknownRobotError(f"unknown robot '{name_or_path}'; built-in robots: {', '.join(robot_names())} (or give a path to a robot YAML)")

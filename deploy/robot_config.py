@@ -1,7 +1,14 @@
-"""RobotConfig: what the robot is (names, wire order, limits, safe state), loaded from a YAML file.
+"""RobotConfig: the robot as the deploy runtime drives it (names, wire order, limits, safe state).
 
-The PolicySpec says what the policy was trained for; the RobotConfig says what is bolted to the desk.
-`check_against_spec` refuses to pair them when they differ at the seam, before any command is sent.
+`load_robot_config` builds it from three sources, each saying only what it alone knows:
+- the robot config (config/robot.py, the same file training used): its name, joint or rotor names in
+  wire order, default pose, control rate, drive gains and effort limits;
+- the PolicySpec: the hard command limits the policy was trained with (the model's joint ranges, the
+  rotors' thrust range);
+- a hardware YAML (ros_ws/src/s2r_ros/config/<robot>.yaml): what is truly hardware-side: the sensor
+  streams the watchdog watches, damping gains of the safe state, soft start, watchdog periods.
+`check_against_spec` refuses to pair the robot with a policy that differs at the seam (robot, rate,
+joint names and order, default pose), before any command is sent.
 """
 
 from __future__ import annotations
@@ -12,10 +19,11 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from config.robot import RobotCfg, find_robot
+from config.validate import ConfigError, validate  # stdlib and PyYAML only: no torch or mujoco behind it
 from deploy.spec import ACTION_TYPES, SPEC_VERSION, PolicySpec, SpecError
-from config.validate import ConfigError, validate  # stdlib only: no torch or mujoco behind it
 
-__all__ = ["ConfigError", "RobotConfig", "check_against_spec"]
+__all__ = ["ConfigError", "RobotConfig", "check_against_spec", "load_robot_config"]
 
 DEFAULT_POSE_TOL_RAD = 1e-3  # the policy's action offset is float32; the YAML writes round numbers
 
@@ -128,19 +136,58 @@ class RobotConfig:
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
 
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "RobotConfig":
-        import yaml
-
-        path = Path(path)
-        try:
-            d = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"{path}: cannot read robot config: {e}") from e
-        return cls.from_dict(d, source=str(path))
-
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+HARDWARE_FIELDS = ("robot", "sensors", "joint_pos_margin_rad", "damping_kd_Nms_per_rad", "soft_start_s", "watchdog_periods", "spec_version")
+SENSORS_BY_KIND = {"multirotor": ("odometry", "imu"), "legged": ("joint_state", "imu"), "arm": ("joint_state",)}
+
+
+def robot_config(robot: RobotCfg, spec: PolicySpec, hardware: dict | None = None, source: str = "hardware config") -> RobotConfig:
+    """The runtime's RobotConfig from the robot config, the policy's command limits and the hardware
+    fields (HARDWARE_FIELDS but `robot`; each has a default for the robot's kind)."""
+    hardware = dict(hardware or {})
+    unknown = sorted(set(hardware) - set(HARDWARE_FIELDS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown field(s) {unknown}; a hardware config holds only {list(HARDWARE_FIELDS)} "
+                          f"(names, default pose and rate come from the robot config '{robot.name}')")
+    hardware.pop("robot", None)
+    names = robot.actuator_names
+    joint = robot.kind != "multirotor"
+    limits = dict(zip(spec.action.names, zip(spec.action.low, spec.action.high)))
+    # a name the policy lacks: check_against_spec names it; a finite placeholder lets it get that far
+    low = tuple(float(limits.get(n, (-1e9, 1e9))[0]) for n in names)
+    high = tuple(float(limits.get(n, (-1e9, 1e9))[1]) for n in names)
+    d = {
+        "robot": robot.name, "control_hz": robot.control_hz, "actuators": names, "command_low": low, "command_high": high,
+        "command_type": "joint_position" if joint else "motor_thrust", "sensors": SENSORS_BY_KIND[robot.kind],
+        "soft_start_s": 2.0 if joint else 0.0,
+    }
+    if joint:
+        d.update(joint_pos_low_rad=low, joint_pos_high_rad=high, torque_limit_Nm=robot.joints.per_joint("effort_limit_Nm"),
+                 default_pos_rad=robot.joints.default_pos_rad, damping_kd_Nms_per_rad=robot.joints.per_joint("kd"))
+        kd = hardware.get("damping_kd_Nms_per_rad")
+        if isinstance(kd, list) and len(kd) == 1:
+            hardware["damping_kd_Nms_per_rad"] = kd * len(names)
+    return RobotConfig.from_dict({**d, **hardware}, source=source)
+
+
+def load_robot_config(path: str | Path, spec: PolicySpec) -> RobotConfig:
+    """A hardware YAML (`robot:` a robot name or robot config path, plus hardware fields) for `spec`."""
+    import yaml
+
+    path = Path(path)
+    try:
+        d = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read hardware config: {e}") from e
+    if not isinstance(d, dict) or not isinstance(d.get("robot"), str):
+        raise ConfigError(f"{path}: a hardware config needs `robot:` (a robot name, or a path to its robot config)")
+    robot_ref = d["robot"]
+    if (path.parent / robot_ref).is_file():  # a robot config path relative to the hardware YAML
+        robot_ref = str(path.parent / robot_ref)
+    return robot_config(find_robot(robot_ref), spec, d, source=str(path))
 
 
 def _is_int(v) -> bool:

@@ -16,42 +16,23 @@ The resolved ids are in `RobotModel`, so no task looks a name up itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import mujoco
 import numpy as np
 
-from config.robot import MIN_THRUST_TO_WEIGHT, RobotCfg, RobotConfigError, hover_thrust_to_weight, load_robot_cfg
+from config.robot import BUILTIN_ROBOTS_DIR as ROBOTS_DIR
+from config.robot import (
+    MIN_THRUST_TO_WEIGHT, RobotCfg, RobotConfigError, UnknownRobotError, find_robot, hover_thrust_to_weight, robot_names,
+)
 from sim.actuators import add_joint_drives
 from sim.backends.mujoco_cpu import ModelError, free_joint, load_model
 
-ROBOTS_DIR = Path(__file__).resolve().parent / "robots"
+__all__ = ["ROBOTS_DIR", "RobotModel", "UnknownRobotError", "check_robot", "find_robot", "robot_model", "robot_names"]
 MASS_TOL = 0.02
 FOOT_TOUCH_MARGIN = 1.3  # touch-sensor site radius / foot sphere radius
 PAYLOAD_NOMINAL_KG = 0.01
 PAYLOAD_RADIUS_M = 0.02
 _OBJ = mujoco.mjtObj
-
-
-class UnknownRobotError(KeyError):
-    def __str__(self) -> str:
-        return self.args[0]
-
-
-def robot_names() -> list[str]:
-    return sorted(p.stem for p in ROBOTS_DIR.glob("*.yaml"))
-
-
-def find_robot(name_or_path: str) -> RobotCfg:
-    """A built-in robot by name, or a robot config YAML by path."""
-    path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        if not path.is_file():
-            raise UnknownRobotError(f"robot config not found: {path}")
-        return load_robot_cfg(path)
-    if (ROBOTS_DIR / f"{name_or_path}.yaml").is_file():
-        return load_robot_cfg(ROBOTS_DIR / f"{name_or_path}.yaml")
-    raise UnknownRobotError(f"unknown robot '{name_or_path}'; built-in robots: {', '.join(robot_names())} (or give a path to a robot YAML)")
 
 
 def _named(model: mujoco.MjModel, obj, name: str) -> int:

@@ -19,7 +19,7 @@ from deploy.signals import quat_to_rotmat, world_to_body
 from sim.backends.mujoco_cpu import free_joint
 from config.validate import ConfigError
 from sim.evaluate import EpisodeRecorder
-from sim.tasks import make_env
+from sim.tasks import default_cfg, make_env
 
 
 def noise_free(cfg):
@@ -39,9 +39,10 @@ def noise_free(cfg):
 
 
 class SimRobot:
-    def __init__(self, task: str, cfg=None, seed: int = 0, gap: dict[str, float] | None = None):
+    def __init__(self, task: str, cfg=None, seed: int = 0, gap: dict[str, float] | None = None, robot: str | None = None):
+        """`cfg`: the task config (default: the task's, on `robot`, a name or YAML path)."""
         self.task = task
-        self.env = env = make_env(task, 1, cfg, seed=seed)
+        self.env = env = make_env(task, 1, cfg if cfg is not None else default_cfg(task, robot), seed=seed)
         env.record_metrics = True
         self.cfg = env.cfg
         self.spec = env.spec

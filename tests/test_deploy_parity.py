@@ -11,7 +11,7 @@ import torch
 from deploy.control_loop import Controller, Mode
 from deploy.obs_builder import ObsBuilder
 from deploy.onnx_policy import OnnxPolicy
-from deploy.robot_config import RobotConfig
+from deploy.robot_config import load_robot_config
 from deploy.signals import make_signals, required_readings
 from policies.export import export_checkpoint
 from policies.runner import Runner, default_train_cfg
@@ -77,7 +77,7 @@ def test_controller_on_the_sim_robot_runs_and_records_episodes(task, policies):
     from pathlib import Path
 
     policy = OnnxPolicy(policies[task])
-    cfg = RobotConfig.from_yaml(Path(__file__).parents[1] / "ros_ws/src/s2r_ros/config" / f"{ROBOT_YAML[task]}.yaml")
+    cfg = load_robot_config(Path(__file__).parents[1] / "ros_ws/src/s2r_ros/config" / f"{ROBOT_YAML[task]}.yaml", policy.spec)
     cfg = dataclasses.replace(cfg, soft_start_s=0.0)
     robot = SimRobot(task, seed=1)
     ctl = Controller(cfg, policy.spec, policy, make_signals(policy.spec))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from deploy.control_loop import Command, Controller, Mode, RateLoop, TransitionError
-from deploy.robot_config import ConfigError, RobotConfig, check_against_spec
+from deploy.robot_config import ConfigError, RobotConfig, check_against_spec, load_robot_config
 from deploy.safety import SafetyError, SafetyGuard
 from deploy.spec import SPEC_VERSION, ActionSpec, ObsTerm, PolicySpec, SpecError
 
@@ -133,38 +133,59 @@ def test_config_mismatches_name_what_differs():
         Controller(joint_cfg(control_hz=500.0), spec, lambda o: o, rel_signals)
 
 
-def test_config_yaml_errors_name_the_field(tmp_path):
+def test_hardware_yaml_errors_name_the_field(tmp_path):
+    from sim.tasks import make_env
+
+    spec = make_env("arm-reach", 1).spec
     good = (CONFIG_DIR / "arm.yaml").read_text()
     cases = {
         "unknown field(s) ['kp']": good + "kp: 3\n",
-        "control_hz: expected float, got 'fast'": good.replace("control_hz: 50.0", "control_hz: fast"),
-        "missing field(s) ['sensors']": good.replace("sensors: [joint_state]", ""),
-        "damping_kd_Nms_per_rad: has 2 values for 6 actuators": good.replace(
-            "damping_kd_Nms_per_rad: [40.0, 120.0, 40.0, 8.0, 7.0, 4.0]", "damping_kd_Nms_per_rad: [1, 2]"),
-        "command_type: 'servo' is not one of": good.replace("command_type: joint_position", "command_type: servo"),
+        "unknown field(s) ['actuators']": good + "actuators: [a, b]\n",  # names come from the robot config
+        "soft_start_s: expected float, got 'slow'": good.replace("soft_start_s: 3.0", "soft_start_s: slow"),
+        "damping_kd_Nms_per_rad: has 2 values for 6 actuators": good + "damping_kd_Nms_per_rad: [1, 2]\n",
         "watchdog_periods: must be >= 1": good.replace("watchdog_periods: 3", "watchdog_periods: 0"),
+        "needs `robot:`": good.replace("robot: ur5e", ""),
+        "unknown robot 'ur6'": good.replace("robot: ur5e", "robot: ur6"),
     }
     for expected, text in cases.items():
         path = tmp_path / "robot.yaml"
         path.write_text(text)
-        with pytest.raises(ConfigError) as e:
-            RobotConfig.from_yaml(path)
-        assert expected in str(e.value) and str(path) in str(e.value), str(e.value)
+        with pytest.raises((ConfigError, KeyError)) as e:
+            load_robot_config(path, spec)
+        assert expected in str(e.value), str(e.value)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        RobotConfig.from_yaml(CONFIG_DIR / "arm.yaml").control_hz = 1.0
+        load_robot_config(CONFIG_DIR / "arm.yaml", spec).control_hz = 1.0
 
 
 @pytest.mark.parametrize("task,robot", [("quadruped-walk", "quadruped"), ("arm-reach", "arm"), ("quadrotor-hover", "quadrotor")])
 def test_shipped_robot_configs_match_their_task_spec(task, robot):
+    """Names, order, default pose and rate come from the robot config training used; limits from the spec."""
     from sim.tasks import make_env
 
     spec = make_env(task, 1).spec
-    cfg = RobotConfig.from_yaml(CONFIG_DIR / f"{robot}.yaml")
+    cfg = load_robot_config(CONFIG_DIR / f"{robot}.yaml", spec)
     check_against_spec(cfg, spec)
-    # the robot's hard limits are the policy's (to float32 rounding)
-    np.testing.assert_allclose(cfg.command_low, spec.action.low, atol=1e-6)
-    np.testing.assert_allclose(cfg.command_high, spec.action.high, atol=1e-6)
+    assert cfg.command_low == spec.action.low and cfg.command_high == spec.action.high
     assert cfg.watchdog_periods == 3
+
+
+def test_a_robot_config_in_another_joint_order_is_refused(tmp_path):
+    """The wire order is the robot config's: a policy trained on another order does not run on it."""
+    import yaml
+
+    from sim.robots import ROBOTS_DIR
+    from sim.tasks import make_env
+
+    spec = make_env("arm-reach", 1).spec
+    ur5e = yaml.safe_load((ROBOTS_DIR / "ur5e.yaml").read_text())
+    j = ur5e["joints"]
+    swapped = [1, 0, 2, 3, 4, 5]
+    ur5e["joints"] = {**j, **{k: [j[k][i] for i in swapped] for k in ("names", "default_pos_rad", "kp", "kd", "effort_limit_Nm")}}
+    ur5e["model"] = str(ROBOTS_DIR / "ur5e.xml")
+    (tmp_path / "ur5e_swapped.yaml").write_text(yaml.safe_dump(ur5e))
+    (tmp_path / "hw.yaml").write_text("robot: ur5e_swapped.yaml\nsensors: [joint_state]\n")
+    with pytest.raises(SpecError, match="joint order differs at index 0: robot has shoulder_lift_joint, policy expects shoulder_pan_joint"):
+        check_against_spec(load_robot_config(tmp_path / "hw.yaml", spec), spec)
 
 
 # --- safety ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from s2r_ros.processes import ROBOTS, SHIPPED_POLICIES, policy_params, start_node, stop, wait_for  # noqa: E402
+from s2r_ros.processes import SHIPPED_POLICIES, policy_params, start_node, stop, wait_for  # noqa: E402
 
 from sim.evaluate import evaluate, load_policy  # noqa: E402
 from sim.sim_robot import noise_free  # noqa: E402
@@ -21,6 +21,7 @@ CASES = {
     "quadrotor": (12, "success_rate", 0.1),  # rates: 10 percentage points (+ one episode of granularity)
     "arm": (10, "success_rate", 0.1),
     "quadruped": (3, "mean_lin_vel_error_mps", 0.1),  # errors: 10 % of s2r eval's figure
+    "f450": (12, "success_rate", 0.1),
 }
 
 
@@ -36,10 +37,7 @@ def test_shipped_policy_does_its_task_through_ros(robot, tmp_path):
     sim = start_node("sim_robot_node", robot, tmp_path, domain, {"episodes": episodes, "summary_path": str(summary_path)})
     ctl = start_node("policy_node", robot, tmp_path, domain, policy_params(robot, policy))
     try:
-        task = ROBOTS[robot]
-        from sim.tasks import default_cfg
-
-        episode_s = default_cfg(task).episode_s
+        episode_s = load_policy(policy)[1].episode_s
         wait_for(lambda: summary_path.exists() or sim.poll() is not None or ctl.poll() is not None,
                  (episodes + 2) * episode_s * 2 + 60, what=f"{episodes} episodes")
         logs = "\n".join((tmp_path / f"{n}.log").read_text() for n in ("sim_robot_node", "policy_node"))

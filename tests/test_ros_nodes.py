@@ -20,9 +20,11 @@ from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 
-from deploy.robot_config import RobotConfig  # noqa: E402
+from config.robot import find_robot  # noqa: E402
+from deploy.onnx_policy import OnnxPolicy  # noqa: E402
+from deploy.robot_config import load_robot_config  # noqa: E402
 
-ARM = RobotConfig.from_yaml(CONFIG / "arm.yaml")
+ARM = load_robot_config(CONFIG / "arm.yaml", OnnxPolicy(PKG / "policies" / "arm.onnx").spec)
 
 
 def test_launch_file_names_nodes_and_parameters_that_exist():
@@ -46,14 +48,15 @@ def test_launch_file_names_nodes_and_parameters_that_exist():
             launch_keys.append(a.targets[0].slice.value)
     assert {"robot_config", "policy", "autostart"} <= set(launch_keys)
     nodes = {"policy_node": launch_keys, "sim_robot_node": [], "recorder_node": ["bag", "policy"]}
-    robots = ast.literal_eval(next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "ROBOTS"))
+    robots = sorted(p.name[: -len("_nodes.yaml")] for p in CONFIG.glob("*_nodes.yaml"))  # as the launch file finds them
+    assert {"quadrotor", "quadruped", "arm"} <= set(robots)
     import yaml
 
     for exe, keys in nodes.items():
         declared = importlib.import_module(f"s2r_ros.{exe}").PARAMETERS
         assert set(keys) <= set(declared), (exe, set(keys) - set(declared))
         for robot in robots:
-            RobotConfig.from_yaml(CONFIG / f"{robot}.yaml")
+            find_robot(yaml.safe_load((CONFIG / f"{robot}.yaml").read_text())["robot"])  # names a robot config
             params = yaml.safe_load((CONFIG / f"{robot}_nodes.yaml").read_text()).get(exe, {}).get("ros__parameters", {})
             assert set(params) <= set(declared), (robot, exe, set(params) - set(declared))
 

@@ -1,7 +1,7 @@
 """ros2 launch s2r_ros deploy.launch.py robot:=quadruped policy:=/path/policy.onnx hardware:=sim
 
-Starts policy_node for `robot` (config/<robot>.yaml is its RobotConfig, config/<robot>_nodes.yaml its
-node parameters) and, with hardware:=sim, sim_robot_node as the robot; with hardware:=real, the
+Starts policy_node for `robot` (config/<robot>.yaml is its hardware config, naming the robot config
+whose joints, default pose and rate it runs with; config/<robot>_nodes.yaml its node parameters) and, with hardware:=sim, sim_robot_node as the robot; with hardware:=real, the
 robot's own driver must serve the topics (see the README). Simulated robots autostart; a real one
 waits for `ros2 service call /policy_node/arm std_srvs/srv/Trigger` and `.../start`. record:=true also
 starts the recorder, which writes the rollout into the rosbag2 bag folder `bag` (MCAP storage; empty:
@@ -16,8 +16,13 @@ from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-ROBOTS = ("quadrotor", "quadruped", "arm")
 HARDWARE = ("sim", "real")
+NODES_SUFFIX = "_nodes.yaml"
+
+
+def robots(config: str) -> list[str]:
+    """The robots this package has configs for: config/<robot>.yaml and config/<robot>_nodes.yaml."""
+    return sorted(f[: -len(NODES_SUFFIX)] for f in os.listdir(config) if f.endswith(NODES_SUFFIX))
 
 
 def _nodes(context):
@@ -25,13 +30,13 @@ def _nodes(context):
     policy = LaunchConfiguration("policy").perform(context)
     hardware = LaunchConfiguration("hardware").perform(context)
     record = LaunchConfiguration("record").perform(context).lower()
-    if robot not in ROBOTS:
-        raise RuntimeError(f"robot:={robot} is not one of {ROBOTS}")
+    config = os.path.join(get_package_share_directory("s2r_ros"), "config")
+    if robot not in robots(config):
+        raise RuntimeError(f"robot:={robot} is not one of {robots(config)}")
     if hardware not in HARDWARE:
         raise RuntimeError(f"hardware:={hardware} is not one of {HARDWARE}")
     if record not in ("true", "false"):
         raise RuntimeError(f"record:={record} is not true or false")
-    config = os.path.join(get_package_share_directory("s2r_ros"), "config")
     node_params = os.path.join(config, f"{robot}_nodes.yaml")
     params = {"robot_config": os.path.join(config, f"{robot}.yaml"), "policy": policy, "autostart": hardware == "sim"}
     nodes = [
@@ -56,7 +61,7 @@ def _nodes(context):
 
 def generate_launch_description():
     return LaunchDescription([
-        DeclareLaunchArgument("robot", description=f"one of {ROBOTS}"),
+        DeclareLaunchArgument("robot", description="a robot with configs in this package's config/ (quadrotor, quadruped, arm, f450, go2, open_manipulator_x)"),
         DeclareLaunchArgument("policy", description="path to the exported policy.onnx"),
         DeclareLaunchArgument("hardware", default_value="sim", description=f"one of {HARDWARE}"),
         DeclareLaunchArgument("record", default_value="false", description="true: record the rollout into a bag"),

@@ -28,9 +28,10 @@ def bench_dds_latency(policy: Path, robot: str = "arm", seconds: float = 10.0) -
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray, String
 
-    from deploy.robot_config import RobotConfig
+    from deploy.onnx_policy import OnnxPolicy
+    from deploy.robot_config import load_robot_config
 
-    cfg = RobotConfig.from_yaml(CONFIG / f"{robot}.yaml")
+    cfg = load_robot_config(CONFIG / f"{robot}.yaml", OnnxPolicy(policy).spec)
     domain = random.randint(1, 200)
     os.environ.update({k: v for k, v in ros_env(domain).items() if k.startswith(("ROS_", "RMW_"))})
     tmp = Path(tempfile.mkdtemp(prefix="s2r_bench_dds_"))

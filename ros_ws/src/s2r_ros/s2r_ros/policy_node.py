@@ -33,7 +33,7 @@ from std_srvs.srv import Trigger
 
 from deploy.control_loop import Controller, Mode, RateLoop
 from deploy.onnx_policy import OnnxPolicy
-from deploy.robot_config import RobotConfig
+from deploy.robot_config import RobotConfig, load_robot_config
 from deploy.signals import make_signals, required_readings
 from s2r_ros import messages as m
 from s2r_ros.run import run
@@ -41,7 +41,7 @@ from s2r_ros.run import run
 SENSOR_STREAMS = ("joint_state", "imu", "odometry")  # RobotConfig.sensors names this node can watch
 MODES = [mode.value for mode in Mode]
 PARAMETERS = {  # name: default; the launch files and YAML may set only these
-    "robot_config": "",  # path to the robot's YAML (deploy.robot_config.RobotConfig)
+    "robot_config": "",  # path to the robot's hardware YAML (deploy.robot_config.load_robot_config)
     "policy": "",  # path to the exported policy.onnx
     "autostart": False,  # arm and start once, as soon as every sensor is fresh (simulated robots)
     "trigger": "timer",  # or a sensor stream that paces the loop: joint_state, imu, odometry
@@ -113,11 +113,11 @@ class PolicyNode(Node):
     @staticmethod
     def _load(cfg_path: str, policy_path: str) -> tuple[RobotConfig, OnnxPolicy]:
         if not cfg_path:
-            raise StartupError("parameter robot_config is not set (path to the robot's YAML)")
+            raise StartupError("parameter robot_config is not set (path to the robot's hardware YAML)")
         if not policy_path:
             raise StartupError("parameter policy is not set (path to the exported policy.onnx)")
-        cfg = RobotConfig.from_yaml(cfg_path)
-        return cfg, OnnxPolicy(policy_path)
+        policy = OnnxPolicy(policy_path)
+        return load_robot_config(cfg_path, policy.spec), policy
 
     # --- sensors in ------------------------------------------------------------------------------
     def _store(self, stream: str | None, values: dict) -> None:

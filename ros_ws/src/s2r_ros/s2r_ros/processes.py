@@ -18,7 +18,12 @@ PKG = Path(__file__).resolve().parents[1]  # the s2r_ros package folder in the s
 ROOT = PKG.parents[2]  # the s2r checkout
 CONFIG = PKG / "config"
 SHIPPED_POLICIES = PKG / "policies"  # <robot>.onnx, trained with the README's commands
-ROBOTS = {"quadrotor": "quadrotor-hover", "quadruped": "quadruped-walk", "arm": "arm-reach"}  # robot -> task
+
+
+def node_params(robot: str, node: str) -> dict:
+    """The ROS parameters config/<robot>_nodes.yaml gives `node` (e.g. sim_robot_node's task)."""
+    d = yaml.safe_load((CONFIG / f"{robot}_nodes.yaml").read_text())
+    return d.get(node, {}).get("ros__parameters", {})
 
 
 def ros_env(domain_id: int) -> dict:

@@ -36,6 +36,7 @@ from sim.sim_robot import SimRobot
 
 PARAMETERS = {  # name: default; the launch files and YAML may set only these
     "task": "",  # the training task whose robot this is, e.g. quadruped-walk
+    "robot": "",  # the robot: a built-in name (s2r robots) or a robot YAML path; empty: the task's own
     "seed": 0,
     "gap": [""],  # reality gap: randomized parameters pinned, "name=value"
     "operator": True,  # publish each episode's cmd_vel / target, as `s2r eval` commands them
@@ -70,7 +71,7 @@ class SimRobotNode(Node):
         if not task:
             raise ValueError("parameter task is not set (e.g. quadruped-walk)")
         gap = parse_gap([g for g in get("gap") if g])
-        self.robot = SimRobot(task, seed=get("seed"), gap=gap)
+        self.robot = SimRobot(task, seed=get("seed"), gap=gap, robot=get("robot") or None)
         self.joint_robot = self.robot.spec.action.type != "motor_thrust"
         self.n = self.robot.spec.action_dim
         self.operator = get("operator")
@@ -93,7 +94,7 @@ class SimRobotNode(Node):
         self.target_pub = self.create_publisher(PointStamped, "target", 10) if self.operator and "target_pos_w" in ops else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._simulate, name="simulation", daemon=True)
-        self.get_logger().info(f"simulated {task} at {self.robot.control_hz:g} Hz; gap {gap or 'none'}")
+        self.get_logger().info(f"simulated {self.robot.spec.robot} ({task}) at {self.robot.control_hz:g} Hz; gap {gap or 'none'}")
 
     def _on_command(self, msg) -> None:
         try:
