@@ -38,6 +38,15 @@ class RotorModel:
         return self.thrust_N * self.thrust_scale
 
 
+# Every field an added actuator must not inherit from the model's own default class (a user's MJCF may
+# give all its actuators a force range, a gear or dynamics there, which would clamp or change each term).
+PLAIN_ACTUATOR = dict(
+    gear=[1.0, 0, 0, 0, 0, 0], biastype=mujoco.mjtBias.mjBIAS_NONE, biasprm=[0.0] * 10,
+    dyntype=mujoco.mjtDyn.mjDYN_NONE, dynprm=[1.0] + [0.0] * 9, ctrllimited=mujoco.mjtLimited.mjLIMITED_FALSE,
+    forcelimited=mujoco.mjtLimited.mjLIMITED_FALSE, actlimited=mujoco.mjtLimited.mjLIMITED_FALSE,
+)
+
+
 def add_joint_drives(spec: mujoco.MjSpec, joint_names: tuple[str, ...], effort_limits: tuple[float, ...]) -> None:
     """Drive each named joint by a motor driver's PD law that MuJoCo evaluates at every physics step,
     with per-env gains supplied as controls:
@@ -63,8 +72,7 @@ def add_joint_drives(spec: mujoco.MjSpec, joint_names: tuple[str, ...], effort_l
                                        ("_kqd", mujoco.mjtGain.mjGAIN_AFFINE, [0.0, 0.0, 1.0])):
             spec.add_actuator(
                 name=f"drive_{name}{suffix}", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT,
-                gaintype=gaintype, gainprm=gain + [0.0] * 7,
-                biastype=mujoco.mjtBias.mjBIAS_NONE, ctrllimited=mujoco.mjtLimited.mjLIMITED_FALSE,
+                gaintype=gaintype, gainprm=gain + [0.0] * 7, **PLAIN_ACTUATOR,
             )
         spec.add_sensor(name=f"drive_{name}_torque", type=mujoco.mjtSensor.mjSENS_JOINTACTFRC,
                         objtype=mujoco.mjtObj.mjOBJ_JOINT, objname=name)

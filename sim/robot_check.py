@@ -13,7 +13,7 @@ from config.validate import ConfigError, validate
 from sim.robots import check_robot, find_robot, resolve, edit_spec
 from sim.backends.mujoco_cpu import load_model
 from sim.tasks import TASKS, default_cfg
-from sim.video import VideoError, scene_camera
+from sim.video import VideoError
 
 
 def task_problems(cfg) -> list[str]:
@@ -30,6 +30,19 @@ def task_problems(cfg) -> list[str]:
             except ConfigError as e:
                 problems.append(str(e))
     return problems
+
+
+def framing_camera(model: mujoco.MjModel, data: mujoco.MjData) -> mujoco.MjvCamera:
+    """A camera that frames the robot's bodies (the world's own geoms, a floor, are left out)."""
+    pos = data.xpos[1:]
+    center = (pos.min(0) + pos.max(0)) / 2
+    radius = max(float(np.linalg.norm(pos - center, axis=1).max()), 0.05)
+    cam = mujoco.MjvCamera()
+    cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+    cam.lookat[:] = center
+    cam.distance = 3.5 * radius
+    cam.elevation, cam.azimuth = -20.0, 135.0
+    return cam
 
 
 def check_and_render(name_or_path: str, png: str | None = None, width: int = 640, height: int = 480) -> list[str]:
@@ -52,7 +65,7 @@ def check_and_render(name_or_path: str, png: str | None = None, width: int = 640
         renderer = mujoco.Renderer(model, height, width)
     except Exception as e:  # no GL context: name the fix
         raise VideoError(f"cannot render offscreen ({e}); on a headless machine set MUJOCO_GL=egl") from e
-    renderer.update_scene(data, camera=scene_camera(model, None))
+    renderer.update_scene(data, camera=framing_camera(model, data))
     from PIL import Image
 
     Image.fromarray(renderer.render()).save(out)

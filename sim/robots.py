@@ -24,7 +24,7 @@ from config.robot import BUILTIN_ROBOTS_DIR as ROBOTS_DIR
 from config.robot import (
     MIN_THRUST_TO_WEIGHT, RobotCfg, RobotConfigError, UnknownRobotError, find_robot, hover_thrust_to_weight, robot_names,
 )
-from sim.actuators import add_joint_drives
+from sim.actuators import PLAIN_ACTUATOR, add_joint_drives
 from sim.backends.mujoco_cpu import ModelError, free_joint, load_model
 
 __all__ = ["ROBOTS_DIR", "RobotModel", "UnknownRobotError", "check_robot", "find_robot", "robot_model", "robot_names"]
@@ -125,9 +125,8 @@ def edit_spec(cfg: RobotCfg):
                 for act in [a for a in spec.actuators if a.trntype == mujoco.mjtTrn.mjTRN_SITE and a.target == site]:
                     spec.delete(act)
                 spec.add_actuator(
-                    name=f"rotor_{name}", target=site, trntype=mujoco.mjtTrn.mjTRN_SITE,
-                    gear=[0, 0, 1, 0, 0, spin * r.torque_per_thrust_m], gaintype=mujoco.mjtGain.mjGAIN_FIXED,
-                    gainprm=[1] + [0] * 9, biastype=mujoco.mjtBias.mjBIAS_NONE, ctrllimited=mujoco.mjtLimited.mjLIMITED_FALSE,
+                    name=f"rotor_{name}", target=site, trntype=mujoco.mjtTrn.mjTRN_SITE, gaintype=mujoco.mjtGain.mjGAIN_FIXED,
+                    gainprm=[1] + [0] * 9, **{**PLAIN_ACTUATOR, "gear": [0, 0, 1, 0, 0, spin * r.torque_per_thrust_m]},
                 )
         if cfg.joints is not None:
             add_joint_drives(spec, cfg.joints.names, cfg.joints.per_joint("effort_limit_Nm"))

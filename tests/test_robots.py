@@ -104,3 +104,17 @@ def test_robot_check_cli_writes_a_picture_or_lists_the_problems(tmp_path):
     fail = subprocess.run([sys.executable, "-m", "s2r.cli", "robot", "check", str(bad)], capture_output=True, text=True, timeout=120)
     assert fail.returncode == 2
     assert "2 problem(s)" in fail.stderr and "'torso'" in fail.stderr and "'ground'" in fail.stderr
+
+
+def test_added_actuators_ignore_the_models_own_actuator_defaults(tmp_path):
+    """A user's MJCF may give all its actuators a force range or a gear in its default class; the drives
+    and rotors the simulation adds must not inherit them (each term would be clamped on its own)."""
+    from sim.robots import robot_model
+
+    xml = (ROBOTS_DIR / "go1.xml").read_text().replace('<motor gear="1" ctrllimited="true"/>',
+                                                       '<motor gear="2" ctrllimited="true" forcerange="-1 1"/>')
+    (tmp_path / "go1_defaults.xml").write_text(xml)
+    robot = robot_model(find_robot(str(write_robot(tmp_path, {**GO1, "model": str(tmp_path / "go1_defaults.xml")}))))
+    m = robot.model
+    assert not m.actuator_forcelimited[robot.drive_ctrl].any()
+    assert (m.actuator_gear[robot.drive_ctrl, 0] == 1).all()
