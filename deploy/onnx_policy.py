@@ -11,6 +11,7 @@ from deploy.spec import PolicySpec, SpecError
 
 SPEC_KEY = "s2r.policy_spec"
 TASK_CONFIG_KEY = "s2r.task_config"  # the training task's config, so evaluation matches training
+CHECKPOINT_KEY, ITERATION_KEY = "s2r.checkpoint", "s2r.iteration"  # where the policy came from (eval.json)
 INPUT_NAME, OUTPUT_NAME = "obs", "action"
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from deploy.arrays import constant_like, is_torch
+from deploy.rotations import projected_gravity, quat_to_rotmat, world_to_body
 from deploy.spec import PolicySpec, SpecError
 
 # reading name -> (size, what reports it)
@@ -26,53 +26,6 @@ READINGS = {
     "command": (3, "velocity command (twist linear x, y; angular z)"),
     "target_pos_w": (3, "target position, m"),
 }
-
-
-def _rotmat_of_outer() -> np.ndarray:
-    """(9, 16): the rotation matrix of a unit quaternion is linear in its outer product q q^T
-    (1 = ww + xx + yy + zz makes every entry quadratic), so one matrix product computes it."""
-    c = np.zeros((9, 4, 4))
-    w, x, y, z = range(4)
-    for k, terms in enumerate([
-        [(w, w, 1), (x, x, 1), (y, y, -1), (z, z, -1)], [(x, y, 2), (w, z, -2)], [(x, z, 2), (w, y, 2)],
-        [(x, y, 2), (w, z, 2)], [(w, w, 1), (x, x, -1), (y, y, 1), (z, z, -1)], [(y, z, 2), (w, x, -2)],
-        [(x, z, 2), (w, y, -2)], [(y, z, 2), (w, x, 2)], [(w, w, 1), (x, x, -1), (y, y, -1), (z, z, 1)],
-    ]):
-        for i, j, v in terms:
-            c[k, i, j] = v
-    return c.reshape(9, 16)
-
-
-ROTMAT_OF_OUTER = _rotmat_of_outer()
-_ROTMAT_OF_OUTER_LIKE: dict = {}  # (dtype, device) -> the constant as a torch tensor
-
-
-def quat_to_rotmat(q):
-    """(..., 4) unit quaternions (w, x, y, z) -> (..., 3, 3) body-to-world rotation matrices, numpy or torch.
-
-    Four array operations whatever the batch (the training env runs it on every step and reset), on
-    quaternion components laid out as contiguous rows, where elementwise work is fastest."""
-    flat = q.reshape(-1, 4)
-    if is_torch(q):
-        q_t = flat.T.contiguous()
-        key = (q.dtype, q.device)
-        if key not in _ROTMAT_OF_OUTER_LIKE:
-            _ROTMAT_OF_OUTER_LIKE[key] = constant_like(ROTMAT_OF_OUTER, q)
-        c = _ROTMAT_OF_OUTER_LIKE[key]
-    else:
-        q_t, c = np.ascontiguousarray(flat.T), ROTMAT_OF_OUTER.astype(q.dtype, copy=False)
-    outer = (q_t[:, None] * q_t[None]).reshape(16, -1)  # (16, n)
-    return (c @ outer).T.reshape(tuple(q.shape[:-1]) + (3, 3))
-
-
-def world_to_body(rot, v_w):
-    """(..., 3, 3) body-to-world rotations, (..., 3) world vectors -> (..., 3) body-frame vectors."""
-    return (rot.swapaxes(-1, -2) @ v_w[..., None])[..., 0]
-
-
-def projected_gravity(rot):
-    """World -z in the body frame, (..., 3): what a level robot's accelerometer direction reads."""
-    return -rot[..., 2, :]
 
 
 # term name -> (readings it needs, function(readings, default_joint_pos) -> (size,) signal)

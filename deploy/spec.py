@@ -59,6 +59,17 @@ class ActionSpec:
 
 
 @dataclass(frozen=True)
+class SpecExtra:
+    """What a task records beside the seam, for people and tools (not needed to run the policy)."""
+
+    physics_hz: float = 0.0  # the simulation's physics rate during training
+    kp: tuple[float, ...] = ()  # joint drive gains during training (one for all, or one per joint)
+    kd: tuple[float, ...] = ()
+    target_pos_m: tuple[float, ...] = ()  # a fixed task target (hover), world frame
+    success: str = ""  # the task's success criterion, in words
+
+
+@dataclass(frozen=True)
 class PolicySpec:
     robot: str
     task: str
@@ -67,7 +78,7 @@ class PolicySpec:
     action: ActionSpec
     version: int = SPEC_VERSION
     history_layout: str = HISTORY_LAYOUT
-    extra: dict = field(default_factory=dict)  # free-form, e.g. success criteria
+    extra: SpecExtra = field(default_factory=SpecExtra)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -141,7 +152,8 @@ class PolicySpec:
             action = ActionSpec(
                 **{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("action").items()}
             )
-            return cls(obs=obs, action=action, **d)
+            extra = SpecExtra(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("extra", {}).items()})
+            return cls(obs=obs, action=action, extra=extra, **d)
         except SpecError:
             raise
         except (KeyError, TypeError, AttributeError) as e:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deploy.onnx_policy import INPUT_NAME, OUTPUT_NAME, SPEC_KEY, TASK_CONFIG_KEY, OnnxPolicy
+from deploy.onnx_policy import CHECKPOINT_KEY, INPUT_NAME, ITERATION_KEY, OUTPUT_NAME, SPEC_KEY, TASK_CONFIG_KEY, OnnxPolicy
 from deploy.spec import PolicySpec
 from policies.checkpoint import atomic_write, load_checkpoint
 from policies.networks import ActorCritic, ExportedActor
@@ -59,12 +59,7 @@ def export_onnx(model: ActorCritic, spec: PolicySpec, out_path: str | Path, pari
         )
     proto = onnx.load_from_string(buf.getvalue())
     meta = {
-        SPEC_KEY: spec.to_json(),
-        "s2r.obs_names": json.dumps(spec.obs_names),
-        "s2r.action_names": json.dumps(list(spec.action.names)),
-        "s2r.action_scale": json.dumps(list(spec.action.scale)),
-        "s2r.action_offset": json.dumps(list(spec.action.offset)),
-        "s2r.control_hz": str(spec.control_hz),
+        SPEC_KEY: spec.to_json(),  # names, scales, offsets and rates: all in the spec, nowhere else
         **(metadata or {}),
     }
     for k, v in meta.items():
@@ -118,8 +113,8 @@ def export_checkpoint(ckpt_path: str | Path, out_path: str | Path | None = None)
     out_path = Path(out_path) if out_path else ckpt_path.parent / "policy.onnx"
     obs = rollout_observations(model, task, task_cfg)
     metadata = {
-        "s2r.checkpoint": ckpt_path.name,
-        "s2r.iteration": str(ckpt["iteration"]),
+        CHECKPOINT_KEY: ckpt_path.name,
+        ITERATION_KEY: str(ckpt["iteration"]),
         TASK_CONFIG_KEY: json.dumps(config["task"]),
     }
     report = export_onnx(model, spec, out_path, obs, metadata=metadata)

@@ -606,6 +606,11 @@ class BagReader:
                 yield from sorted(msgs)
 
 
+def find_topic(reader: BagReader, topic: str) -> str | None:
+    """The bag's name for `topic`, with or without the leading slash; None if it is not there."""
+    return next((name for name in ("/" + topic.lstrip("/"), topic.lstrip("/")) if name in reader.topics), None)
+
+
 def _message_index(stream: io.BufferedReader, chunk: ChunkIndex, ids: set[int] | None) -> np.ndarray:
     """(n, 2) uint64 [log time, offset in the uncompressed records] of the wanted channels' messages in
     one chunk, from its message index records, in record order."""

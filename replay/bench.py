@@ -17,7 +17,9 @@ import torch
 
 from deploy.onnx_policy import OnnxPolicy
 from replay.bag import BagWriter
-from replay.evaluate import dynamics_pass, load_candidate, nominal_cfg, policy_io_pass
+from replay.candidates import load_candidate
+from replay.gap_pass import dynamics_pass, nominal_cfg
+from replay.io_pass import policy_io_pass
 
 SHIPPED = Path(__file__).resolve().parents[1] / "ros_ws" / "src" / "s2r_ros" / "policies"
 ARRAY, JS, ODOM, TWIST = "std_msgs/msg/Float64MultiArray", "sensor_msgs/msg/JointState", "nav_msgs/msg/Odometry", "geometry_msgs/msg/Twist"

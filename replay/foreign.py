@@ -21,8 +21,12 @@ from deploy.obs_builder import PolicyInput
 from deploy.onnx_policy import OnnxPolicy
 from deploy.signals import TERMS, make_signals, required_readings
 from deploy.spec import PolicySpec
-from replay.evaluate import PLOT_ROWS, SHIFT_WEIGHT, ColumnStats, ReplayError, TaskMetrics, load_candidate, rank, shift_summary, write_report
+from replay.candidates import ReplayError, load_candidate
 from replay.mapping import JOINT_QUANTITIES, KNOWN_SIZES, READING_QUANTITIES, Mapping, MappingError, iter_log, load_mapping, merge_clocks
+from replay.ranking import SHIFT_WEIGHT, rank
+from replay.report import PLOT_ROWS, write_report
+from replay.shift import ColumnStats, shift_summary
+from replay.task_metrics import TaskMetrics
 
 
 def reading_columns(mapping: Mapping, spec: PolicySpec) -> dict[str, tuple[str, np.ndarray]]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from deploy.signals import quat_to_rotmat, world_to_body
+from deploy.rotations import quat_to_rotmat, world_to_body
 
 MAPPINGS_DIR = Path(__file__).resolve().parent / "mappings"
 

@@ -27,7 +27,7 @@ def _known_errors():
     from sim.video import VideoError
 
     from replay.bag import BagError
-    from replay.evaluate import ReplayError
+    from replay.candidates import ReplayError
     from replay.mapping import MappingError
 
     return (ConfigError, UnknownTaskError, UnknownRobotError, CheckpointError, PolicyLoadError, SpecError, ModelError, ExportError, VideoError,
@@ -142,8 +142,8 @@ def cmd_eval(args) -> None:
 def cmd_bench(args) -> None:
     from sim.bench import bench_sim
 
-    r = bench_sim(args.task, args.num_envs, steps=args.steps, repeats=args.repeats)
-    print(f"s2r bench sim --task {r['task']} --num-envs {r['num_envs']}  ({r['threads']} MuJoCo threads)")
+    r = bench_sim(args.task, args.num_envs, steps=args.steps, repeats=args.repeats, robot=args.robot)
+    print(f"s2r bench sim --task {r['task']} --robot {r['robot']} --num-envs {r['num_envs']}  ({r['threads']} MuJoCo threads)")
     print(f"  training env             {r['env_steps_per_s']:12,.0f} env steps/s "
           f"({r['env_physics_steps_per_s']:,.0f} physics steps/s)")
     print(f"  raw mj_step ceiling      {r['mj_step_ceiling_per_s']:12,.0f} physics steps/s (mujoco.rollout: the env's worlds, threads, no task code)")
@@ -188,7 +188,8 @@ def cmd_bench_deploy(args) -> None:
 
 
 def cmd_replay(args) -> None:
-    from replay.evaluate import ReplayError, replay_bag
+    from replay.candidates import ReplayError
+    from replay.evaluate import replay_bag
 
     log, out = Path(args.log), Path(args.out)
     if any(k < 1 for k in args.k):
@@ -322,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     bsub = b.add_subparsers(dest="bench", required=True)
     bs = bsub.add_parser("sim", help="training-env steps/s against the raw mj_step ceiling")
     bs.add_argument("--task", default="quadrotor-hover")
+    bs.add_argument("--robot", help="built-in robot name or robot YAML path; default: the task's own")
     bs.add_argument("--num-envs", type=int, default=4096)
     bs.add_argument("--steps", type=int, default=100, help="physics steps per env in each timing")
     bs.add_argument("--repeats", type=int, default=7, help="alternate env / ceiling timings")

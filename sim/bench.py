@@ -19,7 +19,7 @@ from mujoco import rollout
 
 from sim.backends.mujoco_cpu import CONTROL_SPEC
 from sim.env import one_torch_thread
-from sim.tasks import make_env
+from sim.tasks import default_cfg, make_env
 
 
 def _rate(fn, count: int) -> float:
@@ -60,17 +60,17 @@ def thread_pool_rate(model: mujoco.MjModel, ctrl: np.ndarray, nthread: int, step
         return _rate(lambda: list(ex.map(work, chunks)), n * steps)
 
 
-def bench_sim(task: str, num_envs: int, steps: int = 100, repeats: int = 7, seed: int = 0) -> dict:
+def bench_sim(task: str, num_envs: int, steps: int = 100, repeats: int = 7, seed: int = 0, robot: str | None = None) -> dict:
     """Env and ceiling are timed alternately, `steps` physics steps per env each time, `repeats` pairs.
     The ratio is the median over pairs of env rate / ceiling rate: on a shared machine whose speed
     drifts by tens of percent between seconds, adjacent timings see the same machine. The env steps
     with one torch thread, as training collects."""
     with one_torch_thread():
-        return _bench_sim(task, num_envs, steps, repeats, seed)
+        return _bench_sim(task, num_envs, steps, repeats, seed, robot)
 
 
-def _bench_sim(task: str, num_envs: int, steps: int, repeats: int, seed: int) -> dict:
-    env = make_env(task, num_envs, seed=seed)
+def _bench_sim(task: str, num_envs: int, steps: int, repeats: int, seed: int, robot: str | None) -> dict:
+    env = make_env(task, num_envs, default_cfg(task, robot), seed=seed)
     env.reset()
     backend = env.backend
     action = torch.zeros(num_envs, env.spec.action_dim, device=env.device)
@@ -96,7 +96,7 @@ def _bench_sim(task: str, num_envs: int, steps: int, repeats: int, seed: int) ->
     env_rate = float(np.median(env_rates))
     ratios = np.array(env_rates) / np.array(ceiling_rates)
     return {
-        "task": task,
+        "task": task, "robot": env.spec.robot,
         "num_envs": num_envs,
         "threads": backend.nthread,
         "physics_steps_per_env_step": env.decimation,

@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from deploy.signals import quat_to_rotmat, world_to_body
+from deploy.rotations import quat_to_rotmat, world_to_body
 from sim.backends.mujoco_cpu import free_joint
 from config.validate import ConfigError
 from sim.evaluate import EpisodeRecorder

@@ -231,7 +231,7 @@ def test_policy_readings_missing_or_misordered_are_named(tmp_path):
     from deploy.onnx_policy import read_spec
     from replay.bench import SHIPPED
     from replay.foreign import control_stride, reading_columns
-    from replay.evaluate import ReplayError
+    from replay.candidates import ReplayError
 
     spec = read_spec(SHIPPED / "quadruped.onnx")
     joints = list(spec.action.names)

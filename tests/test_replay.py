@@ -1,4 +1,4 @@
-"""s2r replay (replay/evaluate.py) on sim-in-the-loop bags: sim_robot_node, policy_node and the recorder
+"""s2r replay (replay/evaluate.py and its passes) on sim-in-the-loop bags: sim_robot_node, policy_node and the recorder
 as processes over Fast DDS (as the launch file starts them), the shipped quadrotor policy flying.
 
 Two bags are recorded at once: the sim robot with every randomized parameter pinned to the nominal
@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 
 from replay.bag import BagWriter
-from replay.evaluate import ReplayError, dynamics_pass, load_candidate, nominal_cfg, policy_io_pass, replay_bag
+from replay.candidates import ReplayError, load_candidate
+from replay.evaluate import replay_bag
+from replay.gap_pass import dynamics_pass, nominal_cfg
+from replay.io_pass import policy_io_pass
 from s2r.cli import main
 
 NOMINAL = ["mass_scale=1.0", "thrust_scale=1.0", "motor_tau_s=0.05", "latency_steps=0",
@@ -176,7 +179,7 @@ def test_policy_io_pass_in_blocks_matches_per_row_inference(tmp_path, monkeypatc
     import numpy as np
 
     from deploy.onnx_policy import OnnxPolicy
-    from replay import evaluate
+    import replay.io_pass as io_pass
     from replay.bag import BagReader, policy_io_fields, stream_health
     from replay.bench import SHIPPED, record_rollout_bag
     from sim.evaluate import load_policy
@@ -191,7 +194,7 @@ def test_policy_io_pass_in_blocks_matches_per_row_inference(tmp_path, monkeypatc
     per_row = np.concatenate([cand.policy(policy_io_fields(m.msg)["obs"][None]) for m in msgs])
     np.testing.assert_allclose(whole["_plot"][cand.name], per_row, rtol=0, atol=1e-6)
     assert whole["health"]["policy_io_receive"] == dataclasses.asdict(stream_health([m.log_time_ns for m in msgs], 1 / spec.control_hz))
-    monkeypatch.setattr(evaluate, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(io_pass, "CHUNK_ROWS", 7)
     blocks = policy_io_pass(BagReader(tmp_path / "bag"), spec, [cand], cfg)
     assert blocks["health"] == whole["health"]
     for key in ("action_agreement", "shift", "task_metrics"):
@@ -270,7 +273,7 @@ def test_quadruped_bag_without_odom_names_it(tmp_path):
 def test_base_state_matcher_pairs_the_nearest_odometry_within_tolerance():
     import numpy as np
 
-    from replay.evaluate import BaseStateMatcher
+    from replay.gap_pass import BaseStateMatcher
 
     m = BaseStateMatcher(tol_s=0.002)
     for k in range(5):  # odometry at 200 Hz, stamped on its own ticks
@@ -334,7 +337,8 @@ def test_quadruped_tracking_from_odometry_and_cmd_vel(tmp_path):
     body twist, settled steps, while the controller ran) is the env's own `s2r eval` measure."""
     from replay.bag import BagReader
     from replay.bench import SHIPPED, record_rollout_bag
-    from replay.evaluate import base_tracking_pass
+    from replay.io_pass import base_tracking_pass
+    from replay.task_metrics import TaskMetrics
     from deploy.onnx_policy import OnnxPolicy
     from sim.evaluate import load_policy
 
@@ -342,8 +346,11 @@ def test_quadruped_tracking_from_odometry_and_cmd_vel(tmp_path):
     reference = record_rollout_bag(policy, tmp_path / "bag", 6.0)
     spec, cfg = OnnxPolicy(policy).spec, load_policy(policy)[1]
     cand = load_candidate(policy, spec)
-    io = policy_io_pass(BagReader(tmp_path / "bag"), spec, [cand], cfg)
-    got = base_tracking_pass(BagReader(tmp_path / "bag"), cfg, io["_span_ns"])
+    task = TaskMetrics(spec, cfg)
+    io = policy_io_pass(BagReader(tmp_path / "bag"), spec, [cand], cfg, task)
+    assert task.base_velocity_settle_s == cfg.eval_settle_s and io["task_metrics"]["mean_lin_vel_error_mps"] is None
+    assert base_tracking_pass(BagReader(tmp_path / "bag"), task, io["_span_ns"])
+    got = task.summary(1 / spec.control_hz)
     print(got, reference)
     assert got["lin_vel_samples"] >= 4 * 200  # 4 odometry messages per control step, 4 s after the settle time
     assert got["mean_lin_vel_error_mps"] == pytest.approx(reference["mean_lin_vel_error_mps"], rel=0.02)

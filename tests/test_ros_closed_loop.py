@@ -22,6 +22,7 @@ CASES = {
     "arm": (10, "success_rate", 0.1),
     "quadruped": (3, "mean_lin_vel_error_mps", 0.1),  # errors: 10 % of s2r eval's figure
     "f450": (12, "success_rate", 0.1),
+    "open_manipulator_x": (10, "success_rate", 0.1),
 }
 
 

@@ -154,7 +154,7 @@ def test_crash_and_out_of_bounds_terminate():
 def test_quat_to_rotmat_matches_mujoco():
     import mujoco
 
-    from deploy.signals import quat_to_rotmat
+    from deploy.rotations import quat_to_rotmat
 
     q = torch.randn(64, 4, dtype=torch.float64)
     q = q / q.norm(dim=-1, keepdim=True)

@@ -1,4 +1,5 @@
-"""Task registry: a task is a config dataclass, the env class that reads it, and its training defaults."""
+"""Task registry: a task is a config dataclass, the env class that reads it, its training defaults, and
+its measures from a logged rollout."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import dataclasses
 
 from config.validate import ConfigError, override, validate
 from sim.robots import find_robot
-from sim.tasks.arm_reach import ArmReachCfg, ArmReachEnv
-from sim.tasks.quadrotor_hover import QuadrotorHoverCfg, QuadrotorHoverEnv
-from sim.tasks.quadruped_walk import QuadrupedWalkCfg, QuadrupedWalkEnv
+from sim.tasks.arm_reach import ArmReachCfg, ArmReachEnv, ReachLogMetrics
+from sim.tasks.quadrotor_hover import HoverLogMetrics, QuadrotorHoverCfg, QuadrotorHoverEnv
+from sim.tasks.quadruped_walk import QuadrupedWalkCfg, QuadrupedWalkEnv, WalkLogMetrics
 
 
 class Task(NamedTuple):
@@ -18,10 +19,13 @@ class Task(NamedTuple):
     env: type
     kind: str  # the kind of robot it runs on (config.robot.KINDS)
     train: dict  # overrides of the runner's TrainCfg (nested dicts for its sub-configs)
+    # the task's measures from a logged rollout and its sim_score, for replay: log_metrics(spec, cfg, stats)
+    # .add(frames) / .summary(), log_metrics.score(eval result) (the shape: quadrotor_hover.HoverLogMetrics)
+    log_metrics: type
 
 
 TASKS = {
-    "quadrotor-hover": Task(QuadrotorHoverCfg, QuadrotorHoverEnv, "multirotor", {"ppo": {"critic_hidden": (32, 32)}}),
+    "quadrotor-hover": Task(QuadrotorHoverCfg, QuadrotorHoverEnv, "multirotor", {"ppo": {"critic_hidden": (32, 32)}}, HoverLogMetrics),
     "quadruped-walk": Task(
         QuadrupedWalkCfg, QuadrupedWalkEnv, "legged",
         {
@@ -32,6 +36,7 @@ TASKS = {
                 "critic_hidden": (256, 128, 128), "activation": "elu", "init_std": 1.0,
             },
         },
+        WalkLogMetrics,
     ),
     "arm-reach": Task(
         ArmReachCfg, ArmReachEnv, "arm",
@@ -43,6 +48,7 @@ TASKS = {
                 "critic_hidden": (256, 128), "activation": "elu", "init_std": 0.5,
             },
         },
+        ReachLogMetrics,
     ),
 }
 
@@ -76,7 +82,8 @@ def robot_overrides(name: str, cfg):
 
 
 def make_env(name: str, num_envs: int, cfg=None, device="cpu", seed: int = 0):
-    cfg_cls, env_cls, _, _ = task_entry(name)
+    entry = task_entry(name)
+    cfg_cls, env_cls = entry.cfg, entry.env
     cfg = cfg_cls() if cfg is None else cfg
     if not isinstance(cfg, cfg_cls):
         raise ConfigError(f"task '{name}' takes a {cfg_cls.__name__}, got {type(cfg).__name__}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from deploy.spec import ActionSpec, ObsTerm, PolicySpec
+from deploy.spec import ActionSpec, ObsTerm, PolicySpec, SpecExtra
 from config.validate import SensorNoiseCfg, nonnegative, positive
 from sim.joint_env import ActuatorRandomizationCfg, JointPositionEnv
 from sim.robots import PAYLOAD_RADIUS_M, RobotModel
@@ -100,8 +100,8 @@ def make_spec(cfg: ArmReachCfg, robot: RobotModel) -> PolicySpec:
             high=tuple(float(x) for x in robot.joint_high),
             unit="rad",
         ),
-        extra={"kp": list(joints.kp), "kd": list(joints.kd), "physics_hz": robot.physics_hz,
-               "success": f"end effector within {cfg.success_radius_m} m of the target at the end of the episode"},
+        extra=SpecExtra(physics_hz=robot.physics_hz, kp=joints.kp, kd=joints.kd,
+                        success=f"end effector within {cfg.success_radius_m} m of the target at the end of the episode"),
     )
 
 
@@ -232,3 +232,65 @@ class ArmReachEnv(JointPositionEnv):
         self._apply_params(self.env_ids)
         self._read_joints()
         self._read_sensors()
+
+
+# --- measures from a log (replay) ------------------------------------------------------------------
+class ReachLogMetrics:
+    """The reach error from a logged rollout (`s2r replay`): the end-effector distance to the target,
+    by forward kinematics of the logged joint positions (the newest frame of joint_pos_rel plus the
+    action offset, the default pose) on the robot's own model, every running step; the final
+    distance of each target is the one on the last step before the target changes (the summary's
+    episode end), success within `success_radius_m`. The shape of HoverLogMetrics."""
+
+    score_definition = "success rate"
+
+    def __init__(self, spec: PolicySpec, cfg: ArmReachCfg, stats):
+        self.cfg = cfg
+        self.joint_names = spec.action.names
+        self.default_pos = np.asarray(spec.action.offset)
+        self.dist = stats(1)
+        self._fk = None
+        self._final: list[float] = []  # the final distance to each target passed
+        self._prev_target: np.ndarray | None = None
+        self._last_dist = float("nan")
+
+    def add(self, frames: dict[str, np.ndarray]) -> None:
+        dist = self._ee_distance(frames["joint_pos_rel"] + self.default_pos, frames["target_pos"])
+        for d, target in zip(dist, frames["target_pos"]):
+            if self._prev_target is not None and np.abs(target - self._prev_target).max() > 1e-6:
+                self._final.append(self._last_dist)
+            self._prev_target, self._last_dist = target, d
+        self.dist.add(dist[:, None])
+
+    def _ee_distance(self, joint_pos: np.ndarray, target: np.ndarray) -> np.ndarray:
+        import mujoco
+
+        from sim.robots import find_robot, robot_model
+
+        if self._fk is None:
+            robot = robot_model(find_robot(self.cfg.robot), kind="arm")
+            model = robot.model
+            jids = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, n) for n in self.joint_names]
+            self._fk = (model, mujoco.MjData(model), [model.jnt_qposadr[j] for j in jids], robot.ee_pos_adr)
+        model, data, qadr, adr = self._fk
+        out = np.empty(len(joint_pos))
+        for i, q in enumerate(joint_pos):
+            data.qpos[qadr] = q
+            mujoco.mj_fwdPosition(model, data)
+            mujoco.mj_sensorPos(model, data)
+            out[i] = np.linalg.norm(data.sensordata[adr : adr + 3] - target[i])
+        return out
+
+    def summary(self) -> dict:
+        final = np.asarray(self._final + ([self._last_dist] if self._prev_target is not None else []))
+        radius = self.cfg.success_radius_m
+        return {"mean_ee_distance_m": self.dist.summary(("e",))["e"]["mean"], "targets": len(final),
+                "mean_final_distance_m": float(final.mean()) if len(final) else float("nan"),
+                "median_final_distance_m": float(np.median(final)) if len(final) else float("nan"),
+                "success_rate": float((final <= radius).mean()) if len(final) else float("nan"),
+                "definition": "reach error: end-effector distance to the target (forward kinematics of the logged joints) "
+                f"on the last step before each target change; success within {radius} m"}
+
+    @staticmethod
+    def score(result: dict) -> float:
+        return float(result["success_rate"])

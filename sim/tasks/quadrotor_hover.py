@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from deploy.signals import quat_to_rotmat, world_to_body
-from deploy.spec import ActionSpec, ObsTerm, PolicySpec
+from deploy.rotations import quat_to_rotmat, world_to_body
+from deploy.spec import ActionSpec, ObsTerm, PolicySpec, SpecExtra
 from sim.actuators import RotorModel
 from config.robot import GRAVITY_MPS2
 from config.validate import SensorNoiseCfg, noise_distribution, nonnegative, positive
 from sim.backends import make_backend
 from sim.env import BatchedEnv
-from sim.math import tilt_quat
+from deploy.rotations import tilt_quat
 from sim.robots import RobotModel, find_robot, robot_model
 
 
@@ -143,12 +143,10 @@ def make_spec(cfg: QuadrotorHoverCfg, robot: RobotModel) -> PolicySpec:
             high=(rotors.max_thrust_N,) * n,
             unit="N",
         ),
-        extra={
-            "target_pos_m": list(cfg.target_pos_m),
-            "success": f"within {cfg.success_radius_m} m of the target from {cfg.success_after_s} s "
-            "after start until the episode ends",
-            "physics_hz": robot.physics_hz,
-        },
+        extra=SpecExtra(
+            physics_hz=robot.physics_hz, target_pos_m=tuple(cfg.target_pos_m),
+            success=f"within {cfg.success_radius_m} m of the target from {cfg.success_after_s} s after start until the episode ends",
+        ),
     )
 
 
@@ -376,3 +374,50 @@ class QuadrotorHoverEnv(BatchedEnv):
 
     def close(self) -> None:
         self.backend.close()
+
+
+# --- measures from a log (replay) ------------------------------------------------------------------
+class HoverLogMetrics:
+    """hover_summary's measures from a logged rollout (`s2r replay`), streamed per running step instead
+    of per episode: the position error |pos - target| (mean, p90, fraction within `success_radius_m`)
+    and crashes (the body below `crash_height_m`, each counted once), from the newest frame of the
+    observation terms pos_error_b and rot_mat, so they need no sensor topic.
+
+    The shape every task's log metrics share (sim.tasks.Task.log_metrics): built with the logged
+    PolicySpec, the task config and `stats(width)`, a streaming statistic of non-negative values
+    (replay.dynamics_gap.StreamingStats: `.add((n, width))`, `.n`, `.summary(names)` -> {name: {mean,
+    median, p90}}) so memory stays flat however long the log; `add(frames)` with {term: (n, size)}
+    each term's newest frame in its own units; `summary()` the metrics; `score(result)` the task's
+    sim_score of an `s2r eval` result, which `score_definition` describes."""
+
+    score_definition = "success rate"
+
+    def __init__(self, spec: PolicySpec, cfg: QuadrotorHoverCfg, stats):
+        self.cfg = cfg
+        self.target_z_m = float((spec.extra.target_pos_m or (0.0, 0.0, 0.0))[2])
+        self.err = stats(1)
+        self.within = 0
+        self.crashes = 0
+        self._below = False  # the previous row's, so that a crash across two blocks counts once
+
+    def add(self, frames: dict[str, np.ndarray]) -> None:
+        e_b = frames["pos_error_b"]
+        rot = frames["rot_mat"].reshape(-1, 3, 3)
+        z = self.target_z_m + (rot @ e_b[..., None])[:, 2, 0]
+        err = np.linalg.norm(e_b, axis=-1)
+        self.within += int((err <= self.cfg.success_radius_m).sum())
+        below = z < self.cfg.crash_height_m
+        self.crashes += int((below & ~np.concatenate(([self._below], below[:-1]))).sum())
+        if len(below):
+            self._below = bool(below[-1])
+        self.err.add(err[:, None])
+
+    def summary(self) -> dict:
+        s = self.err.summary(("e",))["e"]
+        return {"mean_pos_error_m": s["mean"], "p90_pos_error_m": s["p90"], "crashes": self.crashes,
+                "frac_within_success_radius": self.within / max(self.err.n, 1),
+                "definition": f"position error |pos - target| every running step; crash: below {self.cfg.crash_height_m} m"}
+
+    @staticmethod
+    def score(result: dict) -> float:
+        return float(result["success_rate"])

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from deploy.signals import projected_gravity, quat_to_rotmat, world_to_body
-from deploy.spec import ActionSpec, ObsTerm, PolicySpec
+from deploy.rotations import projected_gravity, quat_to_rotmat, world_to_body
+from deploy.spec import ActionSpec, ObsTerm, PolicySpec, SpecExtra
 from config.validate import SensorNoiseCfg, nonnegative, positive
 from sim.joint_env import ActuatorRandomizationCfg, JointPositionEnv
 from sim.robots import RobotModel
@@ -130,7 +130,7 @@ def make_spec(cfg: QuadrupedWalkCfg, robot: RobotModel) -> PolicySpec:
             high=tuple(float(x) for x in robot.joint_high),
             unit="rad",
         ),
-        extra={"kp": list(joints.kp), "kd": list(joints.kd), "physics_hz": robot.physics_hz},
+        extra=SpecExtra(physics_hz=robot.physics_hz, kp=joints.kp, kd=joints.kd),
     )
 
 
@@ -387,3 +387,55 @@ class QuadrupedWalkEnv(JointPositionEnv):
         self._window.copy_(state["curriculum_window"])
         self._apply_params(self.env_ids)
         self._update_state()
+
+
+# --- measures from a log (replay) ------------------------------------------------------------------
+TRACKING_ERROR_SCALE_MPS = 0.5  # sim_score: the linear tracking error at which it reaches 0
+
+
+class WalkLogMetrics:
+    """The walk's measures from a logged rollout (`s2r replay`), streamed per running step: the
+    yaw-rate tracking error |command yaw rate - gyro z| and falls (the trunk tilted beyond
+    acos(`fall_tilt_cos`), each counted once), from the newest frame of the observation terms. The
+    policy does not observe its base velocity, so the linear tracking comes from the log's /cmd_vel
+    and /odom: a task with `base_velocity_settle_s` is fed |cmd_vel xy - odometry twist xy| from that
+    long after each command change (`add_base_velocity_error`), as `summary` measures it in sim.
+    The shape of HoverLogMetrics."""
+
+    score_definition = f"(1 - fall_rate) * max(0, 1 - lin_vel_error / {TRACKING_ERROR_SCALE_MPS} m/s)"
+
+    def __init__(self, spec: PolicySpec, cfg: QuadrupedWalkCfg, stats):
+        self.cfg = cfg
+        self.base_velocity_settle_s = cfg.eval_settle_s
+        self.yaw = stats(1)
+        self.lin = stats(1)
+        self.falls = 0
+        self._fallen = False  # the previous row's, so that a fall across two blocks counts once
+
+    def add(self, frames: dict[str, np.ndarray]) -> None:
+        err = np.abs(frames["command"][:, 2] - frames["ang_vel_b"][:, 2])
+        fallen = -frames["projected_gravity"][:, 2] < self.cfg.fall_tilt_cos
+        self.falls += int((fallen & ~np.concatenate(([self._fallen], fallen[:-1]))).sum())
+        if len(fallen):
+            self._fallen = bool(fallen[-1])
+        self.yaw.add(err[:, None])
+
+    def add_base_velocity_error(self, err_mps: np.ndarray) -> None:
+        """(n,) |cmd_vel xy - odometry twist xy| of settled samples while the controller ran."""
+        self.lin.add(err_mps[:, None])
+
+    def summary(self) -> dict:
+        cfg = self.cfg
+        out = {"mean_yaw_rate_error_radps": self.yaw.summary(("e",))["e"]["mean"], "falls": self.falls, "mean_lin_vel_error_mps": None,
+               "definition": f"|yaw-rate command - gyro z| every running step; fall: trunk tilted beyond acos({cfg.fall_tilt_cos}); "
+               f"linear tracking |cmd_vel xy - odometry twist xy| from {cfg.eval_settle_s} s after each command change, when "
+               "the bag has /odom and /cmd_vel (the policy does not observe its base velocity)"}
+        if self.lin.n:
+            s = self.lin.summary(("e",))["e"]
+            out.update(mean_lin_vel_error_mps=s["mean"], p90_lin_vel_error_mps=s["p90"], lin_vel_samples=self.lin.n)
+        return out
+
+    @staticmethod
+    def score(result: dict) -> float:
+        """1 for a robot that never falls and tracks exactly, 0 from TRACKING_ERROR_SCALE_MPS of error."""
+        return (1 - result["fall_rate"]) * max(0.0, 1 - result["mean_lin_vel_error_mps"] / TRACKING_ERROR_SCALE_MPS)

@@ -79,7 +79,7 @@ class PolicyNode(Node):
         self._lock = threading.Lock()
         self.readings: dict[str, np.ndarray] = {}
         if "target_pos_w" in self.needed:
-            self.readings["target_pos_w"] = np.asarray(spec.extra.get("target_pos_m", get("target")), dtype=np.float64)
+            self.readings["target_pos_w"] = np.asarray(spec.extra.target_pos_m or get("target"), dtype=np.float64)
         if "command" in self.needed:
             self.readings["command"] = np.zeros(3)  # stand still until an operator says otherwise
         self.stamps: dict[str, int] = {}
