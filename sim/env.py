@@ -1,9 +1,11 @@
 """The batched training environment: what every task shares.
 
 A task subclasses `BatchedEnv` and supplies the robot-specific pieces: its PolicySpec, how it resets
-and randomizes envs, how a command reaches the physics, the raw signals its observations are built
-from, privileged critic inputs, reward terms and terminations. Observations are built by deploy's
-ObsBuilder and actions mapped by deploy's ActionMapper, the same code the robot runs.
+and randomizes envs, how a command reaches the physics, the sensor noise of each observation term,
+privileged critic inputs, reward terms and terminations. Its robot's readings (sim.readings) are
+computed once per step from the MuJoCo state; the observation terms are the robot runtime's own
+functions of them (deploy.signals.TERMS), observations are built by deploy's ObsBuilder and actions
+mapped by deploy's ActionMapper: the same code the robot runs.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from typing import Any, Callable
 import torch
 
 from deploy.action_mapper import ActionMapper
+from deploy.arrays import constant_like
 from deploy.obs_builder import ObsBuilder
+from deploy.signals import default_joint_pos, term_functions
 from deploy.spec import PolicySpec
 from config.validate import ConfigError
 
@@ -81,6 +85,23 @@ class BatchedEnv(ABC):
         # its sensors at the physics rate. Training leaves it None.
         self.physics_step_hook = None
         self._gaussian_noise = self.cfg.noise.distribution == "gaussian"  # read once, not every step
+        # Observation terms: the robot's functions of the readings. The terms with sensor noise are laid
+        # out side by side, in spec order, for one noise draw and one bias add per step.
+        self.readings: dict[str, torch.Tensor] = {}  # the task keeps it current: (num_envs, size) each
+        self._term_fns = term_functions(self.spec)
+        self._default_joint_pos = constant_like(default_joint_pos(self.spec), like)
+        noise = self._noise_std_by_term()
+        sizes = {t.name: t.size for t in self.spec.obs}
+        self._noisy_terms = [t.name for t in self.spec.obs if t.name in noise]
+        unknown = sorted(set(noise) - set(sizes))
+        if unknown:
+            raise ConfigError(f"sensor noise for observation terms the policy does not have: {unknown}")
+        self._noise_std = constant_like([noise[n] for n in self._noisy_terms for _ in range(sizes[n])], like)
+        self._noisy_cols, start = {}, 0
+        for n in self._noisy_terms:
+            self._noisy_cols[n] = slice(start, start + sizes[n])
+            start += sizes[n]
+        self.sensor_bias = torch.zeros(num_envs, start, device=self.device)  # per-episode offsets, see bias_columns
 
     # --- what a task supplies ------------------------------------------------------------------
     @abstractmethod
@@ -92,9 +113,10 @@ class BatchedEnv(ABC):
         """Send a (latency-delayed) command in spec units to the physics and step it."""
 
     @abstractmethod
-    def _signals(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(true `(num_envs, k)`: the sensed quantities without noise or bias, for the critic;
-        sensed: raw signals keyed by PolicySpec term name, as the robot senses them)."""
+    def _noise_std_by_term(self) -> dict[str, float]:
+        """{observation term: standard deviation of its zero-mean sensor noise}, for the terms the robot
+        senses (the others, e.g. an operator's command, come in exact); their true values also go to
+        the critic."""
 
     @abstractmethod
     def _privileged(self) -> torch.Tensor:
@@ -113,6 +135,22 @@ class BatchedEnv(ABC):
             return torch.randn(shape, generator=self.generator, device=self.device) * std
         u = torch.rand(shape, generator=self.generator, device=self.device)
         return (u - 0.5) * (std * 12**0.5)
+
+    def bias_columns(self, term: str) -> slice:
+        """The columns of `sensor_bias` that offset observation term `term` (a per-episode sensor bias)."""
+        return self._noisy_cols[term]
+
+    def _signals(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(true `(num_envs, k)`: the sensed terms without noise or bias, for the critic; the signal of
+        every term, keyed by PolicySpec term name, as the robot senses it). Sensor noise and bias are
+        added to each term's signal in the frame it is reported in."""
+        terms = {name: fn(self.readings, self._default_joint_pos) for name, fn in self._term_fns}
+        true = torch.cat([terms[n] for n in self._noisy_terms], dim=-1)
+        sensed = true + self.sensor_noise(self._noise_std) + self.sensor_bias
+        for n, cols in self._noisy_cols.items():
+            terms[n] = sensed[:, cols]
+        terms["last_action"] = self.action
+        return true, terms
 
     def _physics_ok(self) -> torch.Tensor:
         """`(num_envs,)` False where the simulation state went NaN/inf."""

@@ -19,6 +19,7 @@ from config.validate import nonnegative
 from sim.actuators import JointPD
 from sim.backends import make_backend
 from sim.env import BatchedEnv
+from sim.readings import robot_readings
 from sim.robots import find_robot, robot_model
 
 
@@ -36,9 +37,9 @@ class ActuatorRandomizationCfg:
 class JointPositionEnv(BatchedEnv):
     """A BatchedEnv whose command is joint position targets (rad) for `joint_names`.
 
-    Subclasses set `joint_names` and call `_init_joints` after choosing the model; they own resets,
-    observations and rewards. After each step: `joint_pos`, `joint_vel` `(num_envs, num_joints)`
-    float32, `torque` (last physics step's torques) and `sensordata` (float32).
+    Subclasses call `_setup`; they own resets, sensor noise and rewards. After each step `readings`
+    (sim.readings: joints, and a floating base and feet where the robot has them) and from them
+    `joint_pos`, `joint_vel` `(num_envs, num_joints)` float32 and `torque` (last physics step's torques).
     """
 
     joint_names: tuple[str, ...]
@@ -60,7 +61,6 @@ class JointPositionEnv(BatchedEnv):
         self.joint_low = robot.joint_low.astype(np.float32)
         self.joint_high = robot.joint_high.astype(np.float32)
         self._drive_ctrl = torch.as_tensor(robot.drive_ctrl)
-        self._torque_adr = torch.as_tensor(robot.torque_adr)
         self.spec = make_spec(cfg, robot)
         self.reward_weights = dict(cfg.reward)
         self.max_episode_steps = round(cfg.episode_s * self.control_hz)
@@ -69,24 +69,23 @@ class JointPositionEnv(BatchedEnv):
         self._init_joints(robot.cfg.joints)
 
     def _init_joints(self, joints: JointsCfg) -> None:
-        """After BatchedEnv.__init__: PD controller and joint state tensors."""
-        n_j = len(self.joint_names)
+        """After BatchedEnv.__init__: the PD drives' gains, and where the encoder offsets go."""
         dev = self.device
         kp = torch.tensor(joints.per_joint("kp"), dtype=torch.float32, device=dev)
         kd = torch.tensor(joints.per_joint("kd"), dtype=torch.float32, device=dev)
         self.pd = JointPD(self.num_envs, kp, kd)
-        self.default_joint_pos = torch.tensor(joints.default_pos_rad, dtype=torch.float32, device=dev)
-        self.joint_pos = torch.zeros(self.num_envs, n_j, device=dev)
-        self.joint_vel = torch.zeros(self.num_envs, n_j, device=dev)
-        self.torque = torch.zeros(self.num_envs, n_j, device=dev)
-        self.joint_pos_bias = torch.zeros(self.num_envs, n_j, device=dev)  # per-episode encoder offsets
-        self._qadr_t = torch.as_tensor(self._qadr)
-        self._dadr_t = torch.as_tensor(self._dadr)
+        self._encoder_bias_cols = self.bias_columns("joint_pos_rel")
 
-    def _read_joints(self) -> None:
-        b = self.backend
-        self.joint_pos = b.qpos[:, self._qadr_t].to(self.device, torch.float32)
-        self.joint_vel = b.qvel[:, self._dadr_t].to(self.device, torch.float32)
+    def _operator_readings(self) -> dict[str, torch.Tensor]:
+        """What the operator gives the robot, as readings (a velocity command, a target)."""
+        return {}
+
+    def _read_state(self) -> None:
+        """The robot's readings (float32) from the backend's state after a step or reset."""
+        b, dev = self.backend, self.device
+        r = robot_readings(self.robot, b.qpos.to(dev, torch.float32), b.qvel.to(dev, torch.float32), b.sensordata.to(dev, torch.float32))
+        self.readings = {**r, **self._operator_readings()}
+        self.joint_pos, self.joint_vel, self.torque = r["joint_pos"], r["joint_vel"], r["joint_effort"]
 
     def _apply_command(self, target_rad: torch.Tensor) -> None:
         """PD toward the (latency-delayed) targets at every physics step, run by MuJoCo: one rollout call
@@ -98,9 +97,7 @@ class JointPositionEnv(BatchedEnv):
                 target_rad = hook(target_rad)
             b.ctrl[:, self._drive_ctrl] = self.pd.controls(target_rad).to(b.ctrl)
             b.step(nstep)
-        self._read_joints()
-        self.sensordata = b.sensordata.to(self.device, torch.float32)
-        self.torque = self.sensordata[:, self._torque_adr]
+        self._read_state()
 
     def actuator_param_names(self) -> tuple[str, ...]:
         """Names of the columns `_sample_actuator_params` returns."""
@@ -121,7 +118,7 @@ class JointPositionEnv(BatchedEnv):
         """Columns as from `_sample_actuator_params`."""
         self.pd.set_params(env_ids, p[:, 0], p[:, 1], p[:, 2])
         self.latency_steps[env_ids] = p[:, 3].long()
-        self.joint_pos_bias[env_ids] = p[:, 4:]
+        self.sensor_bias[env_ids, self._encoder_bias_cols] = p[:, 4:]
 
     def _sample_variants(self, env_ids: torch.Tensor) -> torch.Tensor:
         """A model variant per env in `env_ids`, uniformly; the backend steps it from now on."""

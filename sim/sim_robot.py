@@ -15,10 +15,10 @@ import dataclasses
 import numpy as np
 import torch
 
-from deploy.rotations import quat_to_rotmat, world_to_body
 from sim.backends.mujoco_cpu import free_joint
 from config.validate import ConfigError
 from sim.evaluate import EpisodeRecorder
+from sim.readings import robot_readings
 from sim.tasks import default_cfg, make_env
 
 
@@ -110,32 +110,16 @@ class SimRobot:
         return ended
 
     def readings(self) -> dict[str, np.ndarray]:
-        """What the robot's sensors report now (noise-free), keyed as deploy.signals.READINGS."""
-        env, out = self.env, {}
-        if self.has_base:
-            qpos = env.backend.qpos[0].numpy()
-            qvel = env.backend.qvel[0].numpy()
-            quat = qpos[3:7] / np.linalg.norm(qpos[3:7])
-            rot = quat_to_rotmat(quat)
-            out["base_pos_w"] = qpos[:3].copy()
-            out["base_quat_wxyz"] = quat
-            out["base_lin_vel_b"] = world_to_body(rot, qvel[:3])  # free joint: linear velocity in world
-            out["base_ang_vel_b"] = qvel[3:6].copy()  # free joint: angular velocity in body
-        if self.joint_names:
-            out["joint_pos"] = env.joint_pos[0].double().numpy()
-            out["joint_vel"] = env.joint_vel[0].double().numpy()
-            out["joint_effort"] = env.torque[0].double().numpy()
-        return out
+        """What the robot's sensors report now (noise-free), keyed as deploy.signals.READINGS: the same
+        readings code as the training env's, on the backend's float64 state."""
+        b = self.env.backend
+        r = robot_readings(self.env.robot, b.qpos[:1], b.qvel[:1], b.sensordata[:1])
+        return {k: v[0].numpy().copy() for k, v in r.items() if k != "base_rotmat"}
 
     def operator(self) -> dict[str, np.ndarray]:
         """What the operator asks of the robot in this episode (the task's command or target)."""
-        env, out = self.env, {}
-        if hasattr(env, "command"):
-            out["command"] = env.command[0].double().numpy()
-        if hasattr(env, "target_pos_m"):
-            t = env.target_pos_m
-            out["target_pos_w"] = (t[0] if t.ndim == 2 else t).double().numpy()
-        return out
+        r = self.env.readings
+        return {k: r[k][0].double().numpy() for k in ("command", "target_pos_w") if k in r}
 
     def close(self) -> None:
         self.env.close()

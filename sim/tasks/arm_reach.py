@@ -122,10 +122,14 @@ class ArmReachEnv(JointPositionEnv):
         self.ee_quat = torch.zeros(num_envs, 4, device=dev)
         self._target_center = torch.tensor(cfg.target.center_m, device=dev)
         self._target_half = torch.tensor(cfg.target.half_extent_m, device=dev)
-        n_j = len(self.joint_names)
-        self._noise_std = torch.tensor((cfg.noise.joint_pos_rad,) * n_j + (cfg.noise.joint_vel_radps,) * n_j, device=dev)
         self._variant_params = self._randomize_variants()
-        self._read_joints()
+        self._read_state()
+
+    def _noise_std_by_term(self) -> dict[str, float]:
+        return {"joint_pos_rel": self.cfg.noise.joint_pos_rad, "joint_vel": self.cfg.noise.joint_vel_radps}
+
+    def _operator_readings(self) -> dict[str, torch.Tensor]:
+        return {"target_pos_w": self.target_pos_m}
 
     def _randomize_variants(self) -> torch.Tensor:
         """Sample joint damping, friction, armature and payload per model variant and write them in."""
@@ -169,23 +173,13 @@ class ArmReachEnv(JointPositionEnv):
         qpos = torch.as_tensor(self.robot.home_qpos, dtype=torch.float32, device=dev).repeat(n, 1)
         qpos[:, self._qadr] += (u[:, 3:] * 2 - 1) * 0.2
         self.backend.reset(env_ids, qpos.double(), torch.zeros(n, self.backend.model.nv, dtype=torch.float64))
-        self._read_joints()
+        self._read_state()
         self.torque[env_ids] = 0.0
         # the end-effector sensors are refreshed by the next physics step; until then, keep the last value
         # except for the freshly reset envs, whose reward starts at the next step
 
     def _apply_params(self, env_ids) -> None:
         self._apply_actuator_params(env_ids, self.params[env_ids][:, self._actuator_cols])
-
-    def _signals(self):
-        true = torch.cat((self.joint_pos - self.default_joint_pos, self.joint_vel), dim=-1)
-        sensed = true + self.sensor_noise(self._noise_std)
-        n_j = len(self.joint_names)
-        sensed[:, :n_j] += self.joint_pos_bias
-        return true, {
-            "joint_pos_rel": sensed[:, :n_j], "joint_vel": sensed[:, n_j:], "target_pos": self.target_pos_m,
-            "last_action": self.action,
-        }
 
     def _privileged(self):
         return torch.cat((self.ee_pos_m, self.ee_quat, self.target_pos_m - self.ee_pos_m, self.params), dim=-1)
@@ -227,10 +221,10 @@ class ArmReachEnv(JointPositionEnv):
         return {"target_pos_m": self.target_pos_m, "torque": self.torque}
 
     def _load_task_state(self, state):
+        self._read_state()  # then the sensors the saved state holds (the backend keeps no sensor data)
         self.target_pos_m.copy_(state["target_pos_m"])
         self.torque.copy_(state["torque"])
         self._apply_params(self.env_ids)
-        self._read_joints()
         self._read_sensors()
 
 

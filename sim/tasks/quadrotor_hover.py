@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from deploy.rotations import quat_to_rotmat, world_to_body
 from deploy.spec import ActionSpec, ObsTerm, PolicySpec, SpecExtra
 from sim.actuators import RotorModel
 from config.robot import GRAVITY_MPS2
@@ -25,6 +24,7 @@ from config.validate import SensorNoiseCfg, noise_distribution, nonnegative, pos
 from sim.backends import make_backend
 from sim.env import BatchedEnv
 from deploy.rotations import tilt_quat
+from sim.readings import robot_readings
 from sim.robots import RobotModel, find_robot, robot_model
 
 
@@ -194,7 +194,6 @@ class QuadrotorHoverEnv(BatchedEnv):
         nu = robot.model.nu
         self._rotor_ctrl = None if np.array_equal(robot.rotor_ctrl, np.arange(nu)) else torch.as_tensor(robot.rotor_ctrl)
         self.curriculum_level = cfg.curriculum.start_level if cfg.curriculum.enabled else 1.0
-        self._sensor_bias = torch.zeros(num_envs, 18, device=self.device)  # per-episode, in sensor layout
         self._inv_mass_scale = torch.ones(num_envs, 1, device=self.device)
         self._window = torch.zeros(2, dtype=torch.float64)  # (timeouts, episodes) since the last level move
         self._update_state()
@@ -206,32 +205,28 @@ class QuadrotorHoverEnv(BatchedEnv):
         bounds += [(-dr.pos_bias_m, dr.pos_bias_m)] * 3 + [(-dr.gyro_bias_radps, dr.gyro_bias_radps)] * 3
         bounds += [(-dr.disturbance_N, dr.disturbance_N)] * 3
         self._param_low, self._param_high = torch.tensor(bounds, device=self.device).T
-        self._noise_std = torch.tensor(
-            (cfg.noise.pos_m,) * 3 + (cfg.noise.rot,) * 9 + (cfg.noise.lin_vel_mps,) * 3 + (cfg.noise.ang_vel_radps,) * 3,
-            device=self.device,
-        )
+        self._pos_bias_cols, self._gyro_bias_cols = self.bias_columns("pos_error_b"), self.bias_columns("ang_vel_b")
+
+    def _noise_std_by_term(self) -> dict[str, float]:
+        n = self.cfg.noise
+        return {"pos_error_b": n.pos_m, "rot_mat": n.rot, "lin_vel_b": n.lin_vel_mps, "ang_vel_b": n.ang_vel_radps}
 
     # --- state -----------------------------------------------------------------------------------
     def _update_state(self, env_ids: torch.Tensor | None = None) -> None:
-        """Derived float32 state from the backend: all envs, or just `env_ids` after their reset."""
+        """The robot's readings (float32) from the backend: all envs, or just `env_ids` after their reset."""
         qpos, qvel = self.backend.qpos, self.backend.qvel
         if env_ids is None:
-            qpos = qpos.to(self.device, torch.float32)
-            qvel = qvel.to(self.device, torch.float32)
-            self.pos_m = qpos[:, :3]
-            self.rot = quat_to_rotmat(qpos[:, 3:7])  # (n, 3, 3) body to world
-            self.lin_vel_mps = qvel[:, :3]  # world frame
-            self.ang_vel_radps = qvel[:, 3:6]  # body frame
+            r = robot_readings(self.robot, qpos.to(self.device, torch.float32), qvel.to(self.device, torch.float32), None)
+            self.readings = {**r, "target_pos_w": self.target_pos_m.expand(self.num_envs, 3)}
+            self.pos_m, self.rot = r["base_pos_w"], r["base_rotmat"]  # (n, 3, 3) body to world
+            self.lin_vel_mps, self.ang_vel_radps = r["base_lin_vel_w"], r["base_ang_vel_b"]
             self.pos_error_m = self.pos_m - self.target_pos_m
             return
         cpu_ids = env_ids.to(qpos.device)
-        qpos = qpos[cpu_ids].to(self.device, torch.float32)
-        qvel = qvel[cpu_ids].to(self.device, torch.float32)
-        self.pos_m[env_ids] = qpos[:, :3]
-        self.rot[env_ids] = quat_to_rotmat(qpos[:, 3:7])
-        self.lin_vel_mps[env_ids] = qvel[:, :3]
-        self.ang_vel_radps[env_ids] = qvel[:, 3:6]
-        self.pos_error_m[env_ids] = qpos[:, :3] - self.target_pos_m
+        r = robot_readings(self.robot, qpos[cpu_ids].to(self.device, torch.float32), qvel[cpu_ids].to(self.device, torch.float32), None)
+        for k, v in r.items():
+            self.readings[k][env_ids] = v
+        self.pos_error_m[env_ids] = r["base_pos_w"] - self.target_pos_m
 
     def _physics_ok(self) -> torch.Tensor:
         return self.backend.physics_ok().to(self.device)
@@ -260,8 +255,8 @@ class QuadrotorHoverEnv(BatchedEnv):
         disturbance is written here once; the backend holds it until the next reset.
         """
         p = self.params[env_ids]
-        self._sensor_bias[env_ids, 0:3] = p[:, POS_BIAS]
-        self._sensor_bias[env_ids, 15:18] = p[:, GYRO_BIAS]
+        self.sensor_bias[env_ids, self._pos_bias_cols] = p[:, POS_BIAS]
+        self.sensor_bias[env_ids, self._gyro_bias_cols] = p[:, GYRO_BIAS]
         self.latency_steps[env_ids] = p[:, LATENCY].long()
         self.rotors.set_params(env_ids, tau_s=p[:, TAU], thrust_scale=p[:, THRUST])
         self._inv_mass_scale[env_ids] = 1.0 / p[:, MASS : MASS + 1]
@@ -278,24 +273,6 @@ class QuadrotorHoverEnv(BatchedEnv):
             self.backend.ctrl[:, self._rotor_ctrl] = thrust_N.to(self.backend.ctrl)
         self.backend.step(self.decimation)
         self._update_state()
-
-    def _signals(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Position error and velocity in the body frame; sensor noise and the per-episode biases
-        are added in the frame each quantity is reported in."""
-        true = torch.cat(
-            (
-                world_to_body(self.rot, self.pos_error_m),
-                self.rot.reshape(self.num_envs, 9),
-                world_to_body(self.rot, self.lin_vel_mps),
-                self.ang_vel_radps,
-            ),
-            dim=-1,
-        )
-        sensed = true + self.sensor_noise(self._noise_std) + self._sensor_bias
-        return true, {
-            "pos_error_b": sensed[:, 0:3], "rot_mat": sensed[:, 3:12], "lin_vel_b": sensed[:, 12:15],
-            "ang_vel_b": sensed[:, 15:18], "last_action": self.action,
-        }
 
     def _privileged(self) -> torch.Tensor:
         thrust_frac = self.rotors.thrust_N / self.max_thrust_N

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from deploy.rotations import projected_gravity, quat_to_rotmat, world_to_body
+from deploy.rotations import projected_gravity
 from deploy.spec import ActionSpec, ObsTerm, PolicySpec, SpecExtra
 from config.validate import SensorNoiseCfg, nonnegative, positive
 from sim.joint_env import ActuatorRandomizationCfg, JointPositionEnv
@@ -160,18 +160,21 @@ class QuadrupedWalkEnv(JointPositionEnv):
         self._push_steps = max(1, round(dr.push_interval_s * self.control_hz))
         self._steps_since_command = torch.zeros(num_envs, dtype=torch.long, device=dev)
         self._window = torch.zeros(4, dtype=torch.float64)  # (tracked, best, timeouts, episodes) since the last decision
-        self._gyro_bias = torch.zeros(num_envs, 3, device=dev)
-        self._noise_std = torch.tensor(
-            (cfg.noise.ang_vel_radps,) * 3 + (cfg.noise.gravity,) * 3
-            + (cfg.noise.joint_pos_rad,) * n_j + (cfg.noise.joint_vel_radps,) * n_j,
-            device=dev,
-        )
+        self._gyro_bias_cols = self.bias_columns("ang_vel_b")
         c = cfg.commands
         self._cmd_low = torch.tensor((c.lin_vel_x_mps[0], c.lin_vel_y_mps[0], c.yaw_rate_radps[0]), device=dev)
         self._cmd_high = torch.tensor((c.lin_vel_x_mps[1], c.lin_vel_y_mps[1], c.yaw_rate_radps[1]), device=dev)
         self._variant_params = self._randomize_variants()
         self._soft_low, self._soft_high = self._soft_limits()
-        self._update_state()
+        self._read_state()
+
+    def _noise_std_by_term(self) -> dict[str, float]:
+        n = self.cfg.noise
+        return {"ang_vel_b": n.ang_vel_radps, "projected_gravity": n.gravity, "joint_pos_rel": n.joint_pos_rad,
+                "joint_vel": n.joint_vel_radps}
+
+    def _operator_readings(self) -> dict[str, torch.Tensor]:
+        return {"command": self.command}
 
     # --- randomization ---------------------------------------------------------------------------
     def _randomize_variants(self) -> torch.Tensor:
@@ -198,21 +201,17 @@ class QuadrupedWalkEnv(JointPositionEnv):
         return (mid - half).to(self.device), (mid + half).to(self.device)
 
     # --- state -----------------------------------------------------------------------------------
-    def _update_state(self) -> None:
-        b = self.backend
-        base = torch.cat((b.qpos[:, self._base_q], b.qvel[:, self._base_v]), dim=-1).to(self.device, torch.float32)
-        self.base_height_m = base[:, 2]
-        self.rot = quat_to_rotmat(base[:, 3:7])  # body to world
-        self.lin_vel_b = world_to_body(self.rot, base[:, 7:10])
-        self.ang_vel_b = base[:, 10:13]  # free joint angular velocity is in the body frame
+    def _read_state(self) -> None:
+        super()._read_state()
+        r = self.readings
+        self.base_height_m = r["base_pos_w"][:, 2]
+        self.rot, self.lin_vel_b, self.ang_vel_b = r["base_rotmat"], r["base_lin_vel_b"], r["base_ang_vel_b"]
         self.projected_gravity = projected_gravity(self.rot)
-        self._read_joints()
+        self.foot_force_N = r["foot_force_N"]
 
     def _apply_command(self, target_rad: torch.Tensor) -> None:
         self.prev_joint_vel = self.joint_vel
         super()._apply_command(target_rad)
-        self.foot_force_N = self.sensordata[:, self.touch_adr]
-        self._update_state()
         self._steps_since_command += 1
         resample = (self.episode_step % self._resample_steps == self._resample_steps - 1).nonzero().squeeze(-1)
         if resample.numel():
@@ -259,30 +258,17 @@ class QuadrupedWalkEnv(JointPositionEnv):
         self.backend.reset(env_ids, qpos.double(), torch.zeros(n, self.backend.model.nv, dtype=torch.float64))
         self._sample_commands(env_ids)
         self.feet_air_time[env_ids] = 0.0
-        self.foot_force_N[env_ids] = 0.0
-        self._update_state()
+        self._read_state()
+        self.foot_force_N[env_ids] = 0.0  # the touch and torque sensors report from the next physics step
         self.prev_joint_vel[env_ids] = 0.0
         self.torque[env_ids] = 0.0
 
     def _apply_params(self, env_ids) -> None:
         p = self.params[env_ids]
         self._apply_actuator_params(env_ids, p[:, ACTUATOR])
-        self._gyro_bias[env_ids] = p[:, GYRO_BIAS]
+        self.sensor_bias[env_ids, self._gyro_bias_cols] = p[:, GYRO_BIAS]
 
     # --- observations ----------------------------------------------------------------------------
-    def _signals(self):
-        true = torch.cat(
-            (self.ang_vel_b, self.projected_gravity, self.joint_pos - self.default_joint_pos, self.joint_vel), dim=-1
-        )
-        sensed = true + self.sensor_noise(self._noise_std)
-        sensed[:, 0:3] += self._gyro_bias
-        n_j = len(self.joint_names)
-        sensed[:, 6 : 6 + n_j] += self.joint_pos_bias
-        return true, {
-            "ang_vel_b": sensed[:, 0:3], "projected_gravity": sensed[:, 3:6], "command": self.command,
-            "joint_pos_rel": sensed[:, 6 : 6 + n_j], "joint_vel": sensed[:, 6 + n_j :], "last_action": self.action,
-        }
-
     def _privileged(self):
         return torch.cat(
             (self.lin_vel_b, self.base_height_m[:, None], self.foot_force_N / 50.0, self.params), dim=-1
@@ -380,13 +366,13 @@ class QuadrupedWalkEnv(JointPositionEnv):
         }
 
     def _load_task_state(self, state):
+        self._read_state()  # then the sensors the saved state holds (the backend keeps no sensor data)
         for k in ("command", "feet_air_time", "foot_force_N", "prev_joint_vel", "torque"):
             getattr(self, k).copy_(state[k])
         self._steps_since_command.copy_(state["steps_since_command"])
         self.curriculum_level = float(state["curriculum_level"])
         self._window.copy_(state["curriculum_window"])
         self._apply_params(self.env_ids)
-        self._update_state()
 
 
 # --- measures from a log (replay) ------------------------------------------------------------------
