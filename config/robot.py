@@ -123,11 +123,7 @@ class RobotCfg:
         if self.joints is not None:
             j = self.joints
             n = len(j.names)
-            if n == 0:
-                out.append("joints.names: must name at least one joint")
-            dup = sorted({x for x in j.names if j.names.count(x) > 1})
-            if dup:
-                out.append(f"joints.names: named twice: {dup}")
+            out += _name_problems("joints.names", j.names)
             if len(j.default_pos_rad) != n:
                 out.append(f"joints.default_pos_rad: {len(j.default_pos_rad)} values for {n} joints")
             for name in ("kp", "kd", "effort_limit_Nm"):
@@ -144,8 +140,7 @@ class RobotCfg:
         if self.rotors is not None:
             r = self.rotors
             n = len(r.names)
-            if n == 0:
-                out.append("rotors.names: must name at least one rotor")
+            out += _name_problems("rotors.names", r.names)
             for name in ("sites", "spin"):
                 if len(getattr(r, name)) != n:
                     out.append(f"rotors.{name}: {len(getattr(r, name))} values for {n} rotors")
@@ -156,6 +151,11 @@ class RobotCfg:
             if r.torque_per_thrust_m < 0 or r.thrust_coef_N_per_radps2 < 0:
                 out.append("rotors: torque_per_thrust_m and thrust_coef_N_per_radps2 must be >= 0")
         return out
+
+
+def _name_problems(field: str, names: tuple[str, ...]) -> list[str]:
+    dup = sorted({x for x in names if names.count(x) > 1})
+    return ([f"{field}: must name at least one"] if not names else []) + ([f"{field}: named twice: {dup}"] if dup else [])
 
 
 def _convert(value, hint, where: str, problems: list[str]):

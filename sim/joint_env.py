@@ -75,6 +75,17 @@ class JointPositionEnv(BatchedEnv):
         kd = torch.tensor(joints.per_joint("kd"), dtype=torch.float32, device=dev)
         self.pd = JointPD(self.num_envs, kp, kd)
         self._encoder_bias_cols = self.bias_columns("joint_pos_rel")
+        self._joint_low_t = torch.as_tensor(self.joint_low, device=dev)
+        self._joint_high_t = torch.as_tensor(self.joint_high, device=dev)
+
+    def _start_pose(self, offsets_rad: torch.Tensor) -> torch.Tensor:
+        """`(n, nq)` float32 start states: the default pose with joint offsets `(n, num_joints)` (or
+        `(n, 1)` for all joints), kept inside the joint limits (a default pose near a limit plus an offset
+        would start beyond it: MuJoCo pushes back, and a robot's safety guard would fault)."""
+        qpos = torch.as_tensor(self.robot.home_qpos, dtype=torch.float32, device=self.device).repeat(len(offsets_rad), 1)
+        joints = qpos[:, self._qadr] + offsets_rad
+        qpos[:, self._qadr] = torch.minimum(torch.maximum(joints, self._joint_low_t), self._joint_high_t)
+        return qpos
 
     def _operator_readings(self) -> dict[str, torch.Tensor]:
         """What the operator gives the robot, as readings (a velocity command, a target)."""

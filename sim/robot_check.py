@@ -10,10 +10,10 @@ import numpy as np
 
 from config.robot import RobotConfigError
 from config.validate import ConfigError, validate
-from sim.robots import check_robot, find_robot, resolve, edit_spec
 from sim.backends.mujoco_cpu import load_model
+from sim.robots import check_robot, edit_spec, find_robot, resolve
 from sim.tasks import TASKS, default_cfg
-from sim.video import VideoError
+from sim.video import offscreen_renderer
 
 
 def task_problems(cfg) -> list[str]:
@@ -23,7 +23,7 @@ def task_problems(cfg) -> list[str]:
         if task not in TASKS:
             problems.append(f"task_overrides.{task}: unknown task (tasks: {', '.join(sorted(TASKS))})")
         elif TASKS[task].kind != cfg.kind:
-            problems.append(f"task_overrides.{task}: that task runs on {TASKS[task].kind} robots; this is a {cfg.kind}")
+            problems.append(f"task_overrides.{task}: that task runs on {TASKS[task].kind} robots; this one is of kind '{cfg.kind}'")
         else:
             try:
                 validate(default_cfg(task, cfg.source), prefix=f"task_overrides.{task}.")
@@ -59,12 +59,7 @@ def check_and_render(name_or_path: str, png: str | None = None, width: int = 640
         data.qpos[robot.base_qadr + 2] = max(data.qpos[robot.base_qadr + 2], 1.0)  # in the air
     mujoco.mj_forward(model, data)
     out = Path(png) if png else Path(cfg.source).with_suffix(".png")
-    model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
-    model.vis.global_.offheight = max(model.vis.global_.offheight, height)
-    try:
-        renderer = mujoco.Renderer(model, height, width)
-    except Exception as e:  # no GL context: name the fix
-        raise VideoError(f"cannot render offscreen ({e}); on a headless machine set MUJOCO_GL=egl") from e
+    renderer = offscreen_renderer(model, width, height)
     renderer.update_scene(data, camera=framing_camera(model, data))
     from PIL import Image
 

@@ -48,7 +48,7 @@ def check_robot(cfg: RobotCfg, kind: str | None = None) -> list[str]:
     """Every problem of `cfg` against its model (and, given `kind`, against what a task needs)."""
     problems: list[str] = []
     if kind is not None and cfg.kind != kind:
-        problems.append(f"kind: the task needs a {kind} robot; '{cfg.name}' is a {cfg.kind}")
+        problems.append(f"kind: the task needs a {kind} robot; '{cfg.name}' is of kind '{cfg.kind}'")
     try:
         model = load_model(cfg.model_path)
     except ModelError as e:

@@ -34,6 +34,16 @@ def scene_camera(model: mujoco.MjModel, name: str | None):
     return cam
 
 
+def offscreen_renderer(model: mujoco.MjModel, width: int, height: int) -> mujoco.Renderer:
+    """A renderer with an offscreen buffer of the requested size; VideoError naming the fix without GL."""
+    model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
+    model.vis.global_.offheight = max(model.vis.global_.offheight, height)
+    try:
+        return mujoco.Renderer(model, height, width)
+    except Exception as e:  # no GL context: name the fix
+        raise VideoError(f"cannot render offscreen ({e}); on a headless machine set MUJOCO_GL=egl") from e
+
+
 def write_video(frames: list[np.ndarray], out: Path, fps: float) -> None:
     if out.suffix.lower() == ".gif":
         from PIL import Image
@@ -65,13 +75,7 @@ def record_video(policy_path: str | Path, out: str | Path, seconds: float = 10.0
     env = make_env(policy.spec.task, 1, cfg, seed=seed)
     policy.spec.check_compatible(env.spec)
     model = env.backend.model
-    # an offscreen buffer of the requested size
-    model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
-    model.vis.global_.offheight = max(model.vis.global_.offheight, height)
-    try:
-        renderer = mujoco.Renderer(model, height, width)
-    except Exception as e:  # no GL context: name the fix
-        raise VideoError(f"cannot render offscreen ({e}); on a headless machine set MUJOCO_GL=egl") from e
+    renderer = offscreen_renderer(model, width, height)
     camera = scene_camera(model, getattr(env, "video_camera", None))
     target_mocap = -1
     tid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "target")

@@ -88,7 +88,7 @@ def test_rotors_that_cannot_lift_the_robot_are_refused(tmp_path):
 
 
 def test_a_task_on_the_wrong_kind_of_robot_is_refused():
-    with pytest.raises(RobotConfigError, match="the task needs a legged robot; 'ur5e' is a arm"):
+    with pytest.raises(RobotConfigError, match="the task needs a legged robot; 'ur5e' is of kind 'arm'"):
         make_env("quadruped-walk", 2, default_cfg("quadruped-walk", "ur5e"))
     with pytest.raises(UnknownRobotError, match="unknown robot 'go7'; built-in robots: .*go1"):
         default_cfg("quadruped-walk", "go7")
@@ -118,3 +118,14 @@ def test_added_actuators_ignore_the_models_own_actuator_defaults(tmp_path):
     m = robot.model
     assert not m.actuator_forcelimited[robot.drive_ctrl].any()
     assert (m.actuator_gear[robot.drive_ctrl, 0] == 1).all()
+
+
+def test_train_on_the_wrong_robot_stops_before_anything_trains(tmp_path):
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "s2r.cli", "train", "--task", "quadruped-walk", "--robot", "ur5e",
+                        "--run-dir", str(run)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "the task needs a legged robot; 'ur5e' is of kind 'arm'" in r.stderr, r.stderr
+    assert not (run / "model_last.pt").exists()
+    r = subprocess.run([sys.executable, "-m", "s2r.cli", "train", "--task", "quadruped-walk", "--robot", "go7"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown robot 'go7'" in r.stderr, r.stderr

@@ -23,6 +23,7 @@ CASES = {
     "quadruped": (3, "mean_lin_vel_error_mps", 0.1),  # errors: 10 % of s2r eval's figure
     "f450": (12, "success_rate", 0.1),
     "open_manipulator_x": (10, "success_rate", 0.1),
+    "go2": (3, "mean_lin_vel_error_mps", 0.1),
 }
 
 
@@ -53,8 +54,8 @@ def test_shipped_policy_does_its_task_through_ros(robot, tmp_path):
     print(f"{robot}: through ROS {metric} {got:.4f} over {episodes} episodes; s2r eval {want:.4f} over 100 (noise-free); {other}")
     if metric.endswith("_rate"):
         assert abs(got - want) <= tolerance + 1 / episodes, (through_ros, reference)
-    else:
-        assert abs(got - want) <= tolerance * want, (through_ros, reference)
+    else:  # an error: the stack must not make it worse (3 episodes' commands are too few to pin it closer)
+        assert got <= (1 + tolerance) * want, (through_ros, reference)
     for rate in ("fall_rate", "crash_rate"):
         if rate in reference:
             assert through_ros[rate] <= reference[rate] + 1 / episodes, (through_ros, reference)

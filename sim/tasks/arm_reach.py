@@ -170,8 +170,7 @@ class ArmReachEnv(JointPositionEnv):
         self._apply_params(env_ids)
         u = torch.rand(n, 3 + len(self.joint_names), generator=self.generator, device=dev)
         self.target_pos_m[env_ids] = self._target_center + (u[:, :3] * 2 - 1) * self._target_half
-        qpos = torch.as_tensor(self.robot.home_qpos, dtype=torch.float32, device=dev).repeat(n, 1)
-        qpos[:, self._qadr] += (u[:, 3:] * 2 - 1) * 0.2
+        qpos = self._start_pose((u[:, 3:] * 2 - 1) * 0.2)
         self.backend.reset(env_ids, qpos.double(), torch.zeros(n, self.backend.model.nv, dtype=torch.float64))
         self._read_state()
         self.torque[env_ids] = 0.0

@@ -249,12 +249,11 @@ class QuadrupedWalkEnv(JointPositionEnv):
         self.params[env_ids] = p
         self._apply_params(env_ids)
         # start at the default pose with the joints a little perturbed, random heading
-        qpos = torch.as_tensor(self.robot.home_qpos, dtype=torch.float32, device=dev).repeat(n, 1)
+        qpos = self._start_pose((u[:, 4:5] * 2 - 1) * 0.1)
         yaw = (u[:, 3] * 2 - 1) * torch.pi
         q0 = self._base_q.start
         qpos[:, q0 + 3] = torch.cos(yaw / 2)
         qpos[:, q0 + 6] = torch.sin(yaw / 2)
-        qpos[:, self._qadr] += (u[:, 4:5] * 2 - 1) * 0.1
         self.backend.reset(env_ids, qpos.double(), torch.zeros(n, self.backend.model.nv, dtype=torch.float64))
         self._sample_commands(env_ids)
         self.feet_air_time[env_ids] = 0.0
