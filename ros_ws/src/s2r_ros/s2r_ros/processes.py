@@ -20,12 +20,6 @@ CONFIG = PKG / "config"
 SHIPPED_POLICIES = PKG / "policies"  # <robot>.onnx, trained with the README's commands
 
 
-def node_params(robot: str, node: str) -> dict:
-    """The ROS parameters config/<robot>_nodes.yaml gives `node` (e.g. sim_robot_node's task)."""
-    d = yaml.safe_load((CONFIG / f"{robot}_nodes.yaml").read_text())
-    return d.get(node, {}).get("ros__parameters", {})
-
-
 def ros_env(domain_id: int) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(PKG), str(ROOT), env.get("PYTHONPATH", "")])
