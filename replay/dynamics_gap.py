@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import mujoco
 import numpy as np
 import torch
 
 from replay.mapping import Log
 from sim.actuators import RotorModel
 from sim.backends import physics_substeps
-from sim.backends.mujoco_cpu import MujocoCpuBackend, free_joint
+from sim.backends.mujoco_cpu import MujocoCpuBackend, free_joint, load_model
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,16 @@ class Plant:
     tau_s: float  # first-order motor time constant
     max_thrust_N: float  # rotor command clamp, per rotor
     delay_steps: int = 0  # the command logged at row i acts from row i + delay_steps
+    # a robot config (name or YAML): the model is compiled with its rotors, as training compiles it;
+    # empty: `mjcf_path` as written, with rotor actuators of its own (a fitted variant from replay.sysid)
+    robot: str = ""
+
+    def model(self) -> mujoco.MjModel:
+        if self.robot:
+            from sim.robots import find_robot, robot_model
+
+            return robot_model(find_robot(self.robot), kind="multirotor").model
+        return load_model(self.mjcf_path)
 
     def __post_init__(self) -> None:
         if not self.tau_s > 0:
@@ -117,7 +128,7 @@ def predict_windows(
     period_s = log.clock.period_s
     n = len(starts)
     if backend is None or backend.num_envs != n:
-        backend = MujocoCpuBackend(plant.mjcf_path, n)
+        backend = MujocoCpuBackend(plant.model(), n)
     decimation = physics_substeps(backend.model, period_s)
     ids = torch.arange(n)
     qpos = np.concatenate((log.pos_w_m[starts], log.quat_wxyz[starts]), -1)
@@ -185,7 +196,7 @@ def rigid_gap_stats(
     starts = valid_starts(log, horizon, history, valid, stride)
     if len(starts) == 0:
         return 0
-    backend = MujocoCpuBackend(plant.mjcf_path, min(chunk, len(starts)))
+    backend = MujocoCpuBackend(plant.model(), min(chunk, len(starts)))
     for i in range(0, len(starts), backend.num_envs):
         s = starts[i : i + backend.num_envs]
         padded = np.concatenate((s, np.full(backend.num_envs - len(s), s[-1])))  # last chunk: same batch size

@@ -61,7 +61,7 @@ def quadrotor_plant(cfg) -> Plant:
 
     robot = find_robot(cfg.robot)
     lo, hi = cfg.randomization.motor_tau_s
-    return Plant("nominal", str(robot.model_path), (lo + hi) / 2, robot.rotors.max_thrust_N)
+    return Plant("nominal", str(robot.model_path), (lo + hi) / 2, robot.rotors.max_thrust_N, robot=cfg.robot)
 
 
 def _need(reader: BagReader, topic: str, why: str) -> str:

@@ -129,3 +129,15 @@ def test_train_on_the_wrong_robot_stops_before_anything_trains(tmp_path):
     r = subprocess.run([sys.executable, "-m", "s2r.cli", "train", "--task", "quadruped-walk", "--robot", "go7"],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "unknown robot 'go7'" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name", ["crazyflie", "f450"])
+def test_replay_steps_a_multirotor_with_its_configured_rotors(name):
+    """replay's dynamics gap compiles the robot as training does: the rotors from the config, so a robot
+    whose MJCF has only rotor sites (f450) replays too."""
+    from replay.gap_pass import quadrotor_plant
+
+    cfg = find_robot(name)
+    model = quadrotor_plant(default_cfg("quadrotor-hover", name)).model()
+    assert model.nu == len(cfg.rotors.names)
+    assert sorted(abs(model.actuator_gear[:, 5])) == [cfg.rotors.torque_per_thrust_m] * model.nu
