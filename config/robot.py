@@ -238,12 +238,6 @@ def load_robot_cfg(path: str | Path) -> RobotCfg:
     return robot_cfg_from_dict(d, source=str(path.resolve()))
 
 
-def robot_cfg_to_dict(cfg: RobotCfg) -> dict:
-    """Plain data (for checkpoints and ONNX metadata); `robot_cfg_from_dict` reads it back."""
-    d = dataclasses.asdict(cfg)
-    return {k: v for k, v in d.items() if v is not None}
-
-
 def hover_thrust_to_weight(cfg: RobotCfg, mass_kg: float) -> float:
     return len(cfg.rotors.names) * cfg.rotors.max_thrust_N / (mass_kg * GRAVITY_MPS2)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import mujoco
 import numpy as np
 
-from config.robot import RobotConfigError
+from config.robot import RobotConfigError, hover_thrust_to_weight
 from config.validate import ConfigError, validate
 from sim.backends.mujoco_cpu import load_model
 from sim.robots import check_robot, edit_spec, find_robot, resolve
@@ -71,8 +71,7 @@ def check_and_render(name_or_path: str, png: str | None = None, width: int = 640
         for name, q, lo, hi in zip(cfg.joints.names, cfg.joints.default_pos_rad, robot.joint_low, robot.joint_high):
             lines.append(f"  joint {name:24s} default {q:+.3f}  limits [{lo:+.3f}, {hi:+.3f}]")
     if cfg.rotors is not None:
-        ratio = len(cfg.rotors.names) * cfg.rotors.max_thrust_N / (robot.mass_kg * 9.81)
-        lines.append(f"  {len(cfg.rotors.names)} rotors, thrust-to-weight {ratio:.2f}")
+        lines.append(f"  {len(cfg.rotors.names)} rotors, thrust-to-weight {hover_thrust_to_weight(cfg, robot.mass_kg):.2f}")
     tasks = [t for t, entry in TASKS.items() if entry.kind == cfg.kind]
     lines.append(f"  tasks: {', '.join(tasks)}; picture of the default pose: {out}")
     if not np.isfinite(data.qacc).all():

@@ -15,7 +15,6 @@ import dataclasses
 import numpy as np
 import torch
 
-from sim.backends.mujoco_cpu import free_joint
 from config.validate import ConfigError
 from sim.evaluate import EpisodeRecorder
 from sim.readings import robot_readings
@@ -54,8 +53,7 @@ class SimRobot:
             if name in fixed:
                 raise ConfigError(f"reality gap: '{name}' is baked into the model variants and cannot be pinned per robot")
         self._gap_cols = [(env.param_names.index(k), float(v)) for k, v in self.gap.items()]
-        model = env.backend.model
-        self.has_base = free_joint(model) is not None
+        self.has_base = env.robot.base_qadr >= 0
         self.joint_names: tuple[str, ...] = getattr(env, "joint_names", ())
         self.recorder = EpisodeRecorder(env.summary, 1, env.max_episode_steps, per_env=10**9)
         env.reset()

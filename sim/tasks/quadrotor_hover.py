@@ -117,10 +117,15 @@ MASS, THRUST, TAU, LATENCY = 0, 1, 2, 3
 POS_BIAS, GYRO_BIAS, DISTURBANCE = slice(4, 7), slice(7, 10), slice(10, 13)
 
 
+def hover_thrust_N(mass_kg: float, num_rotors: int) -> float:
+    """Per-rotor thrust that holds the nominal body aloft."""
+    return mass_kg * GRAVITY_MPS2 / num_rotors
+
+
 def make_spec(cfg: QuadrotorHoverCfg, robot: RobotModel) -> PolicySpec:
     rotors = robot.cfg.rotors
     n = len(rotors.names)
-    hover_N = robot.mass_kg * GRAVITY_MPS2 / n
+    hover_N = hover_thrust_N(robot.mass_kg, n)
     xyz = ("x", "y", "z")
     return PolicySpec(
         robot=robot.cfg.name,
@@ -244,7 +249,7 @@ class QuadrotorHoverEnv(BatchedEnv):
         p[:, LATENCY] = p[:, LATENCY].floor()
         self.params[env_ids] = p
         self._apply_params(env_ids)
-        hover_N = self.mass_kg * GRAVITY_MPS2 / self.num_rotors * p[:, MASS] / p[:, THRUST]
+        hover_N = hover_thrust_N(self.mass_kg, self.num_rotors) * p[:, MASS] / p[:, THRUST]
         self.rotors.reset(env_ids, hover_N[:, None].expand(n, self.num_rotors))
         self._update_state(env_ids)
 
