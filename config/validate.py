@@ -23,6 +23,14 @@ def validate(cfg, prefix: str = "") -> None:
         if dataclasses.is_dataclass(value):
             validate(value, prefix=f"{name}.")
             continue
+        hint = hints[f.name]
+        if typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1]):
+            _check_type(name, value, dict)
+            for key, item in value.items():  # a task's terms, by name
+                if not isinstance(item, typing.get_args(hint)[1]):
+                    raise ConfigError(f"{name}.{key}: expected {typing.get_args(hint)[1].__name__}, got {item!r}")
+                validate(item, prefix=f"{name}.{key}.")
+            continue
         _check_type(name, value, hints[f.name])
         is_range = typing.get_origin(hints[f.name]) is tuple and len(typing.get_args(hints[f.name])) == 2 and Ellipsis not in typing.get_args(hints[f.name])
         if is_range and all(isinstance(v, (int, float)) for v in value):
@@ -65,7 +73,7 @@ def _check_type(name: str, value, hint) -> None:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     elif hint is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
-    elif hint in (str, bool):
+    elif hint in (str, bool, dict):
         ok = isinstance(value, hint)
     elif origin is tuple:
         args = typing.get_args(hint)
@@ -116,16 +124,25 @@ def override(cfg, dotted: str, value, prefix: str = ""):
         raise ConfigError(f"unknown config field '{prefix}{dotted}' (fields here: {', '.join(names)})")
     current = getattr(cfg, head)
     if rest:
-        if isinstance(current, dict):
-            if rest not in current:
-                raise ConfigError(f"unknown config key '{prefix}{dotted}' (keys: {', '.join(current)})")
-            new = dict(current)
-            new[rest] = _parse(value, ast)
-            return dataclasses.replace(cfg, **{head: new})
-        if not dataclasses.is_dataclass(current):
-            raise ConfigError(f"config field '{prefix}{head}' has no sub-field '{rest}'")
-        return dataclasses.replace(cfg, **{head: override(current, rest, value, f"{prefix}{head}.")})
+        return dataclasses.replace(cfg, **{head: _override_in(current, rest, value, f"{prefix}{head}.")})
     return dataclasses.replace(cfg, **{head: _parse(value, ast)})
+
+
+def _override_in(current, dotted: str, value, prefix: str):
+    """`current` (a config dataclass, or a dict of values or of config dataclasses: a task's terms) with
+    the item at `dotted` set to `value`."""
+    import ast
+
+    if dataclasses.is_dataclass(current):
+        return override(current, dotted, value, prefix)
+    if not isinstance(current, dict):
+        raise ConfigError(f"config field '{prefix[:-1]}' has no sub-field '{dotted}'")
+    key, _, rest = dotted.partition(".")
+    if key not in current:
+        raise ConfigError(f"unknown config key '{prefix}{key}' (keys: {', '.join(current)})")
+    new = dict(current)
+    new[key] = _override_in(current[key], rest, value, f"{prefix}{key}.") if rest else _parse(value, ast)
+    return new
 
 
 def _parse(value, ast):
@@ -153,6 +170,10 @@ def from_dict(cls, d: dict):
         h = hints[f.name]
         if dataclasses.is_dataclass(h):
             v = from_dict(h, v)
+        elif typing.get_origin(h) is dict and dataclasses.is_dataclass(typing.get_args(h)[1]):
+            v = {k: from_dict(typing.get_args(h)[1], item) for k, item in v.items()}
+        elif isinstance(v, dict):
+            v = {k: tuple(item) if isinstance(item, list) else item for k, item in v.items()}
         elif isinstance(v, list):
             v = tuple(v)
         kwargs[f.name] = v

@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import math
-import os
 import shutil
 import signal
 import time
@@ -284,8 +283,8 @@ def plot_learning_curve(metrics_csv: Path, out_png: Path) -> None:
     axes[0].plot(t, col("episode/return"))
     axes[0].set(xlabel="wall time (s)", ylabel="episode return", title="return")
     axes[1].plot(t, col("episode/end/timeout"), label="survived to time limit")
-    if "curriculum_level" in rows[0]:
-        axes[1].plot(t, col("curriculum_level"), label="curriculum level")
+    for name in (k for k in rows[0] if k.startswith("curriculum/")):
+        axes[1].plot(t, col(name), label=f"curriculum level {name.split('/', 1)[1]}")
     axes[1].set(xlabel="wall time (s)", ylim=(0, 1.05), title="episodes")
     axes[1].legend()
     fig.tight_layout()

@@ -299,9 +299,7 @@ def joint_gap_stats(log: JointLog, env, joint_names: tuple[str, ...], stats: Gap
             qpos[:, base_q] = torch.from_numpy(log.base_qpos[padded]).to(qpos)
             qvel[:, base_v] = torch.from_numpy(log.base_qvel[padded]).to(qvel)
         env.backend.reset(ids, qpos, qvel)
-        if hasattr(env, "joint_pos"):  # the env's PD reads its own copy of the joint state before the first physics step
-            env.joint_pos = qpos[:, qadr].to(env.joint_pos)
-            env.joint_vel = qvel[:, dadr].to(env.joint_vel)
+        env._read_state()  # the env's readings of the logged state, as after a reset
         alive = np.ones(n_env, bool)
         for j in range(horizon):
             target = torch.from_numpy(log.target_rad[padded + j]).to(env.device, torch.float32)

@@ -28,39 +28,35 @@ LATE_PERIODS = 2.5
 
 
 def nominal_cfg(cfg):
-    """`cfg` with every randomization range pinned to its nominal value (scales and strengths 1,
-    offsets, biases, payloads and latencies 0, else the range's low end), magnitudes (push velocity,
-    CoM shift) 0 but not a float that must stay > 0 (a push interval), one model variant, no sensor
-    noise: the simulator a log is compared with."""
+    """`cfg` with every randomization event pinned to its nominal value (ranges of scales and strengths
+    at 1, of offsets, payloads and latencies at 0, else at their low end; magnitudes such as a push
+    velocity or a bias 0; an interval kept), one model variant, no sensor noise: the simulator a log is
+    compared with."""
     from sim.sim_robot import noise_free
 
-    def pin(obj):
-        changes = {}
-        for f in dataclasses.fields(obj):
-            v = getattr(obj, f.name)
-            if dataclasses.is_dataclass(v):
-                changes[f.name] = pin(v)
-            elif isinstance(v, tuple) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
-                lo, hi = v
-                x = 1.0 if ("scale" in f.name or "strength" in f.name) and lo <= 1 <= hi else 0 if lo <= 0 <= hi else lo
-                changes[f.name] = (type(lo)(x), type(hi)(x))
-            elif f.name == "model_variants":
-                changes[f.name] = 1
-            elif isinstance(v, float) and ("check" not in f.metadata or f.metadata["check"][0](0.0)):
-                changes[f.name] = 0.0
-        return dataclasses.replace(obj, **changes)
+    def pin(name: str, v):
+        if isinstance(v, tuple) and len(v) == 2:
+            lo, hi = v
+            x = 1.0 if ("scale" in name or "strength" in name) and lo <= 1 <= hi else 0 if lo <= 0 <= hi else lo
+            return (type(lo)(x), type(hi)(x))
+        if isinstance(v, (int, float)) and not name.endswith("interval_s"):
+            return 0.0
+        return v
 
     cfg = noise_free(cfg)
-    return dataclasses.replace(cfg, randomization=pin(cfg.randomization)) if hasattr(cfg, "randomization") else cfg
+    events = {name: dataclasses.replace(e, params={k: pin(k, v) for k, v in e.params.items()}) for name, e in cfg.events.items()}
+    cfg = dataclasses.replace(cfg, events=events)
+    return dataclasses.replace(cfg, model_variants=1) if hasattr(cfg, "model_variants") else cfg
 
 
 def quadrotor_plant(cfg) -> Plant:
     """The nominal rigid-body plant of a multirotor task: its robot's MJCF, motor lag in the middle of
     the randomized range, the robot's thrust clamp, commands acting from the row they are logged at."""
     from sim.robots import find_robot
+    from sim.terms import term_param
 
     robot = find_robot(cfg.robot)
-    lo, hi = cfg.randomization.motor_tau_s
+    lo, hi = term_param(cfg.events, "rotor_params", "motor_tau_s", (0.03, 0.03))
     return Plant("nominal", str(robot.model_path), (lo + hi) / 2, robot.rotors.max_thrust_N, robot=cfg.robot)
 
 

@@ -179,7 +179,7 @@ def cmd_bench_deploy(args) -> None:
         print(f"  DDS latency: skipped, no ROS 2 Python client here ({e})")
     else:
         r = out["dds"] = bench_dds_latency(policy_dir / "arm.onnx", "arm", args.seconds)
-        print(f"  JointState in -> joint_commands out, policy_node process, Fast DDS loopback (target p99 <= 2000 us)")
+        print("  JointState in -> joint_commands out, policy_node process, Fast DDS loopback (target p99 <= 2000 us)")
         print(f"    {r['messages']} messages, {r['lost']} lost      p50 {r['p50_us']:.0f}  p99 {r['p99_us']:.0f}  max {r['max_us']:.0f} us")
         print(f"    sensor published -> command published     p50 {r['to_command_published_p50_us']:.0f}  "
               f"p99 {r['to_command_published_p99_us']:.0f} us")
@@ -267,6 +267,38 @@ def cmd_tasks(args) -> None:
 
     for name in sorted(TASKS):
         print(f"{name:18s} robot kind: {TASKS[name].kind:10s} default robot: {TASKS[name].cfg().robot}")
+        if args.terms:
+            cfg = TASKS[name].cfg()
+            for group in ("rewards", "terminations", "events", "commands", "curricula"):
+                for term_name, t in getattr(cfg, group).items():
+                    weight = f" weight {t.weight:g}" if hasattr(t, "weight") else ""
+                    params = ", ".join(f"{k}={v}" for k, v in t.params.items())
+                    print(f"  {group:12s} {term_name:16s} {t.func}({params}){weight}")
+            print(f"  {'critic':12s} {', '.join(cfg.critic)}, then every randomized parameter")
+    if args.terms:
+        print(term_catalogue())
+
+
+def term_catalogue() -> str:
+    """Every term function a task config can name, with its parameters, by module (sim/terms/)."""
+    import inspect
+
+    from sim.terms.commands import COMMANDS
+    from sim.terms.curricula import CURRICULA
+    from sim.terms.events import EVENTS
+    from sim.terms.observations import CRITIC_TERMS
+    from sim.terms.rewards import REWARDS
+    from sim.terms.terminations import TERMINATIONS
+
+    lines = ["", "terms (sim/terms/):"]
+    for module, registry in (("rewards", REWARDS), ("terminations", TERMINATIONS), ("events", EVENTS),
+                             ("commands", COMMANDS), ("curricula", CURRICULA), ("observations", CRITIC_TERMS)):
+        lines.append(f"  {module}.py")
+        for name, fn in registry.items():
+            params = [str(p) for p in inspect.signature(fn).parameters.values() if p.name not in ("self", "env")]
+            mode = f" [{fn.mode}]" if hasattr(fn, "mode") else ""
+            lines.append(f"    {name}({', '.join(params)}){mode}")
+    return "\n".join(lines)
 
 
 def cmd_robots(args) -> None:
@@ -357,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_replay)
 
     ls = sub.add_parser("tasks", help="list the tasks")
+    ls.add_argument("--terms", action="store_true", help="also each task's terms, and every term function with its parameters")
     ls.set_defaults(func=cmd_tasks)
 
     rl = sub.add_parser("robots", help="list the built-in robots")

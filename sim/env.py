@@ -1,8 +1,9 @@
 """The batched training environment: what every task shares.
 
-A task subclasses `BatchedEnv` and supplies the robot-specific pieces: its PolicySpec, how it resets
-and randomizes envs, how a command reaches the physics, the sensor noise of each observation term,
-privileged critic inputs, reward terms and terminations. Its robot's readings (sim.readings) are
+A task is a config of named terms (sim.terms): rewards, terminations, randomization events, commands,
+curricula and the critic's privileged terms; this class builds them from the config and runs them. A task's env
+subclass supplies what is its own: its PolicySpec, how it resets its state, how a command reaches the
+physics, and the sensor noise of each observation term. Its robot's readings (sim.readings) are
 computed once per step from the MuJoCo state; the observation terms are the robot runtime's own
 functions of them (deploy.signals.TERMS), observations are built by deploy's ObsBuilder and actions
 mapped by deploy's ActionMapper: the same code the robot runs.
@@ -10,6 +11,7 @@ mapped by deploy's ActionMapper: the same code the robot runs.
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -22,6 +24,13 @@ from deploy.obs_builder import ObsBuilder
 from deploy.signals import default_joint_pos, term_functions
 from deploy.spec import PolicySpec
 from config.validate import ConfigError
+from sim.terms import lookup
+from sim.terms.commands import COMMANDS
+from sim.terms.curricula import CURRICULA
+from sim.terms.events import EVENTS
+from sim.terms.observations import CRITIC_TERMS
+from sim.terms.rewards import REWARDS
+from sim.terms.terminations import TERMINATIONS
 
 
 @contextmanager
@@ -43,13 +52,11 @@ class BatchedEnv(ABC):
     Envs that end are reset inside `step`; the obs returned for them are their first obs.
     """
 
-    cfg: Any  # the task's config dataclass; its `noise.distribution` is read here
+    cfg: Any  # the task's config: its terms (rewards, terminations, events, curricula, critic) and noise
     spec: PolicySpec
     max_episode_steps: int
-    max_latency_steps: int = 0
     decimation: int = 1  # physics steps per control step
-    reward_weights: dict[str, float]
-    param_names: tuple[str, ...]  # names of the columns of `self.params`
+    curriculum_levels: tuple[str, ...] = ()  # the curriculum levels the task reads (`level(name)`)
 
     def __init__(self, num_envs: int, device: str | torch.device, seed: int):
         self.num_envs = num_envs
@@ -57,27 +64,16 @@ class BatchedEnv(ABC):
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
         self.env_ids = torch.arange(num_envs, device=self.device)
+        self.control_dt_s = 1.0 / self.spec.control_hz
         like = torch.zeros(1, device=self.device)
         self.action_mapper = ActionMapper(self.spec, like)
         self.policy_obs = ObsBuilder(self.spec, num_envs, like)
         n_act = self.spec.action_dim
         self.action = torch.zeros(num_envs, n_act, device=self.device)  # last raw policy action
         self.prev_action = self.action.clone()
-        self.latency_steps = torch.zeros(num_envs, dtype=torch.long, device=self.device)
-        self._command_queue = torch.zeros(num_envs, self.max_latency_steps + 1, n_act, device=self.device)
-        self.params = torch.zeros(num_envs, len(self.param_names), device=self.device)
         self.episode_step = torch.zeros(num_envs, dtype=torch.long, device=self.device)
-        known = sorted(n[len("_reward_"):] for n in dir(self) if n.startswith("_reward_"))
-        for name in self.reward_weights:
-            if name not in known:
-                raise ConfigError(f"task.reward.{name}: no such reward term (terms: {', '.join(known)})")
-        self.reward_terms: dict[str, Callable[[], torch.Tensor]] = {
-            name: getattr(self, f"_reward_{name}") for name, w in self.reward_weights.items() if w != 0
-        }
-        # Weights are per second of simulated time, so they do not depend on the control rate.
-        dt = 1.0 / self.spec.control_hz
-        self._reward_scale = torch.tensor([w * dt for n, w in self.reward_weights.items() if w != 0], device=self.device)
-        self._episode_sums = torch.zeros(num_envs, len(self.reward_terms), device=self.device)
+        self.terminated = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
+        self.force_scale = torch.ones(num_envs, 1, device=self.device)  # on forces the env applies (events.mass_scale)
         self.nan_resets = 0  # envs reset because the physics produced NaN/inf
         self.record_metrics = False  # evaluation sets it: extras["metrics"] every step
         # Called before each physics step with the command about to be applied; returns the command to
@@ -101,7 +97,69 @@ class BatchedEnv(ABC):
         for n in self._noisy_terms:
             self._noisy_cols[n] = slice(start, start + sizes[n])
             start += sizes[n]
-        self.sensor_bias = torch.zeros(num_envs, start, device=self.device)  # per-episode offsets, see bias_columns
+        self.sensor_bias = torch.zeros(num_envs, start, device=self.device)  # per-episode offsets (events.sensor_bias)
+        self._build_terms()
+        self.latency_steps = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self._command_queue = torch.zeros(num_envs, self.max_latency_steps + 1, n_act, device=self.device)
+
+    def _build_terms(self) -> None:
+        """The config's terms, bound to this env; each checked against its function (sim.terms.lookup)."""
+        cfg, dev = self.cfg, self.device
+
+        def bind(registry, kind, group, name, term):
+            return lookup(registry, kind, f"task.{group}.{name}", term.func, term.params)
+
+        self.reward_weights = {name: t.weight for name, t in cfg.rewards.items()}
+        self.reward_terms: dict[str, Callable[[], torch.Tensor]] = {
+            name: functools.partial(bind(REWARDS, "reward", "rewards", name, t), self, **t.params)
+            for name, t in cfg.rewards.items() if t.weight != 0
+        }
+        # Weights are per second of simulated time, so they do not depend on the control rate.
+        self._reward_scale = torch.tensor([t.weight * self.control_dt_s for t in cfg.rewards.values() if t.weight != 0], device=dev)
+        self._episode_sums = torch.zeros(self.num_envs, len(self.reward_terms), device=dev)
+        self.termination_terms = {
+            name: functools.partial(bind(TERMINATIONS, "termination", "terminations", name, t), self, **t.params)
+            for name, t in cfg.terminations.items()
+        }
+        self.critic_terms = []
+        for name in cfg.critic:
+            if name not in CRITIC_TERMS:
+                raise ConfigError(f"task.critic: no critic term '{name}' (have: {', '.join(sorted(CRITIC_TERMS))})")
+            self.critic_terms.append(CRITIC_TERMS[name])
+        events = {name: bind(EVENTS, "event", "events", name, t)(self, **t.params) for name, t in cfg.events.items()}
+        # every value a startup or reset event draws is a named column of `params` (the critic sees them all)
+        self.param_names: tuple[str, ...] = ()
+        self._event_cols: dict[str, slice] = {}
+        for mode in ("startup", "reset"):
+            for name, e in events.items():
+                if e.mode == mode:
+                    self._event_cols[name] = slice(len(self.param_names), len(self.param_names) + len(e.columns))
+                    self.param_names += e.columns
+        repeated = sorted({c for c in self.param_names if self.param_names.count(c) > 1})
+        if repeated:
+            raise ConfigError(f"task.events: two events randomize {repeated}")
+        self.startup_events = {n: e for n, e in events.items() if e.mode == "startup"}
+        self.reset_events = {n: e for n, e in events.items() if e.mode == "reset"}
+        self.interval_events = {n: e for n, e in events.items() if e.mode == "interval"}
+        latency = [e.max_steps for e in self.reset_events.values() if hasattr(e, "max_steps")]
+        self.max_latency_steps = max(latency, default=0)
+        self.params = torch.zeros(self.num_envs, len(self.param_names), device=dev)
+        self._variant_tables = {n: e.sample_variants() for n, e in self.startup_events.items()}
+        self.commands = {name: bind(COMMANDS, "command", "commands", name, t)(self, **t.params) for name, t in cfg.commands.items()}
+        levels = self.curriculum_levels + tuple(c.level for c in self.commands.values() if c.level)
+        self.curricula = {name: bind(CURRICULA, "curriculum", "curricula", name, t)(self, **t.params) for name, t in cfg.curricula.items()}
+        for name in self.curricula:
+            if name not in levels:
+                raise ConfigError(f"task.curricula.{name}: this task has no level '{name}' to move (levels: {', '.join(levels) or 'none'})")
+
+    def operator_readings(self) -> dict[str, torch.Tensor]:
+        """The commands, as the readings the policy observes them by (`command`, `target_pos_w`)."""
+        return {c.reading: c.value for c in self.commands.values()}
+
+    def level(self, name: str) -> float:
+        """Curriculum level `name` (1: the full ranges, as without a curriculum)."""
+        c = self.curricula.get(name)
+        return 1.0 if c is None else c.level
 
     # --- what a task supplies ------------------------------------------------------------------
     @abstractmethod
@@ -118,14 +176,6 @@ class BatchedEnv(ABC):
         senses (the others, e.g. an operator's command, come in exact); their true values also go to
         the critic."""
 
-    @abstractmethod
-    def _privileged(self) -> torch.Tensor:
-        """`(num_envs, k)` critic-only inputs: true state the robot cannot sense, and `self.params`."""
-
-    @abstractmethod
-    def _terminations(self) -> dict[str, torch.Tensor]:
-        """Boolean `(num_envs,)` per termination reason (e.g. crash, out of bounds)."""
-
     def sensor_noise(self, std: torch.Tensor) -> torch.Tensor:
         """`(num_envs, k)` zero-mean noise with standard deviation `std` `(k,)`, of the distribution the
         task's `noise.distribution` names: uniform (as legged_gym and mjlab add it, cheaper to draw)
@@ -138,7 +188,15 @@ class BatchedEnv(ABC):
 
     def bias_columns(self, term: str) -> slice:
         """The columns of `sensor_bias` that offset observation term `term` (a per-episode sensor bias)."""
+        if term not in self._noisy_cols:
+            raise ConfigError(f"sensor bias on '{term}', which has no sensor noise (noisy terms: {', '.join(self._noisy_cols)})")
         return self._noisy_cols[term]
+
+    def param(self, name: str, default: float = 1.0) -> torch.Tensor:
+        """`(num_envs,)` the randomized parameter `name`, or `default` where no event draws it."""
+        if name in self.param_names:
+            return self.params[:, self.param_names.index(name)]
+        return torch.full((self.num_envs,), default, device=self.device)
 
     def _signals(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(true `(num_envs, k)`: the sensed terms without noise or bias, for the critic; the signal of
@@ -168,14 +226,32 @@ class BatchedEnv(ABC):
         return {}
 
     def _after_iteration(self, episode_stats: dict) -> dict[str, float]:
-        """Curriculum hook, called by the runner once per training iteration with the means over the
-        episodes that ended in it; returns figures to log (e.g. the curriculum level)."""
-        return {}
+        """Called by the runner once per training iteration with the means over the episodes that ended
+        in it; moves the curricula, returns their levels to log."""
+        if episode_stats.get("count"):
+            for c in self.curricula.values():
+                c.update(episode_stats)
+        return {f"curriculum/{name}": c.level for name, c in self.curricula.items()}
 
     # --- the shared loop -----------------------------------------------------------------------
     def reset(self) -> dict[str, torch.Tensor]:
         self._reset(self.env_ids)
+        self._check_terms()
         return self._observations()
+
+    def _check_terms(self) -> None:
+        """Evaluate every reward, termination and critic term once, on the first readings: a term that
+        needs a reading this robot does not have (a base position on a fixed arm) fails here, named,
+        before anything runs."""
+        critic = ((fn.__name__, functools.partial(fn, self)) for fn in self.critic_terms)
+        for group, terms in (("rewards", self.reward_terms.items()), ("terminations", self.termination_terms.items()), ("critic", critic)):
+            for name, term in terms:
+                try:
+                    term()
+                except (KeyError, AttributeError) as e:
+                    what = repr(e.args[0] if isinstance(e, KeyError) else e.name)
+                    raise ConfigError(f"task.{group}.{name}: needs {what}, which robot '{self.spec.robot}' in this task does not have "
+                                      f"(readings: {', '.join(sorted(self.readings))})") from None
 
     def step(self, action: torch.Tensor):
         self.prev_action = self.action
@@ -190,10 +266,20 @@ class BatchedEnv(ABC):
         queue[:, 1:] = queue[:, :-1].clone()
         queue[:, 0] = command
         self._apply_command(queue[self.env_ids, self.latency_steps])
+        for command in self.commands.values():
+            command.steps_since += 1
+            n = command.resample_steps
+            ids = (self.episode_step % n == n - 1).nonzero().squeeze(-1) if n else ()
+            if len(ids):
+                command.resample(ids)
+        for event in self.interval_events.values():
+            ids = (self.episode_step % event.interval_steps == event.interval_steps - 1).nonzero().squeeze(-1)
+            if ids.numel():
+                event.fire(ids)
         self.episode_step += 1
 
         ok = self._physics_ok()
-        reasons = self._terminations()
+        reasons = {name: term() for name, term in self.termination_terms.items()}
         reasons["nan"] = ~ok
         terminated = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
         for mask in reasons.values():
@@ -217,13 +303,39 @@ class BatchedEnv(ABC):
         return self._observations(), reward, terminated, truncated, extras
 
     def _reset(self, env_ids: torch.Tensor) -> None:
+        self._randomize(env_ids)
         self._reset_envs(env_ids)
+        for command in self.commands.values():
+            command.resample(env_ids)
         self.episode_step[env_ids] = 0
         self.action[env_ids] = 0.0
         self.prev_action[env_ids] = 0.0
         self._command_queue[env_ids] = self.action_mapper(self.action[env_ids])[:, None]
         self.policy_obs.reset(env_ids)
         self._episode_sums[env_ids] = 0.0
+
+    def _randomize(self, env_ids: torch.Tensor) -> None:
+        """New values of the randomized parameters for `env_ids`: a model variant (the startup events'
+        values), then each reset event's draw, applied in the config's order."""
+        if self.startup_events:
+            variant = torch.randint(len(self.backend.variants), (len(env_ids),), generator=self.generator, device=self.device)
+            self.backend.set_env_variant(env_ids, variant)
+            for name, table in self._variant_tables.items():
+                self.params[env_ids, self._event_cols[name]] = table[variant]
+        for name, event in self.reset_events.items():
+            values = event.sample(len(env_ids))
+            self.params[env_ids, self._event_cols[name]] = values
+            event.apply(env_ids, values)
+
+    def apply_params(self, env_ids: torch.Tensor) -> None:
+        """Put the reset events' values in `params` into the env again (restoring a saved env, pinning
+        a reality gap)."""
+        for name, event in self.reset_events.items():
+            event.apply(env_ids, self.params[env_ids, self._event_cols[name]])
+
+    def _privileged(self) -> torch.Tensor:
+        """`(num_envs, k)` the critic's privileged terms (`cfg.critic`), then every randomized parameter."""
+        return torch.cat([fn(self) for fn in self.critic_terms] + [self.params], dim=-1)
 
     def _observations(self) -> dict[str, torch.Tensor]:
         true, sensed = self._signals()
@@ -240,10 +352,6 @@ class BatchedEnv(ABC):
         means = torch.cat((self._episode_sums, torch.stack(columns, dim=-1)), dim=-1)[done_ids].mean(0).tolist()
         return dict(zip(names, means), count=int(done_ids.numel()))
 
-    def _reward_termination(self):
-        """1 on the step an episode ends by a termination (fall, crash), for a one-off penalty."""
-        return self.terminated.float()
-
     # --- save and restore, so a resumed run continues exactly --------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {
@@ -251,6 +359,9 @@ class BatchedEnv(ABC):
             "command_queue": self._command_queue, "params": self.params, "episode_step": self.episode_step,
             "nan_resets": torch.tensor(self.nan_resets), "generator": self.generator.get_state(),
             "episode_sums": self._episode_sums,
+            **{f"curriculum/{n}/{k}": v for n, c in self.curricula.items() for k, v in c.state_dict().items()},
+            **{f"command/{n}/value": c.value for n, c in self.commands.items()},
+            **{f"command/{n}/steps_since": c.steps_since for n, c in self.commands.items()},
             **{f"policy_obs/{k}": v for k, v in self.policy_obs.state_dict().items()},
             **{f"backend/{k}": v for k, v in self.backend.state_dict().items()},
             **{f"task/{k}": v for k, v in self._task_state().items()},
@@ -269,6 +380,12 @@ class BatchedEnv(ABC):
         self._episode_sums.copy_(state["episode_sums"])
         self.policy_obs.load_state_dict(sub("policy_obs/"))
         self.backend.load_state_dict(sub("backend/"))
+        for name, c in self.curricula.items():
+            c.load_state_dict(sub(f"curriculum/{name}/"))
+        for name, c in self.commands.items():
+            c.value.copy_(state[f"command/{name}/value"])
+            c.steps_since.copy_(state[f"command/{name}/steps_since"])
+        self.apply_params(self.env_ids)
         self._load_task_state(sub("task/"))
 
     @property

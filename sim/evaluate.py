@@ -23,14 +23,13 @@ from sim.tasks import default_cfg, make_env, task_entry
 
 def load_policy(policy_path: str | Path, task_cfg=None):
     """The policy, and the task config it is evaluated under: the training config stored in the ONNX
-    (or the task's default), with the curriculum at its final level."""
+    (or the task's default), without its curricula: every range at its full width."""
     policy = OnnxPolicy(policy_path)
     task = policy.spec.task
     if task_cfg is None and TASK_CONFIG_KEY in policy.metadata:
         task_cfg = from_dict(task_entry(task).cfg, json.loads(policy.metadata[TASK_CONFIG_KEY]))
     cfg = task_cfg or default_cfg(task)
-    if hasattr(cfg, "curriculum"):
-        cfg = dataclasses.replace(cfg, curriculum=dataclasses.replace(cfg.curriculum, enabled=False))
+    cfg = dataclasses.replace(cfg, curricula={})
     return policy, cfg
 
 

@@ -22,7 +22,9 @@ def robot_readings(robot: RobotModel, qpos: torch.Tensor, qvel: torch.Tensor, se
       angular velocity is in the body frame, as an IMU's gyro reports it);
     - joints, in the robot config's wire order: joint_pos, joint_vel, joint_effort (the drive's torque
       in the last physics step);
-    - feet: foot_force_N, the normal contact force on each foot (the touch sensors around them).
+    - feet: foot_force_N, the normal contact force on each foot (the touch sensors around them);
+    - an end effector: ee_pos_w, ee_quat_wxyz (its site's frame sensors; a task's measure, not a
+      reading the policy is given).
     """
     out: dict[str, torch.Tensor] = {}
     if robot.base_qadr >= 0:
@@ -39,4 +41,7 @@ def robot_readings(robot: RobotModel, qpos: torch.Tensor, qvel: torch.Tensor, se
         out["joint_effort"] = sensordata[:, robot.torque_adr]
     if robot.touch_adr is not None:
         out["foot_force_N"] = sensordata[:, robot.touch_adr]
+    if robot.ee_pos_adr >= 0:
+        out["ee_pos_w"] = sensordata[:, robot.ee_pos_adr : robot.ee_pos_adr + 3]
+        out["ee_quat_wxyz"] = sensordata[:, robot.ee_quat_adr : robot.ee_quat_adr + 4]
     return out

@@ -25,16 +25,11 @@ def noise_free(cfg):
     """`cfg` with every sensor noise and bias range at zero: what the simulated robot's readings are
     (the training noise lives in the env's observation pipeline), so `s2r eval` under this config is
     the reference a sim-in-the-loop run is compared with."""
-    changes = {}
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if f.name == "noise":
-            changes[f.name] = dataclasses.replace(v, **{g.name: 0.0 for g in dataclasses.fields(v) if isinstance(getattr(v, g.name), float)})
-        elif dataclasses.is_dataclass(v):
-            changes[f.name] = noise_free(v)
-        elif "bias" in f.name and isinstance(v, float):
-            changes[f.name] = 0.0
-    return dataclasses.replace(cfg, **changes)
+    noise = cfg.noise
+    noise = dataclasses.replace(noise, **{f.name: 0.0 for f in dataclasses.fields(noise) if isinstance(getattr(noise, f.name), float)})
+    events = {name: dataclasses.replace(e, params={**e.params, "bias": 0.0}) if e.func == "sensor_bias" else e
+              for name, e in cfg.events.items()}
+    return dataclasses.replace(cfg, noise=noise, events=events)
 
 
 class SimRobot:
@@ -46,7 +41,7 @@ class SimRobot:
         self.cfg = env.cfg
         self.spec = env.spec
         self.gap = dict(gap or {})
-        fixed = set(getattr(env, "variant_param_names", ()))
+        fixed = {c for e in env.startup_events.values() for c in e.columns}
         for name in self.gap:
             if name not in env.param_names:
                 raise ConfigError(f"reality gap: '{name}' is not a randomized parameter of {task} (have {list(env.param_names)})")
@@ -67,7 +62,7 @@ class SimRobot:
         if self._gap_cols:
             for col, value in self._gap_cols:
                 self.env.params[:, col] = value
-            self.env._apply_params(self.env.env_ids)
+            self.env.apply_params(self.env.env_ids)
 
     @property
     def physics_dt_s(self) -> float:

@@ -79,7 +79,7 @@ def record_video(policy_path: str | Path, out: str | Path, seconds: float = 10.0
     camera = scene_camera(model, getattr(env, "video_camera", None))
     target_mocap = -1
     tid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, "target")
-    if tid >= 0 and hasattr(env, "target_pos_m"):
+    if tid >= 0 and "target_pos_w" in env.readings:
         target_mocap = model.body_mocapid[tid]
     data = mujoco.MjData(model)
     stride = max(1, math.ceil(env.spec.control_hz / max_fps))
@@ -89,7 +89,7 @@ def record_video(policy_path: str | Path, out: str | Path, seconds: float = 10.0
         if t % stride == 0:
             data.qpos[:] = env.backend.qpos[0].numpy()
             if target_mocap >= 0:
-                data.mocap_pos[target_mocap] = env.target_pos_m[0].cpu().numpy()
+                data.mocap_pos[target_mocap] = env.readings["target_pos_w"][0].cpu().numpy()
             mujoco.mj_forward(model, data)
             renderer.update_scene(data, camera=camera)
             frames.append(renderer.render().copy())

@@ -34,8 +34,9 @@ def test_unknown_task_lists_the_tasks(tmp_path):
         ("ppo.num_steps=0", "ppo.num_steps"),
         ("ppo.learning_rate=fast", "ppo.learning_rate"),
         ("ppo.activation=sigmoid", "ppo.activation"),
-        ("task.randomization.mass_scale=(1.2, 0.8)", "task.randomization.mass_scale"),
-        ("task.reward.flips=1.0", "task.reward.flips"),
+        ("task.events.mass.params.scale=(1.2, 0.8)", "task.events.mass.params.scale"),
+        ("task.rewards.flips.weight=1.0", "task.rewards.flips"),
+        ("task.rewards.tilt.func=backflip", "task.rewards.tilt.func: no reward 'backflip'"),
         ("task.no_such_field=1", "no_such_field"),
     ],
 )

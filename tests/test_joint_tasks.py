@@ -13,7 +13,6 @@ from policies.runner import Runner, default_train_cfg
 from config.validate import override
 from sim.evaluate import evaluate
 from sim.tasks import default_cfg, make_env
-from sim.tasks import quadruped_walk as qw
 from sim.robots import find_robot
 from sim.video import VideoError, record_video
 
@@ -45,8 +44,8 @@ def test_randomization_changes_what_it_claims(task):
     for col in ("kp_scale", "kd_scale", "motor_strength"):
         v = p[:, names.index(col)]
         assert v.std() > 0.01, col
-    a = env.cfg.randomization.actuators
-    assert (p[:, names.index("kp_scale")] >= a.kp_scale[0]).all() and (p[:, names.index("kp_scale")] <= a.kp_scale[1]).all()
+    lo, hi = env.cfg.events["gains"].params["kp_scale"]
+    assert (p[:, names.index("kp_scale")] >= lo).all() and (p[:, names.index("kp_scale")] <= hi).all()
     # the PD controller uses them
     assert torch.allclose(env.pd.kp, env.pd.kp_nominal * p[:, names.index("kp_scale"), None])
     assert torch.allclose(env.pd.strength[:, 0], p[:, names.index("motor_strength")])
@@ -58,11 +57,13 @@ def test_randomization_changes_what_it_claims(task):
         floor = b.model.geom("floor").id
         friction = torch.tensor([m.geom_friction[floor, 0] for m in models], dtype=torch.float32)
         assert torch.allclose(friction, p[:, names.index("friction")])
-        mass = torch.tensor([m.body_mass[env.trunk] for m in models], dtype=torch.float32)
-        assert torch.allclose(mass, float(b.model.body_mass[env.trunk]) + p[:, names.index("payload_kg")], atol=1e-5)
+        trunk = env.robot.base_body
+        mass = torch.tensor([m.body_mass[trunk] for m in models], dtype=torch.float32)
+        assert torch.allclose(mass, float(b.model.body_mass[trunk]) + p[:, names.index("payload_kg")], atol=1e-5)
     else:
-        payload = torch.tensor([m.body_mass[env.payload] for m in models], dtype=torch.float32)
-        assert torch.allclose(payload, float(b.model.body_mass[env.payload]) + p[:, names.index("payload_kg")], atol=1e-5)
+        body = env.robot.payload_body
+        payload = torch.tensor([m.body_mass[body] for m in models], dtype=torch.float32)
+        assert torch.allclose(payload, float(b.model.body_mass[body]) + p[:, names.index("payload_kg")], atol=1e-5)
         d = b.model.joint("elbow_joint").dofadr[0]
         damping = torch.tensor([m.dof_damping[d] for m in models], dtype=torch.float32)
         assert torch.allclose(damping, float(b.model.dof_damping[d]) * p[:, names.index("elbow_joint_damping_scale")], atol=1e-5)
@@ -71,17 +72,17 @@ def test_randomization_changes_what_it_claims(task):
 
 
 def test_quadruped_stands_on_default_pose_and_pushes_move_it():
-    cfg = override(default_cfg("quadruped-walk"), "randomization.model_variants", 1)
-    cfg = override(cfg, "randomization.push_interval_s", 0.5)
+    cfg = override(default_cfg("quadruped-walk"), "model_variants", 1)
+    cfg = override(cfg, "events.push.params.interval_s", 0.5)
     env = make_env("quadruped-walk", 16, cfg)
     env.reset()
     zero = torch.zeros(16, 12)
     speeds = []
     for _ in range(40):  # 0.8 s: a push at 0.5 s
         env.step(zero)
-        speeds.append(env.lin_vel_b[:, :2].norm(dim=-1).max().item())
+        speeds.append(env.readings["base_lin_vel_b"][:, :2].norm(dim=-1).max().item())
     assert max(speeds[20:30]) > 0.1  # the push
-    assert (env.base_height_m > 0.18).all() and env.episode_step.min() == 40  # nobody fell
+    assert (env.readings["base_pos_w"][:, 2] > 0.18).all() and env.episode_step.min() == 40  # nobody fell
     env.close()
 
 
@@ -92,7 +93,7 @@ def test_joint_order_in_spec_is_the_robot_configs(monkeypatch):
     env = make_env("arm-reach", 2)
     assert env.spec.action.names == ARM_JOINTS
     # a model whose joints are in another order would give other qpos addresses: the env maps by name
-    assert list(env._qadr) == [env.backend.model.joint(j).qposadr[0] for j in ARM_JOINTS]
+    assert list(env.robot.joint_qadr) == [env.backend.model.joint(j).qposadr[0] for j in ARM_JOINTS]
     env.close()
 
 

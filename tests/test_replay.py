@@ -27,8 +27,8 @@ NOMINAL = ["mass_scale=1.0", "thrust_scale=1.0", "motor_tau_s=0.05", "latency_st
            "disturbance_x_N=0.0", "disturbance_y_N=0.0", "disturbance_z_N=0.0"]
 GAPPED = ["mass_scale=1.15", "thrust_scale=0.85", "motor_tau_s=0.08", "latency_steps=0",
           "disturbance_x_N=0.0", "disturbance_y_N=0.0", "disturbance_z_N=0.0"]
-NO_DR = ["mass_scale=(1.0,1.0)", "thrust_scale=(1.0,1.0)", "motor_tau_s=(0.05,0.05)", "latency_steps=(0,0)",
-         "pos_bias_m=0.0", "gyro_bias_radps=0.0", "disturbance_N=0.0"]
+NO_DR = ["mass.params.scale=(1.0,1.0)", "rotors.params.thrust_scale=(1.0,1.0)", "rotors.params.motor_tau_s=(0.05,0.05)",
+         "latency.params.steps=(0,0)", "position_bias.params.bias=0.0", "gyro_bias.params.bias=0.0", "disturbance.params.force_N=0.0"]
 RECORD_S = 6.0
 
 
@@ -80,7 +80,7 @@ def no_dr_policy(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("no_dr") / "run"
     args = ["train", "--task", "quadrotor-hover", "--run-dir", str(run), "--no-progress"]
     for item in NO_DR:
-        args += ["--set", f"task.randomization.{item}"]
+        args += ["--set", f"task.events.{item}"]
     assert main(args) == 0
     return run / "policy.onnx"
 
@@ -212,10 +212,12 @@ def test_nominal_cfg_pins_every_range():
     from sim.tasks import default_cfg
 
     cfg = nominal_cfg(default_cfg("arm-reach"))
-    r = cfg.randomization
-    assert r.damping_scale == (1.0, 1.0) and r.payload_kg == (0.0, 0.0) and r.model_variants == 1
-    assert r.actuators.kp_scale == (1.0, 1.0) and r.actuators.latency_steps == (0, 0) and r.actuators.joint_pos_bias_rad == 0.0
-    assert cfg.noise.joint_pos_rad == 0.0
+    e = {name: t.params for name, t in cfg.events.items()}
+    assert e["joints"]["damping_scale"] == (1.0, 1.0) and e["payload"]["mass_kg"] == (0.0, 0.0) and cfg.model_variants == 1
+    assert e["gains"]["kp_scale"] == (1.0, 1.0) and e["latency"]["steps"] == (0, 0) and e["encoder_bias"]["bias"] == 0.0
+    assert e["encoder_bias"]["term"] == "joint_pos_rel" and cfg.noise.joint_pos_rad == 0.0
+    walk = nominal_cfg(default_cfg("quadruped-walk")).events["push"].params
+    assert walk["vel_mps"] == 0.0 and walk["interval_s"] == 8.0
 
 
 def _quadruped_gap(tmp_path: Path, name: str, actuators: dict | None = None) -> dict:
@@ -230,8 +232,8 @@ def _quadruped_gap(tmp_path: Path, name: str, actuators: dict | None = None) -> 
     cfg = load_policy(policy)[1]
     rec = nominal_cfg(cfg)
     if actuators:
-        r = rec.randomization
-        rec = dataclasses.replace(rec, randomization=dataclasses.replace(r, actuators=dataclasses.replace(r.actuators, **actuators)))
+        gains = rec.events["gains"]
+        rec = dataclasses.replace(rec, events={**rec.events, "gains": dataclasses.replace(gains, params={**gains.params, **actuators})})
     record_rollout_bag(policy, tmp_path / name, 4.0, rec)
     return dynamics_pass(BagReader(tmp_path / name), OnnxPolicy(policy).spec, cfg, (1, 10))
 

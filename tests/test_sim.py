@@ -10,7 +10,6 @@ from sim.backends import physics_substeps
 from sim.backends.mujoco_cpu import ModelError, MujocoCpuBackend
 from sim.tasks import default_cfg, make_env
 from sim.robots import ROBOTS_DIR
-from sim.tasks.quadrotor_hover import PARAM_NAMES
 
 MODEL = ROBOTS_DIR / "crazyflie.xml"
 
@@ -52,7 +51,7 @@ def test_observation_groups_have_spec_shapes():
     spec = env.spec
     assert obs["policy"].shape == (16, spec.obs_dim)
     # critic: the policy obs, its 18 sensed quantities without noise, rotor thrusts, every randomized parameter
-    assert obs["critic"].shape == (16, spec.obs_dim + 18 + 4 + len(PARAM_NAMES))
+    assert obs["critic"].shape == (16, spec.obs_dim + 18 + 4 + len(env.param_names))
     assert torch.equal(obs["critic"][:, : spec.obs_dim], obs["policy"])
     obs, reward, terminated, truncated, _ = env.step(torch.zeros(16, 4))
     assert reward.shape == terminated.shape == truncated.shape == (16,)
@@ -65,7 +64,8 @@ def test_policy_obs_is_noisy_and_critic_obs_is_clean():
     obs = env.reset()
     n = env.spec.obs_dim
     pos_clean = obs["critic"][:, n : n + 3]
-    expected = (env.rot.transpose(1, 2) @ env.pos_error_m.unsqueeze(-1)).squeeze(-1)
+    r = env.readings
+    expected = (r["base_rotmat"].transpose(1, 2) @ (r["base_pos_w"] - r["target_pos_w"]).unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(pos_clean, expected, atol=1e-6)
     assert (obs["policy"][:, :3] - pos_clean).abs().mean() > 1e-3
     env.close()
@@ -75,14 +75,19 @@ def test_randomization_changes_parameters_and_critic_sees_them():
     env = make_env("quadrotor-hover", 256, seed=3)
     obs = env.reset()
     params = env.params.clone()
-    dr = env.cfg.randomization
-    for i, name in enumerate(PARAM_NAMES[:3]):
-        lo, hi = getattr(dr, name)
-        assert params[:, i].min() >= lo and params[:, i].max() <= hi
-        assert params[:, i].std() > 0.1 * (hi - lo) / np.sqrt(12)
-    assert set(params[:, PARAM_NAMES.index("latency_steps")].unique().tolist()) == {0.0, 1.0, 2.0}
+    names = env.param_names
+    # every value the events draw is a named column, in the config's order
+    assert names[:4] == ("mass_scale", "thrust_scale", "motor_tau_s", "latency_steps")
+    assert names[-3:] == ("disturbance_x_N", "disturbance_y_N", "disturbance_z_N")
+    events = env.cfg.events
+    ranges = {"mass_scale": events["mass"].params["scale"], **dict(zip(("thrust_scale", "motor_tau_s"), (events["rotors"].params["thrust_scale"], events["rotors"].params["motor_tau_s"])))}
+    for name, (lo, hi) in ranges.items():
+        col = params[:, names.index(name)]
+        assert col.min() >= lo and col.max() <= hi
+        assert col.std() > 0.1 * (hi - lo) / np.sqrt(12)
+    assert set(params[:, names.index("latency_steps")].unique().tolist()) == {0.0, 1.0, 2.0}
     # the critic's last columns are exactly the parameters
-    assert torch.equal(obs["critic"][:, -len(PARAM_NAMES):], params)
+    assert torch.equal(obs["critic"][:, -len(names):], params)
     env._reset(env.env_ids)
     assert not torch.equal(env.params, params)
     env.close()
@@ -91,18 +96,19 @@ def test_randomization_changes_parameters_and_critic_sees_them():
 def test_mass_and_thrust_randomization_change_the_dynamics():
     cfg = default_cfg("quadrotor-hover")
     init = dataclasses.replace(cfg.init, pos_m=0.0, lin_vel_mps=0.0, tilt_rad=0.0, ang_vel_radps=0.0)
-    cfg = dataclasses.replace(cfg, init=init, curriculum=dataclasses.replace(cfg.curriculum, enabled=False))
+    cfg = dataclasses.replace(cfg, init=init, curricula={})
     env = make_env("quadrotor-hover", 3, cfg)
     env.reset()
-    i_mass, i_thrust, i_dist = PARAM_NAMES.index("mass_scale"), PARAM_NAMES.index("thrust_scale"), 10
-    env.params[:, i_mass] = torch.tensor([1.0, 1.2, 1.0])
-    env.params[:, i_thrust] = torch.tensor([1.0, 1.0, 1.2])
+    names = env.param_names
+    env.params[:, names.index("mass_scale")] = torch.tensor([1.0, 1.2, 1.0])
+    env.params[:, names.index("thrust_scale")] = torch.tensor([1.0, 1.0, 1.2])
+    i_dist = names.index("disturbance_x_N")
     env.params[:, i_dist : i_dist + 3] = 0.0
-    env._apply_params(env.env_ids)
+    env.apply_params(env.env_ids)
     env.rotors.reset(env.env_ids, torch.full((3, 4), 0.027 * 9.81 / 4))
     for _ in range(50):
         env.step(torch.zeros(3, 4))
-    vz = env.lin_vel_mps[:, 2]
+    vz = env.readings["base_lin_vel_w"][:, 2]
     assert abs(vz[0]) < 0.02  # nominal: hover thrust holds
     assert vz[1] < -0.5  # 20 % heavier: falls
     assert vz[2] > 0.5  # 20 % more thrust: climbs
@@ -165,9 +171,35 @@ def test_quat_to_rotmat_matches_mujoco():
         np.testing.assert_allclose(ours[i], ref.reshape(3, 3), atol=1e-12)
 
 
-def test_unknown_reward_term_is_named():
+def test_unknown_terms_and_parameters_are_named():
     from config.validate import ConfigError
+    from sim.terms import EventTerm, RewardTerm
 
-    cfg = dataclasses.replace(default_cfg("quadrotor-hover"), reward={"alive": 1.0, "backflips": 2.0})
-    with pytest.raises(ConfigError, match="task.reward.backflips: no such reward term"):
-        make_env("quadrotor-hover", 2, cfg)
+    cfg = default_cfg("quadrotor-hover")
+    bad = [
+        (dataclasses.replace(cfg, rewards={**cfg.rewards, "flips": RewardTerm("backflips", 2.0)}), "task.rewards.flips.func: no reward 'backflips'"),
+        (dataclasses.replace(cfg, rewards={**cfg.rewards, "prec": RewardTerm("base_pos_precision", 1.0)}), "task.rewards.prec.params: reward 'base_pos_precision' needs radius_m"),
+        (dataclasses.replace(cfg, rewards={**cfg.rewards, "tilt": RewardTerm("upright_error", 1.0, {"gain": 2.0})}), "task.rewards.tilt.params.gain: reward 'upright_error' takes no parameter"),
+        (dataclasses.replace(cfg, events={**cfg.events, "wind": EventTerm("wind")}), "task.events.wind.func: no event 'wind'"),
+        (dataclasses.replace(cfg, events={**cfg.events, "bias": EventTerm("sensor_bias", {"term": "joint_pos_rel", "bias": 0.1})}), "sensor_bias: the policy has no observation term 'joint_pos_rel'"),
+        (dataclasses.replace(cfg, events={**cfg.events, "mass2": EventTerm("mass_scale")}), r"two events randomize \['mass_scale'\]"),
+        (dataclasses.replace(cfg, critic=("rotor_thrust", "x_ray")), "task.critic: no critic term 'x_ray'"),
+        (dataclasses.replace(cfg, curricula={"command_range": cfg.curricula["init_state"]}), "task.curricula.command_range: this task has no level"),
+    ]
+    for c, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            make_env("quadrotor-hover", 2, c)
+
+
+def test_terms_are_overridden_by_dotted_path():
+    from config.validate import ConfigError, override
+
+    cfg = override(default_cfg("quadrotor-hover"), "rewards.pos_precision.params.radius_m", "0.05")
+    cfg = override(cfg, "events.mass.params.scale", "(1.0, 1.3)")
+    assert cfg.rewards["pos_precision"].params["radius_m"] == 0.05 and cfg.events["mass"].params["scale"] == (1.0, 1.3)
+    env = make_env("quadrotor-hover", 64, cfg)
+    env.reset()
+    assert env.param("mass_scale").min() >= 1.0
+    env.close()
+    with pytest.raises(ConfigError, match="unknown config key 'task.rewards.backflips'"):
+        override(cfg, "rewards.backflips.weight", "1.0", prefix="task.")

@@ -1,6 +1,5 @@
 """PPO training, checkpoints, resume, export parity, eval: the spine end to end."""
 
-import json
 import pickle
 
 import numpy as np

@@ -17,31 +17,9 @@ import torch
 
 from deploy.spec import ActionSpec, ObsTerm, PolicySpec, SpecExtra
 from config.validate import SensorNoiseCfg, nonnegative, positive
-from sim.joint_env import ActuatorRandomizationCfg, JointPositionEnv
-from sim.robots import PAYLOAD_RADIUS_M, RobotModel
-
-
-@dataclass(frozen=True)
-class TargetCfg:
-    """Targets uniform in a box (base frame), one per episode."""
-
-    center_m: tuple[float, float, float] = (-0.45, -0.13, 0.35)
-    half_extent_m: tuple[float, float, float] = (0.2, 0.25, 0.15)
-
-
-@dataclass(frozen=True)
-class RandomizationCfg:
-    """Model fields are scaled per model variant; actuator parameters drawn per episode."""
-
-    damping_scale: tuple[float, float] = (0.5, 2.0)
-    frictionloss_Nm: tuple[float, float] = (0.0, 0.5)
-    armature_scale: tuple[float, float] = (0.9, 1.1)
-    payload_kg: tuple[float, float] = (0.0, 1.0)
-    model_variants: int = field(default=64, metadata=positive())
-    actuators: ActuatorRandomizationCfg = ActuatorRandomizationCfg(
-        kp_scale=(0.9, 1.1), kd_scale=(0.9, 1.1), motor_strength=(0.95, 1.05), latency_steps=(0, 1),
-        joint_pos_bias_rad=0.002,
-    )
+from sim.joint_env import JointPositionEnv
+from sim.robots import RobotModel
+from sim.terms import CommandTerm, CurriculumTerm, EventTerm, RewardTerm, TerminationTerm
 
 
 @dataclass(frozen=True)
@@ -56,25 +34,32 @@ class ArmReachCfg:
     episode_s: float = field(default=3.0, metadata=positive())
     action_scale_rad: float = field(default=1.0, metadata=positive())  # joint target = default + scale * action
     success_radius_m: float = field(default=0.02, metadata=positive())
-    precision_radius_m: float = field(default=0.05, metadata=positive())
-    target: TargetCfg = TargetCfg()
-    randomization: RandomizationCfg = RandomizationCfg()
+    model_variants: int = field(default=64, metadata=positive())  # worlds with their own startup-event values
     noise: NoiseCfg = NoiseCfg()
-    reward: dict[str, float] = field(
+    # one target per episode, uniform in a box (base frame)
+    commands: dict[str, CommandTerm] = field(
+        default_factory=lambda: {"target": CommandTerm("position_target", {"center_m": (-0.45, -0.13, 0.35), "half_extent_m": (0.2, 0.25, 0.15)})}
+    )
+    rewards: dict[str, RewardTerm] = field(
         default_factory=lambda: {
-            "ee_pos_error": -1.0,
-            "ee_pos_precision": 1.0,
-            "action_rate": -0.005,
-            "joint_vel": -0.001,
+            "ee_pos_error": RewardTerm("ee_pos_error", -1.0),
+            "ee_pos_precision": RewardTerm("ee_pos_precision", 1.0, {"radius_m": 0.05}),
+            "action_rate": RewardTerm("action_rate_l2", -0.005),
+            "joint_vel": RewardTerm("joint_vel_l2", -0.001),
         }
     )
-
-
-def variant_param_names(joints: tuple[str, ...]) -> tuple[str, ...]:
-    return (
-        tuple(f"{j}_damping_scale" for j in joints) + tuple(f"{j}_frictionloss_Nm" for j in joints)
-        + tuple(f"{j}_armature_scale" for j in joints) + ("payload_kg",)
+    terminations: dict[str, TerminationTerm] = field(default_factory=dict)
+    events: dict[str, EventTerm] = field(
+        default_factory=lambda: {
+            "joints": EventTerm("joint_dynamics", {"damping_scale": (0.5, 2.0), "frictionloss_Nm": (0.0, 0.5), "armature_scale": (0.9, 1.1)}),
+            "payload": EventTerm("payload_mass", {"mass_kg": (0.0, 1.0)}),
+            "gains": EventTerm("joint_gains", {"kp_scale": (0.9, 1.1), "kd_scale": (0.9, 1.1), "motor_strength": (0.95, 1.05)}),
+            "latency": EventTerm("action_latency", {"steps": (0, 1)}),
+            "encoder_bias": EventTerm("sensor_bias", {"term": "joint_pos_rel", "bias": 0.002}),
+        }
     )
+    curricula: dict[str, CurriculumTerm] = field(default_factory=dict)  # none: the task reads no level
+    critic: tuple[str, ...] = ("ee_pos", "ee_quat", "ee_to_target")
 
 
 def make_spec(cfg: ArmReachCfg, robot: RobotModel) -> PolicySpec:
@@ -110,99 +95,25 @@ class ArmReachEnv(JointPositionEnv):
 
     def __init__(self, cfg: ArmReachCfg, num_envs: int, device="cpu", seed: int = 0, backend="mujoco"):
         self.cfg = cfg
-        self._setup(cfg, "arm", make_spec, variant_param_names, num_envs, device, seed, backend)
-        self.variant_param_names = variant_param_names(self.joint_names)  # baked into the model variants
-        self._actuator_cols = slice(len(self.variant_param_names), None)
-        dev = self.device
-        self.payload = self.robot.payload_body
-        self._ee_pos_adr = self.robot.ee_pos_adr
-        self._ee_quat_adr = self.robot.ee_quat_adr
-        self.target_pos_m = torch.zeros(num_envs, 3, device=dev)
-        self.ee_pos_m = torch.zeros(num_envs, 3, device=dev)
-        self.ee_quat = torch.zeros(num_envs, 4, device=dev)
-        self._target_center = torch.tensor(cfg.target.center_m, device=dev)
-        self._target_half = torch.tensor(cfg.target.half_extent_m, device=dev)
-        self._variant_params = self._randomize_variants()
+        self._setup(cfg, "arm", make_spec, num_envs, device, seed, backend)
         self._read_state()
 
     def _noise_std_by_term(self) -> dict[str, float]:
         return {"joint_pos_rel": self.cfg.noise.joint_pos_rad, "joint_vel": self.cfg.noise.joint_vel_radps}
 
-    def _operator_readings(self) -> dict[str, torch.Tensor]:
-        return {"target_pos_w": self.target_pos_m}
-
-    def _randomize_variants(self) -> torch.Tensor:
-        """Sample joint damping, friction, armature and payload per model variant and write them in."""
-        dr, b, model = self.cfg.randomization, self.backend, self.backend.model
-        k, n = len(b.variants), len(self.joint_names)
-        u = torch.rand(k, 3 * n + 1, generator=self.generator, device=self.device).cpu()
-        lo = torch.tensor([dr.damping_scale[0]] * n + [dr.frictionloss_Nm[0]] * n + [dr.armature_scale[0]] * n + [dr.payload_kg[0]])
-        hi = torch.tensor([dr.damping_scale[1]] * n + [dr.frictionloss_Nm[1]] * n + [dr.armature_scale[1]] * n + [dr.payload_kg[1]])
-        p = lo + u * (hi - lo)
-        if k == 1:  # one shared model: nominal physics
-            p = torch.tensor([1.0] * n + list(model.dof_frictionloss[self._dadr]) + [1.0] * n + [0.0])[None]
-        d = self._dadr
-        r_payload = PAYLOAD_RADIUS_M  # the payload sphere's radius: inertia of a solid sphere of that mass
-        for m, row in zip(b.variants, p.double().numpy()):
-            m.dof_damping[d] = model.dof_damping[d] * row[:n]
-            m.dof_frictionloss[d] = row[n : 2 * n]
-            m.dof_armature[d] = model.dof_armature[d] * row[2 * n : 3 * n]
-            mass = model.body_mass[self.payload] + row[-1]
-            m.body_mass[self.payload] = mass
-            m.body_inertia[self.payload] = 0.4 * mass * r_payload**2
-        return p.to(self.device, torch.float32)
-
-    def _read_sensors(self) -> None:
-        s = self.backend.sensordata
-        self.ee_pos_m = s[:, self._ee_pos_adr : self._ee_pos_adr + 3].to(self.device, torch.float32)
-        self.ee_quat = s[:, self._ee_quat_adr : self._ee_quat_adr + 4].to(self.device, torch.float32)
-
-    def _apply_command(self, target_rad: torch.Tensor) -> None:
-        super()._apply_command(target_rad)
-        self._read_sensors()
-
     def _reset_envs(self, env_ids: torch.Tensor) -> None:
+        """The default pose with the joints perturbed. The end-effector sensors are refreshed by the next
+        physics step; the reset envs' reward starts there."""
         n = len(env_ids)
-        dev = self.device
-        variant = self._sample_variants(env_ids)
-        p = torch.cat((self._variant_params[variant], self._sample_actuator_params(n, self.cfg.randomization.actuators)), dim=-1)
-        self.params[env_ids] = p
-        self._apply_params(env_ids)
-        u = torch.rand(n, 3 + len(self.joint_names), generator=self.generator, device=dev)
-        self.target_pos_m[env_ids] = self._target_center + (u[:, :3] * 2 - 1) * self._target_half
-        qpos = self._start_pose((u[:, 3:] * 2 - 1) * 0.2)
+        u = torch.rand(n, len(self.joint_names), generator=self.generator, device=self.device)
+        qpos = self._start_pose((u * 2 - 1) * 0.2)
         self.backend.reset(env_ids, qpos.double(), torch.zeros(n, self.backend.model.nv, dtype=torch.float64))
         self._read_state()
-        self.torque[env_ids] = 0.0
-        # the end-effector sensors are refreshed by the next physics step; until then, keep the last value
-        # except for the freshly reset envs, whose reward starts at the next step
-
-    def _apply_params(self, env_ids) -> None:
-        self._apply_actuator_params(env_ids, self.params[env_ids][:, self._actuator_cols])
-
-    def _privileged(self):
-        return torch.cat((self.ee_pos_m, self.ee_quat, self.target_pos_m - self.ee_pos_m, self.params), dim=-1)
-
-    def _terminations(self):
-        return {}
-
-    def _ee_distance(self) -> torch.Tensor:
-        return (self.target_pos_m - self.ee_pos_m).norm(dim=-1)
-
-    def _reward_ee_pos_error(self):
-        return self._ee_distance()
-
-    def _reward_ee_pos_precision(self):
-        return torch.exp(-self._ee_distance().square() / self.cfg.precision_radius_m**2)
-
-    def _reward_action_rate(self):
-        return (self.action - self.prev_action).square().sum(-1)
-
-    def _reward_joint_vel(self):
-        return self.joint_vel.square().sum(-1)
+        self._reset_joint_state(env_ids)
 
     def _step_metrics(self):
-        return {"ee_distance_m": self._ee_distance()}
+        r = self.readings
+        return {"ee_distance_m": (r["target_pos_w"] - r["ee_pos_w"]).norm(dim=-1)}
 
     def summary(self, ee_distance_m, alive, crashed) -> dict:
         """Success: end effector within `success_radius_m` of the target at the end of the episode."""
@@ -217,14 +128,10 @@ class ArmReachEnv(JointPositionEnv):
         }
 
     def _task_state(self):
-        return {"target_pos_m": self.target_pos_m, "torque": self.torque}
+        return self._joint_state()
 
     def _load_task_state(self, state):
-        self._read_state()  # then the sensors the saved state holds (the backend keeps no sensor data)
-        self.target_pos_m.copy_(state["target_pos_m"])
-        self.torque.copy_(state["torque"])
-        self._apply_params(self.env_ids)
-        self._read_sensors()
+        self._load_joint_state(state)
 
 
 # --- measures from a log (replay) ------------------------------------------------------------------
