@@ -88,7 +88,7 @@ class RobotCfg:
     end_effector_site: str = ""  # arm
     payload_body: str = ""  # arm: the body whose mass stands in for a payload; empty: one is added at the end effector
     rotors: RotorsCfg | None = None  # multirotor
-    # per-task config overrides for this robot, by dotted field name (e.g. arm-reach: {target.center_m: [..]})
+    # per-task config overrides for this robot, by dotted field name (e.g. arm-reach: {commands.target.params.center_m: [..]})
     task_overrides: dict[str, dict[str, typing.Any]] = field(default_factory=dict)
     source: str = ""  # the YAML file it was read from (set by load_robot_cfg)
 

@@ -32,27 +32,25 @@ class RewardTerm:
 
 
 @dataclass(frozen=True)
-class TerminationTerm:
-    func: str  # a function of sim/terms/terminations.py
+class Term:
+    func: str  # a function (or event, command, curriculum class) of the group's module, by name
     params: dict[str, Param] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class EventTerm:
-    func: str  # an event of sim/terms/events.py (its mode, startup, reset or interval, is the event's own)
-    params: dict[str, Param] = field(default_factory=dict)
+class TerminationTerm(Term):
+    """func: sim/terms/terminations.py"""
 
 
-@dataclass(frozen=True)
-class CommandTerm:
-    func: str  # a command of sim/terms/commands.py
-    params: dict[str, Param] = field(default_factory=dict)
+class EventTerm(Term):
+    """func: sim/terms/events.py (its mode, startup, reset or interval, is the event's own)"""
 
 
-@dataclass(frozen=True)
-class CurriculumTerm:
-    func: str  # a curriculum of sim/terms/curricula.py
-    params: dict[str, Param] = field(default_factory=dict)
+class CommandTerm(Term):
+    """func: sim/terms/commands.py"""
+
+
+class CurriculumTerm(Term):
+    """func: sim/terms/curricula.py"""
 
 
 def lookup(registry: dict[str, Callable], kind: str, where: str, func: str, params: dict) -> Callable:
