@@ -81,3 +81,27 @@ def tilt_quat(u, max_tilt_rad: float):
     c_y, s_y = xp.cos(half_yaw), xp.sin(half_yaw)
     ax, ay = xp.cos(heading) * s_t, xp.sin(heading) * s_t
     return xp.stack((c_t * c_y, ax * c_y + ay * s_y, ay * c_y - ax * s_y, c_t * s_y), -1)
+
+
+def quat_conj(q: np.ndarray) -> np.ndarray:
+    return q * np.array([1.0, -1.0, -1.0, -1.0])
+
+
+def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product of (..., 4) w, x, y, z quaternions (numpy)."""
+    aw, ax, ay, az = np.moveaxis(a, -1, 0)
+    bw, bx, by, bz = np.moveaxis(b, -1, 0)
+    return np.stack(
+        (aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
+         aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw), axis=-1,
+    )
+
+
+def attitude_error_rad(q_pred: np.ndarray, q_ref: np.ndarray) -> np.ndarray:
+    """(..., 3) rotation vector of q_ref^-1 q_pred (body frame of the reference); its norm is the
+    geodesic angle between the two attitudes."""
+    d = quat_mul(quat_conj(q_ref), q_pred)
+    d = np.where(d[..., :1] < 0, -d, d)  # shortest way round
+    vec_norm = np.linalg.norm(d[..., 1:], axis=-1, keepdims=True)
+    angle = 2 * np.arctan2(vec_norm, d[..., :1])
+    return np.where(vec_norm > 1e-12, d[..., 1:] * angle / np.maximum(vec_norm, 1e-12), 2 * d[..., 1:])

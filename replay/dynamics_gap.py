@@ -15,6 +15,7 @@ import mujoco
 import numpy as np
 import torch
 
+from deploy.rotations import attitude_error_rad
 from replay.mapping import Log
 from sim.actuators import RotorModel
 from sim.backends import physics_substeps
@@ -53,30 +54,6 @@ class Plant:
 
 
 # --- pure math -------------------------------------------------------------------------------------
-def quat_conj(q: np.ndarray) -> np.ndarray:
-    return q * np.array([1.0, -1.0, -1.0, -1.0])
-
-
-def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product of (..., 4) w, x, y, z quaternions."""
-    aw, ax, ay, az = np.moveaxis(a, -1, 0)
-    bw, bx, by, bz = np.moveaxis(b, -1, 0)
-    return np.stack(
-        (aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
-         aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw), axis=-1,
-    )
-
-
-def attitude_error_rad(q_pred: np.ndarray, q_ref: np.ndarray) -> np.ndarray:
-    """(..., 3) rotation vector of q_ref^-1 q_pred (body frame of the reference); its norm is the
-    geodesic angle between the two attitudes."""
-    d = quat_mul(quat_conj(q_ref), q_pred)
-    d = np.where(d[..., :1] < 0, -d, d)  # shortest way round
-    vec_norm = np.linalg.norm(d[..., 1:], axis=-1, keepdims=True)
-    angle = 2 * np.arctan2(vec_norm, d[..., :1])
-    return np.where(vec_norm > 1e-12, d[..., 1:] * angle / np.maximum(vec_norm, 1e-12), 2 * d[..., 1:])
-
-
 def valid_starts(log: "Log | JointLog", horizon: int, history: int, valid: np.ndarray | None = None, stride: int = 1) -> np.ndarray:
     """Start rows whose window [start - history, start + horizon] lies in valid rows with regular clock."""
     ok = log.step_ok.copy()
