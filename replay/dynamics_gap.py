@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from deploy.rotations import attitude_error_rad
+from sim.readings import robot_readings
 from replay.mapping import Log
 from sim.actuators import RotorModel
 from sim.backends import physics_substeps
@@ -250,6 +251,8 @@ def joint_gap_stats(log: JointLog, env, joint_names: tuple[str, ...], stats: Gap
     missing = [n for n, j in zip(joint_names, jids) if j < 0]
     if missing:
         raise ValueError(f"the simulated robot has no joints {missing}")
+    if tuple(joint_names) != tuple(env.robot.cfg.joints.names):
+        raise ValueError(f"the log's joints {tuple(joint_names)} are not the robot config's, in its order {env.robot.cfg.joints.names}")
     free = free_joint(model)
     logged_base = log.base_qpos is not None and log.base_qvel is not None
     if free is not None and not logged_base:
@@ -285,13 +288,14 @@ def joint_gap_stats(log: JointLog, env, joint_names: tuple[str, ...], stats: Gap
             k = j + 1
             if k in stats.ks:
                 ok = alive[: len(s)]
-                qpos_k = env.backend.qpos[: len(s)].double().numpy()[ok]
-                qvel_k = env.backend.qvel[: len(s)].double().numpy()[ok]
+                b = env.backend
+                # what the simulated robot's sensors would report (sim.readings, as the sim robot publishes them)
+                sim = {name: v.double().numpy()[ok] for name, v in robot_readings(env.robot, b.qpos[: len(s)], b.qvel[: len(s)], b.sensordata[: len(s)]).items()}
                 r = (s + k)[ok]
-                stats.add(k, "joint_pos_rad", qpos_k[:, qadr] - log.joint_pos_rad[r])
-                stats.add(k, "joint_vel_radps", qvel_k[:, dadr] - log.joint_vel_radps[r])
+                stats.add(k, "joint_pos_rad", sim["joint_pos"] - log.joint_pos_rad[r])
+                stats.add(k, "joint_vel_radps", sim["joint_vel"] - log.joint_vel_radps[r])
                 if free is not None:
-                    stats.add_rigid(k, "base_", qpos_k[:, base_q], qvel_k[:, base_v][:, :3],
+                    stats.add_rigid(k, "base_", np.concatenate((sim["base_pos_w"], sim["base_quat_wxyz"]), -1), sim["base_lin_vel_w"],
                                     log.base_qpos[r, :3], log.base_qpos[r, 3:], log.base_qvel[r, :3])
         used += int(alive[: len(s)].sum())
     stats.windows += used
