@@ -34,18 +34,47 @@ def _known_errors():
             BagError, ReplayError, MappingError)
 
 
-def _apply_sets(train_cfg, task_cfg, sets: list[str]):
-    from config.validate import ConfigError, override
+def _tyro_cli(cfg, args: list[str], prefix: str = ""):
+    """`cfg` with the overrides in `args` (`--FIELD... VALUE`, or `--PREFIX.FIELD... VALUE`), typed by tyro."""
+    import dataclasses
 
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects key=value, got '{item}'")
-        if key.startswith("task."):
-            task_cfg = override(task_cfg, key[len("task."):], value, prefix="task.")
-        else:
-            train_cfg = override(train_cfg, key, value)
+    import tyro
+
+    if not prefix:
+        return tyro.cli(type(cfg), default=cfg, args=args, use_underscores=True, prog="s2r train")
+    wrapper = dataclasses.make_dataclass("Args", [(prefix, type(cfg), dataclasses.field(default=cfg))])
+    return getattr(tyro.cli(wrapper, default=wrapper(), args=args, use_underscores=True, prog="s2r train"), prefix)
+
+
+def _apply_overrides(train_cfg, task_cfg, tokens: list[str]):
+    """The configs with the command line's field overrides, typed by tyro: `--task.FIELD... VALUE` for
+    the task config (e.g. `--task.rewards.tilt.weight -0.2`, `--task.events.mass.params.scale 0.8 1.2`),
+    `--FIELD... VALUE` for the training config (e.g. `--num-envs 64`, `--ppo.num_steps 32`). A bad
+    field or value exits 2 with tyro's message naming it and the fields it could have meant."""
+    from config.validate import ConfigError
+
+    groups: dict[str, list[str]] = {"train": [], "task": []}
+    group = None
+    for tok in tokens:
+        if tok.startswith("--"):
+            group = "task" if tok.startswith("--task.") else "train"
+        elif group is None:
+            raise ConfigError(f"unexpected argument '{tok}' (a config override is --FIELD VALUE, e.g. --task.episode_s 10)")
+        groups[group].append(tok)
+    if groups["train"]:
+        train_cfg = _tyro_cli(train_cfg, groups["train"])
+    if groups["task"]:
+        task_cfg = _tyro_cli(task_cfg, groups["task"], prefix="task")
     return train_cfg, task_cfg
+
+
+def _print_fields(train_cfg, task_cfg) -> None:
+    """Every config field `s2r train` takes as an override, with its type, default and doc (tyro's help)."""
+    for cfg, prefix in ((train_cfg, ""), (task_cfg, "task")):
+        try:
+            _tyro_cli(cfg, ["--help"], prefix)
+        except SystemExit:
+            pass
 
 
 def _find_checkpoint(path: Path) -> Path:
@@ -59,8 +88,6 @@ def _find_checkpoint(path: Path) -> Path:
 
 
 def cmd_train(args) -> None:
-    import dataclasses
-
     from policies.checkpoint import load_checkpoint
     from policies.export import export_checkpoint
     from policies.runner import Runner, TrainCfg, default_train_cfg
@@ -79,12 +106,11 @@ def cmd_train(args) -> None:
         train_cfg = default_train_cfg(args.task)
         task_cfg = default_cfg(args.task, args.robot)
         run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / args.task / time.strftime("%Y%m%d-%H%M%S")
-    flags = {
-        "num_envs": args.num_envs, "max_iterations": args.max_iterations, "seed": args.seed,
-        "device": args.device, "time_limit_s": args.time_limit,
-    }
-    train_cfg = dataclasses.replace(train_cfg, **{k: v for k, v in flags.items() if v is not None})
-    train_cfg, task_cfg = _apply_sets(train_cfg, task_cfg, args.set)
+    if args.fields:
+        _print_fields(train_cfg, task_cfg)
+        return
+    train_cfg, task_cfg = _apply_overrides(train_cfg, task_cfg, args.overrides)
+    C.validate(train_cfg)
     C.validate(task_cfg, prefix="task.")
 
     runner = Runner(train_cfg, task_cfg, run_dir, resume=resume)
@@ -321,18 +347,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="s2r", description="sim-to-real robot control")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a policy headless, then export it to ONNX")
+    t = sub.add_parser(
+        "train", help="train a policy headless, then export it to ONNX",
+        epilog="Any config field is set by its dotted name: --num-envs N, --max-iterations N, --seed S, "
+        "--device cuda:0, --time-limit-s S (stop after S seconds of training), --ppo.num-steps 32, "
+        "--task.rewards.tilt.weight -0.2, --task.events.mass.params.scale 0.8 1.2. "
+        "All of them, typed, with defaults: s2r train --task T --fields",
+    )
     t.add_argument("--task", default="quadrotor-hover")
     t.add_argument("--robot", help="built-in robot name (s2r robots) or a robot YAML path; default: the task's own")
-    t.add_argument("--num-envs", type=int)
-    t.add_argument("--max-iterations", type=int)
-    t.add_argument("--time-limit", type=float, help="stop after this many seconds of training")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", help="cpu (default) or cuda[:N]")
     t.add_argument("--run-dir", help="default: runs/TASK/TIMESTAMP")
     t.add_argument("--resume", help="run directory or checkpoint to continue from")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. ppo.num_steps=32 or task.reward.pos_error=-2")
+    t.add_argument("--fields", action="store_true", help="list every config field an override can set, then exit")
     t.add_argument("--no-export", action="store_true")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
@@ -404,7 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.overrides = rest  # s2r train: config field overrides, parsed by tyro (_apply_overrides)
     errors = _known_errors()
     try:
         args.func(args)

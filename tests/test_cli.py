@@ -31,20 +31,36 @@ def test_unknown_task_lists_the_tasks(tmp_path):
 @pytest.mark.parametrize(
     "setting, field",
     [
-        ("ppo.num_steps=0", "ppo.num_steps"),
-        ("ppo.learning_rate=fast", "ppo.learning_rate"),
-        ("ppo.activation=sigmoid", "ppo.activation"),
-        ("task.events.mass.params.scale=(1.2, 0.8)", "task.events.mass.params.scale"),
-        ("task.rewards.flips.weight=1.0", "task.rewards.flips"),
-        ("task.rewards.tilt.func=backflip", "task.rewards.tilt.func: no reward 'backflip'"),
-        ("task.no_such_field=1", "no_such_field"),
+        (["--ppo.num_steps", "0"], "ppo.num_steps"),
+        (["--ppo.learning_rate", "fast"], "ppo.learning_rate"),
+        (["--ppo.activation", "sigmoid"], "ppo.activation"),
+        (["--task.events.mass.params.scale", "1.2", "0.8"], "task.events.mass.params.scale"),
+        (["--task.rewards.flips.weight", "1.0"], "task.rewards.flips.weight"),
+        (["--task.rewards.tilt.func", "backflip"], "task.rewards.tilt.func: no reward 'backflip'"),
+        (["--task.no_such_field", "1"], "task.no_such_field"),
+        (["17"], "unexpected argument '17'"),
     ],
 )
 def test_bad_config_value_names_the_field(tmp_path, setting, field):
-    r = s2r("train", "--set", setting, "--run-dir", str(tmp_path / "r"), "--max-iterations", "1")
+    r = s2r("train", *setting, "--run-dir", str(tmp_path / "r"), "--max-iterations", "1")
     assert r.returncode == 2, r.stderr
     assert field in r.stderr
     assert "Traceback" not in r.stderr
+    assert not (tmp_path / "r" / "metrics.csv").exists()
+
+
+def test_config_fields_are_listed_and_set_by_name(tmp_path):
+    r = s2r("train", "--task", "quadruped-walk", "--fields")
+    assert r.returncode == 0 and "--ppo.num_steps" in r.stdout and "--task.rewards.track_lin_vel.weight" in r.stdout
+    run = tmp_path / "r"
+    r = s2r("train", "--task", "arm-reach", "--run-dir", str(run), "--num-envs", "8", "--max-iterations", "1", "--no-progress",
+            "--no-export", "--ppo.num_steps", "4", "--task.rewards.joint_vel.weight", "-0.5", "--task.events.payload.params.mass_kg", "0.2", "0.3")
+    assert r.returncode == 0, r.stderr
+    from policies.checkpoint import load_checkpoint
+
+    saved = json.loads(load_checkpoint(run / "model_last.pt")["config"])
+    assert saved["train"]["num_envs"] == 8 and saved["train"]["ppo"]["num_steps"] == 4
+    assert saved["task"]["rewards"]["joint_vel"]["weight"] == -0.5 and saved["task"]["events"]["payload"]["params"]["mass_kg"] == [0.2, 0.3]
 
 
 def test_bad_num_envs_names_the_field(tmp_path):

@@ -27,8 +27,10 @@ NOMINAL = ["mass_scale=1.0", "thrust_scale=1.0", "motor_tau_s=0.05", "latency_st
            "disturbance_x_N=0.0", "disturbance_y_N=0.0", "disturbance_z_N=0.0"]
 GAPPED = ["mass_scale=1.15", "thrust_scale=0.85", "motor_tau_s=0.08", "latency_steps=0",
           "disturbance_x_N=0.0", "disturbance_y_N=0.0", "disturbance_z_N=0.0"]
-NO_DR = ["mass.params.scale=(1.0,1.0)", "rotors.params.thrust_scale=(1.0,1.0)", "rotors.params.motor_tau_s=(0.05,0.05)",
-         "latency.params.steps=(0,0)", "position_bias.params.bias=0.0", "gyro_bias.params.bias=0.0", "disturbance.params.force_N=0.0"]
+NO_DR = ["--task.events.mass.params.scale", "1.0", "1.0", "--task.events.rotors.params.thrust_scale", "1.0", "1.0",
+         "--task.events.rotors.params.motor_tau_s", "0.05", "0.05", "--task.events.latency.params.steps", "0", "0",
+         "--task.events.position_bias.params.bias", "0.0", "--task.events.gyro_bias.params.bias", "0.0",
+         "--task.events.disturbance.params.force_N", "0.0"]
 RECORD_S = 6.0
 
 
@@ -78,9 +80,7 @@ def no_dr_policy(tmp_path_factory) -> Path:
     """A quadrotor policy trained as the shipped one was (README command (a)), with every randomization
     range pinned to nominal."""
     run = tmp_path_factory.mktemp("no_dr") / "run"
-    args = ["train", "--task", "quadrotor-hover", "--run-dir", str(run), "--no-progress"]
-    for item in NO_DR:
-        args += ["--set", f"task.events.{item}"]
+    args = ["train", "--task", "quadrotor-hover", "--run-dir", str(run), "--no-progress", *NO_DR]
     assert main(args) == 0
     return run / "policy.onnx"
 
