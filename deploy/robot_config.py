@@ -173,8 +173,9 @@ def robot_config(robot: RobotCfg, spec: PolicySpec, hardware: dict | None = None
     return RobotConfig.from_dict({**d, **hardware}, source=source)
 
 
-def load_robot_config(path: str | Path, spec: PolicySpec) -> RobotConfig:
-    """A hardware YAML (`robot:` a robot name or robot config path, plus hardware fields) for `spec`."""
+def read_hardware_yaml(path: str | Path) -> tuple[dict, RobotCfg]:
+    """A hardware YAML's fields and the robot config its `robot:` names (a built-in name, or a robot
+    config path relative to the YAML)."""
     import yaml
 
     path = Path(path)
@@ -185,9 +186,16 @@ def load_robot_config(path: str | Path, spec: PolicySpec) -> RobotConfig:
     if not isinstance(d, dict) or not isinstance(d.get("robot"), str):
         raise ConfigError(f"{path}: a hardware config needs `robot:` (a robot name, or a path to its robot config)")
     robot_ref = d["robot"]
-    if (path.parent / robot_ref).is_file():  # a robot config path relative to the hardware YAML
+    if (path.parent / robot_ref).is_file():
         robot_ref = str(path.parent / robot_ref)
-    return robot_config(find_robot(robot_ref), spec, d, source=str(path))
+    return d, find_robot(robot_ref)
+
+
+def load_robot_config(path: str | Path, spec: PolicySpec) -> RobotConfig:
+    """A hardware YAML (`robot:` a robot name or robot config path, plus hardware fields) for `spec`."""
+    d, robot = read_hardware_yaml(path)
+    d.pop("serial", None)  # the serial link's section is hardware/serial_config.py's, not the runtime's
+    return robot_config(robot, spec, d, source=str(path))
 
 
 def _is_int(v) -> bool:

@@ -10,5 +10,9 @@ The motor-board protocol for microcontroller boards and flight controllers (PROT
 firmware authors): `frames` (COBS + CRC-32 frames, a resynchronising stream decoder with counters),
 `messages` (a versioned message set: state, command, heartbeat, e-stop, config, error, with sequence
 numbers), `bench_frames` (encode + decode throughput).
+
+Per robot: `serial_config` (the `serial:` section of its hardware YAML: which bus, baud rate, servo IDs),
+`sim_plant` (the robot in MuJoCo as the plant behind an emulator), `hil` (`s2r hil`: the robot behind its
+electronics on a pty, in real time).
 Nothing here is imported by training or deploy code.
 """

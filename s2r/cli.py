@@ -1,4 +1,4 @@
-"""The `s2r` command: train, export, eval, replay, bench, tasks, robots."""
+"""The `s2r` command: train, export, eval, replay, bench, tasks, robots, hil, hw."""
 
 from __future__ import annotations
 
@@ -343,6 +343,45 @@ def cmd_robot_check(args) -> None:
         print(line)
 
 
+def cmd_hil(args) -> None:
+    from hardware.hil import run_hil
+
+    run_hil(args.robot, args.baud, args.link, args.report_s)
+
+
+def parse_ids(text: str) -> tuple[int, ...]:
+    """"0-20" or "1,3,11-14" -> the IDs, in order."""
+    from config.validate import ConfigError
+
+    ids: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            ids += range(int(lo), int(hi or lo) + 1)
+    except ValueError:
+        raise ConfigError(f"--ids: '{text}' is not a list of IDs and ranges such as 0-20 or 1,3,11-14") from None
+    if not ids or not all(0 <= i <= 252 for i in ids):
+        raise ConfigError(f"--ids: '{text}': IDs are 0..252")
+    return tuple(ids)
+
+
+def cmd_hw_scan(args) -> None:
+    import serial
+
+    from config.validate import ConfigError
+    from hardware.dynamixel_scan import SCAN_BAUDS, format_scan, scan_link
+
+    ids = parse_ids(args.ids)
+    try:
+        result = scan_link(args.port, bauds=tuple(args.bauds or SCAN_BAUDS), ids=ids)
+    except (OSError, serial.SerialException) as e:
+        raise ConfigError(f"--port {args.port}: cannot open it: {e}") from None
+    except ValueError as e:  # a baud rate the port cannot be set to
+        raise ConfigError(f"--bauds: {e}") from None
+    for sentence in format_scan(result).split("; "):
+        print(sentence)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="s2r", description="sim-to-real robot control")
     sub = p.add_subparsers(dest="command", required=True)
@@ -426,6 +465,22 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("robot", help="robot YAML path or built-in name")
     rc.add_argument("--png", help="picture of the default pose (default: ROBOT.png beside the config)")
     rc.set_defaults(func=cmd_robot_check)
+
+    h = sub.add_parser("hil", help="hardware in the loop: the MuJoCo robot in real time behind its electronics on a pseudo-terminal")
+    h.add_argument("--robot", required=True, help="hardware config: its name in ros_ws/src/s2r_ros/config (open_manipulator_x, quadruped), the robot "
+                   "it names (go1), or a YAML path")
+    h.add_argument("--baud", type=int, help="default: the hardware config's serial.baud")
+    h.add_argument("--link", help="keep a symlink here pointing at the pty: a stable path across restarts")
+    h.add_argument("--report-s", type=float, default=10.0, help="print the real-time pacing this often (0: only at the end)")
+    h.set_defaults(func=cmd_hil)
+
+    hw = sub.add_parser("hw", help="serial hardware tools")
+    hwsub = hw.add_subparsers(dest="hw_command", required=True)
+    hs = hwsub.add_parser("scan", help="which Dynamixel servos answer on a port, at which baud rate, with which errors")
+    hs.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
+    hs.add_argument("--ids", default="0-20", help="IDs the broadcast pings wait for, e.g. 0-20 or 1,3,11-14")
+    hs.add_argument("--bauds", type=int, nargs="+", help="baud rates to try, in order (default: the usual X-series rates)")
+    hs.set_defaults(func=cmd_hw_scan)
     return p
 
 
