@@ -126,11 +126,13 @@ class DynamixelBus:
             self._check_servos()
             self._sync_read = GroupSyncRead(port, self._ph, dt.PRESENT_STATE_ADDRESS, dt.PRESENT_STATE_SIZE)
             self._goal_write = GroupSyncWrite(port, self._ph, dt.GOAL_POSITION.address, dt.GOAL_POSITION.size)
-            self._torque_write = GroupSyncWrite(port, self._ph, dt.TORQUE_ENABLE.address, dt.TORQUE_ENABLE.size)
+            self._torque_off_write = GroupSyncWrite(port, self._ph, dt.TORQUE_ENABLE.address, dt.TORQUE_ENABLE.size)
+            self._torque_on_write = GroupSyncWrite(port, self._ph, dt.TORQUE_ENABLE.address, dt.TORQUE_ENABLE.size)
             for s in self.servos.values():
                 self._sync_read.addParam(s.id)
                 self._goal_write.addParam(s.id, [0] * dt.GOAL_POSITION.size)
-                self._torque_write.addParam(s.id, [0])
+                self._torque_off_write.addParam(s.id, [0])
+                self._torque_on_write.addParam(s.id, [1])
             for joint, s in self.servos.items():
                 self._write(joint, dt.POSITION_P_GAIN, s.position_p_gain)
                 self._write(joint, dt.POSITION_D_GAIN, s.position_d_gain)
@@ -294,7 +296,12 @@ class DynamixelBus:
     def torque_off(self) -> None:
         """Let every joint go limp (one sync write)."""
         self._require_open()
-        self._send(self._torque_write, "torque off")
+        self._send(self._torque_off_write, "torque off")
+
+    def torque_on(self) -> None:
+        """Drive every joint to its goal again (one sync write); write the goals first."""
+        self._require_open()
+        self._send(self._torque_on_write, "torque on")
 
     def close(self) -> None:
         """Close the port. The torque stays as it is: call torque_off() first to let the joints go."""

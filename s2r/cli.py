@@ -275,6 +275,25 @@ def _print_sysid(fit, log, mapping, out: Path) -> None:
     print(f"wrote {out / 'dynamics_gap.json'}, {out / 'sysid.json'}, {out / 'gap_errors.png'}, {out / 'heldout_predictions.png'}")
 
 
+def cmd_bench_serial(args) -> dict:
+    from hardware.bench_serial import bench_serial
+
+    out = bench_serial(tuple(args.bauds), args.seconds)
+    print("s2r bench serial (pty emulators in their own processes)")
+    print("  link                    baud   round trip p50    p99   rate Hz  wire limit Hz  ratio")
+    for link, by_baud in out.items():
+        for baud, r in by_baud.items():
+            print(f"  {link:12s} {int(baud):>12d}   {r['rtt_p50_ms']:8.2f} {r['rtt_p99_ms']:6.2f} ms {r['rate_hz']:8.0f} "
+                  f"{r['wire_limit_hz']:13.0f}  {r['ratio_to_wire_limit']:5.2f}"
+                  + (f"  (board asked for {r['configured_rate_hz']} Hz, the emulator's most: {r['ratio_to_configured_rate']:.2f} of it)"
+                     if r.get("configured_rate_hz", 0) < int(r["wire_limit_hz"]) else ""))
+    print("  dynamixel: one sync write + one sync read of the arm's 4 servos (half duplex: every byte at 10 bits plus 4 "
+          "return delays of 500 us); motor_board: STATE -> COMMAND of the quadruped (full duplex: the longer frame)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return out
+
+
 def cmd_bench_replay(args) -> None:
     from replay.bench import bench_replay
 
@@ -439,6 +458,12 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--gap-seconds", type=float, default=20.0, help="logged seconds of the nominal-parameter bag the dynamics-gap pass runs on")
     br.add_argument("--json", help="also write the figures to this file")
     br.set_defaults(func=cmd_bench_replay)
+
+    bser = bsub.add_parser("serial", help="round trip and sustained rate of the Dynamixel bus and the motor board over the pty emulators")
+    bser.add_argument("--bauds", type=int, nargs="+", default=[1_000_000, 4_000_000])
+    bser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    bser.add_argument("--json", help="also write the figures to this file")
+    bser.set_defaults(func=cmd_bench_serial)
 
     r = sub.add_parser("replay", help="evaluate and rank policies on a logged rollout (rosbag2 MCAP bag, or another stack's log through a mapping)")
     r.add_argument("log", help="bag folder or .mcap file; or a foreign log (CSV file or another stack's bag) with --mapping")

@@ -38,7 +38,7 @@ def test_launch_file_names_nodes_and_parameters_that_exist():
             exe = next(k.value.value for k in call.keywords if k.arg == "executable")
             assert f"{exe} = s2r_ros.{exe}:main" in setup, exe
             executables.add(exe)
-    assert executables == {"policy_node", "sim_robot_node", "recorder_node"}
+    assert executables == {"policy_node", "sim_robot_node", "recorder_node", "serial_bridge_node"}
     # the parameters the launch file sets on policy_node: `params = {...}` and `params[...] = ...`
     launch_keys = []
     for a in ast.walk(tree):

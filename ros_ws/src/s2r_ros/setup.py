@@ -22,6 +22,7 @@ setup(
         "console_scripts": [
             "policy_node = s2r_ros.policy_node:main",
             "sim_robot_node = s2r_ros.sim_robot_node:main",
+            "serial_bridge_node = s2r_ros.serial_bridge_node:main",
             "recorder_node = s2r_ros.recorder_node:main",
         ],
     },

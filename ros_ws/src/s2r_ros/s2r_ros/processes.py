@@ -52,6 +52,24 @@ def policy_params(robot: str, policy: Path, hardware: str = "sim", **extra) -> d
     return {**params, **extra}
 
 
+def bridge_params(robot: str, port: str | Path, baud: int = 0, **extra) -> dict:
+    """The dict deploy.launch.py gives serial_bridge_node with hardware:=serial."""
+    return {"robot_config": str(CONFIG / f"{robot}.yaml"), "port": str(port), "baud": baud, **extra}
+
+
+def start_hil(robot: str, link: Path, tmp_dir: Path, baud: int | None = None, log_name: str = "hil") -> subprocess.Popen:
+    """`s2r hil --robot ROBOT --link LINK`: the MuJoCo robot behind its electronics on a pty, `link` pointing at
+    it once it serves (its output in tmp_dir/<log_name>.log)."""
+    args = [sys.executable, "-m", "s2r.cli", "hil", "--robot", robot, "--link", str(link), "--report-s", "0"]
+    if baud:
+        args += ["--baud", str(baud)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONUNBUFFERED"] = "1"
+    log = open(tmp_dir / f"{log_name}.log", "a")
+    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
 def stop(*procs: subprocess.Popen) -> None:
     for p in procs:
         if p.poll() is None:
