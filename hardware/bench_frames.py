@@ -11,10 +11,10 @@ import math
 import time
 
 from hardware.frames import FrameDecoder, encode_frame
+from hardware.pty_port import BITS_PER_BYTE
 from hardware.messages import SEQ_MODULUS, TIME_MODULUS, DeviceStatus, Imu, State, StateFlags, decode_message
 
 QUADRUPED_ACTUATORS = 12
-UART_BITS_PER_BYTE = 10  # start + 8 data + stop
 
 
 def _states(count: int, actuator_count: int) -> list[State]:
@@ -50,5 +50,5 @@ def bench_state_roundtrip(frames: int = 20000, actuator_count: int = QUADRUPED_A
         "encode_us": (t1 - t0) / frames * 1e6,
         "decode_us": (t2 - t1) / frames * 1e6,
         "frames_per_s": frames / (t2 - t0),
-        "baud_needed_at_1khz": wire_bytes * UART_BITS_PER_BYTE * 1000,
+        "baud_needed_at_1khz": wire_bytes * BITS_PER_BYTE * 1000,
     }

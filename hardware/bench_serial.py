@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from hardware import dynamixel_table as dt
+from hardware.pty_port import BITS_PER_BYTE
 
-BITS_PER_BYTE = 10
 RETURN_DELAY_US = 500  # X-series factory default, what `s2r hil` emulates
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "ros_ws" / "src" / "s2r_ros" / "config"
 START_S = 60.0

@@ -19,23 +19,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import math
 import os
 import queue
 import random
 import select
-import struct
-import termios
 import threading
 import time
-import tty
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from hardware.frames import FrameDecoder, encode_frame
+from hardware.pty_port import BITS_PER_BYTE, PACE_CHUNK_S, PtyPort
 from hardware.messages import (
     HEADER,
     MAX_ERROR_TEXT_BYTES,
@@ -62,12 +59,8 @@ from hardware.messages import (
     decode_message,
 )
 
-BITS_PER_BYTE = 10  # 8N1: start + 8 data + stop
-PACE_CHUNK_S = 1e-3  # bytes are written in chunks of about this much wire time
 HEARTBEAT_PERIOD_S = 0.1  # PROTOCOL.md: a HEARTBEAT at least this often when nothing else is sent
 BAD_FRAME_ERRORS_PER_S = 10  # PROTOCOL.md: ERROR 1, 2 or 3 at most this often
-_TCGETS2 = 0x802C542A  # Linux x86-64/aarch64: termios2, whose c_ospeed holds a non-standard baud rate
-_SPEED_BY_CONSTANT = {getattr(termios, n): int(n[1:]) for n in dir(termios) if n[:1] == "B" and n[1:].isdigit()}
 
 
 class BoardPlant(Protocol):
@@ -210,17 +203,14 @@ class BoardEmulator:
         self._tx: queue.SimpleQueue[bytes] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._master = self._slave = -1
+        self._pty = PtyPort()
 
     # --- life cycle ----------------------------------------------------------------------------
     def start(self) -> str:
         """Power up on a new pty; returns its slave path."""
         if self._threads:
             raise RuntimeError(f"board emulator already running on {self.port}")
-        self._master, self._slave = os.openpty()  # we keep the slave open: hosts may close and reopen it
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)
-        self.port = os.ttyname(self._slave)
+        self.port = self._pty.open()
         self._tx = queue.SimpleQueue()
         self.reset()
         self._stop.clear()
@@ -236,10 +226,7 @@ class BoardEmulator:
         for t in self._threads:
             t.join()
         self._threads = []
-        for fd in (self._master, self._slave):
-            if fd >= 0:
-                os.close(fd)
-        self._master = self._slave = -1
+        self._pty.close()
 
     def reset(self) -> None:
         """The reset button: outputs off, configuration and e-stop cleared, seq from 0, a 0x00, then HEARTBEATs."""
@@ -315,21 +302,16 @@ class BoardEmulator:
 
     # --- the receive thread --------------------------------------------------------------------
     def host_baud(self) -> int:
-        """The baud rate the host set on the slave side (the master reports the slave's termios on Linux)."""
-        speed = termios.tcgetattr(self._master)[5]
-        if speed in _SPEED_BY_CONSTANT:
-            return _SPEED_BY_CONSTANT[speed]
-        buf = bytearray(44)  # struct termios2: 4 flags, c_line, c_cc[19], c_ispeed, c_ospeed
-        fcntl.ioctl(self._master, _TCGETS2, buf)
-        return struct.unpack_from("I", buf, 40)[0]
+        """The baud rate the host set on its end of the pty."""
+        return self._pty.host_baud()
 
     def _receive(self) -> None:
         wire_free_s = 0.0  # when the last byte received so far has finished arriving on a real wire
         while not self._stop.is_set():
-            if not select.select([self._master], [], [], 0.05)[0]:
+            if not select.select([self._pty.master], [], [], 0.05)[0]:
                 continue
             try:
-                chunk = os.read(self._master, 4096)
+                chunk = os.read(self._pty.master, 4096)
             except BlockingIOError:
                 continue
             if self.host_baud() != self.cfg.baud:
@@ -490,7 +472,7 @@ class BoardEmulator:
                 if wait_s > 0:
                     time.sleep(wait_s)
                 try:
-                    os.write(self._master, bytes(b for b in piece if b is not None))
+                    os.write(self._pty.master, bytes(b for b in piece if b is not None))
                 except BlockingIOError:
                     pass  # nobody reads the port and its buffer is full: the bytes go nowhere, as on a wire
             wire_free_s = start_s + len(wire) * self._byte_s

@@ -16,22 +16,20 @@ ACTION, BULK and FAST instructions get an instruction error (or, broadcast, no a
 from __future__ import annotations
 
 import argparse
-import fcntl
 import math
 import os
 import random
 import select
 import struct
-import termios
 import threading
 import time
-import tty
 from dataclasses import dataclass, fields
 from typing import Protocol
 
 import crc
 
 from hardware import dynamixel_table as dt
+from hardware.pty_port import BITS_PER_BYTE, PACE_CHUNK_S, PtyPort
 
 BROADCAST_ID = 0xFE
 MAX_ID = 252
@@ -55,11 +53,7 @@ ERR_DATA_LENGTH = 5
 ERR_DATA_LIMIT = 6
 ERR_ACCESS = 7
 
-BITS_PER_BYTE = 10  # start + 8 data + stop
-PACE_CHUNK_S = 1e-3  # bytes are written in chunks of about this much wire time
 PARTIAL_PACKET_TIMEOUT_S = 0.1  # a packet left unfinished this long is forgotten, as the firmware does
-_TCGETS2 = 0x802C542A  # Linux x86-64/aarch64: termios2, whose c_ospeed holds non-standard baud rates
-_SPEED_BY_CONSTANT = {getattr(termios, n): int(n[1:]) for n in dir(termios) if n[:1] == "B" and n[1:].isdigit()}
 _FIELDS = tuple(f for f in vars(dt).values() if isinstance(f, dt.Field))
 
 _CRC16 = crc.Calculator(  # Protocol 2.0: CRC-16, polynomial 0x8005, initial value 0, not reflected
@@ -208,15 +202,12 @@ class DynamixelEmulator:
         self._drop_fraction = 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._master = self._slave = -1
+        self._pty = PtyPort()
         self.port = ""
 
     # --- life cycle ----------------------------------------------------------------------------
     def start(self) -> str:
-        self._master, self._slave = os.openpty()  # we keep the slave open: hosts may close and reopen it
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)
-        self.port = os.ttyname(self._slave)
+        self.port = self._pty.open()
         self._stop.clear()
         self._threads = [
             threading.Thread(target=self._serve, name="dxl-emulator-bus", daemon=True),
@@ -231,10 +222,7 @@ class DynamixelEmulator:
         for t in self._threads:
             t.join()
         self._threads = []
-        for fd in (self._master, self._slave):
-            if fd >= 0:
-                os.close(fd)
-        self._master = self._slave = -1
+        self._pty.close()
 
     def __enter__(self) -> DynamixelEmulator:
         self.start()
@@ -391,21 +379,16 @@ class DynamixelEmulator:
 
     # --- the bus thread ------------------------------------------------------------------------
     def client_baud(self) -> int:
-        """The baud rate the host set on the slave side (the master reports the slave's termios on Linux)."""
-        speed = termios.tcgetattr(self._master)[5]
-        if speed in _SPEED_BY_CONSTANT:
-            return _SPEED_BY_CONSTANT[speed]
-        buf = bytearray(44)  # struct termios2: 4 flags, c_line, c_cc[19], c_ispeed, c_ospeed
-        fcntl.ioctl(self._master, _TCGETS2, buf)
-        return struct.unpack_from("I", buf, 40)[0]
+        """The baud rate the host set on its end of the pty."""
+        return self._pty.host_baud()
 
     def _serve(self) -> None:
         buf = bytearray()
         last_rx_s = 0.0
         while not self._stop.is_set():
-            if not select.select([self._master], [], [], 0.05)[0]:
+            if not select.select([self._pty.master], [], [], 0.05)[0]:
                 continue
-            chunk = os.read(self._master, 4096)
+            chunk = os.read(self._pty.master, 4096)
             now = time.monotonic()
             if now - last_rx_s > PARTIAL_PACKET_TIMEOUT_S:
                 buf.clear()
@@ -514,7 +497,7 @@ class DynamixelEmulator:
                 time.sleep(wait_s)
             data = bytes(b for b in out[sent:upto] if b is not None)
             try:
-                os.write(self._master, data)
+                os.write(self._pty.master, data)
             except BlockingIOError:
                 pass  # nobody is reading the port and its buffer is full: the bytes go nowhere, as on a wire
             sent = upto
