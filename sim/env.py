@@ -141,8 +141,7 @@ class BatchedEnv(ABC):
         self.startup_events = {n: e for n, e in events.items() if e.mode == "startup"}
         self.reset_events = {n: e for n, e in events.items() if e.mode == "reset"}
         self.interval_events = {n: e for n, e in events.items() if e.mode == "interval"}
-        latency = [e.max_steps for e in self.reset_events.values() if hasattr(e, "max_steps")]
-        self.max_latency_steps = max(latency, default=0)
+        self.max_latency_steps = max((e.max_latency_steps for e in self.reset_events.values()), default=0)
         self.params = torch.zeros(self.num_envs, len(self.param_names), device=dev)
         self._variant_tables = {n: e.sample_variants() for n, e in self.startup_events.items()}
         self.commands = {name: bind(COMMANDS, "command", "commands", name, t)(self, **t.params) for name, t in cfg.commands.items()}
@@ -164,7 +163,7 @@ class BatchedEnv(ABC):
     # --- what a task supplies ------------------------------------------------------------------
     @abstractmethod
     def _reset_envs(self, env_ids: torch.Tensor) -> None:
-        """Sample initial state and randomized parameters (into `self.params`) for `env_ids`."""
+        """The task's own initial state for `env_ids` (the events have drawn their parameters by then)."""
 
     @abstractmethod
     def _apply_command(self, command: torch.Tensor) -> None:

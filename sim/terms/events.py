@@ -28,6 +28,7 @@ XYZ = ("x", "y", "z")
 class Event:
     mode = "reset"
     columns: tuple[str, ...] = ()
+    max_latency_steps = 0  # the most control steps it delays a command by (the env sizes its command queue so)
 
     def __init__(self, env):
         self.env = env
@@ -84,7 +85,7 @@ class action_latency(ResetEvent):
 
     def __init__(self, env, steps: tuple[float, float] = (0, 1)):
         super().__init__(env)
-        self.max_steps = int(steps[1])
+        self.max_latency_steps = int(steps[1])
         self.low, self.high = (float(steps[0]),), (steps[1] + 0.999,)
 
     def sample(self, n):
