@@ -201,32 +201,22 @@ class BoardEmulator:
         self._fw = _Firmware(boot_s=time.monotonic())
         self._last_tx_s = 0.0
         self._tx: queue.SimpleQueue[bytes] = queue.SimpleQueue()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._pty = PtyPort()
 
     # --- life cycle ----------------------------------------------------------------------------
     def start(self) -> str:
         """Power up on a new pty; returns its slave path."""
-        if self._threads:
+        if self._pty.running:
             raise RuntimeError(f"board emulator already running on {self.port}")
-        self.port = self._pty.open()
         self._tx = queue.SimpleQueue()
         self.reset()
-        self._stop.clear()
-        self._threads = [threading.Thread(target=f, name=f"board-emulator-{n}", daemon=True)
-                         for n, f in (("rx", self._receive), ("control", self._control), ("tx", self._transmit))]
-        for t in self._threads:
-            t.start()
+        self.port = self._pty.start({"board-emulator-rx": self._receive, "board-emulator-control": self._control,
+                                     "board-emulator-tx": self._transmit})
         return self.port
 
     def stop(self) -> None:
         """Power off: the pty goes away, and a host holding it open gets an I/O error."""
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-        self._threads = []
-        self._pty.close()
+        self._pty.stop()
 
     def reset(self) -> None:
         """The reset button: outputs off, configuration and e-stop cleared, seq from 0, a 0x00, then HEARTBEATs."""
@@ -307,7 +297,7 @@ class BoardEmulator:
 
     def _receive(self) -> None:
         wire_free_s = 0.0  # when the last byte received so far has finished arriving on a real wire
-        while not self._stop.is_set():
+        while not self._pty.stop_event.is_set():
             if not select.select([self._pty.master], [], [], 0.05)[0]:
                 continue
             try:
@@ -428,7 +418,7 @@ class BoardEmulator:
     def _control(self) -> None:
         step_s = 1.0 / self.cfg.plant_rate_hz
         next_step_s = time.monotonic()
-        while not self._stop.is_set():
+        while not self._pty.stop_event.is_set():
             with self._lock:
                 fw = self._fw
                 now = time.monotonic()
@@ -458,7 +448,7 @@ class BoardEmulator:
     # --- the transmit thread -------------------------------------------------------------------
     def _transmit(self) -> None:
         wire_free_s = 0.0  # when the last byte written so far leaves a real UART
-        while not self._stop.is_set():
+        while not self._pty.stop_event.is_set():
             try:
                 frame = self._tx.get(timeout=0.05)
             except queue.Empty:

@@ -200,29 +200,16 @@ class DynamixelEmulator:
         self._rng = random.Random(cfg.seed)
         self._flip_fraction = 0.0
         self._drop_fraction = 0.0
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
         self._pty = PtyPort()
         self.port = ""
 
     # --- life cycle ----------------------------------------------------------------------------
     def start(self) -> str:
-        self.port = self._pty.open()
-        self._stop.clear()
-        self._threads = [
-            threading.Thread(target=self._serve, name="dxl-emulator-bus", daemon=True),
-            threading.Thread(target=self._run_plant, name="dxl-emulator-plant", daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
+        self.port = self._pty.start({"dxl-emulator-bus": self._serve, "dxl-emulator-plant": self._run_plant})
         return self.port
 
     def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join()
-        self._threads = []
-        self._pty.close()
+        self._pty.stop()
 
     def __enter__(self) -> DynamixelEmulator:
         self.start()
@@ -347,7 +334,7 @@ class DynamixelEmulator:
     def _run_plant(self) -> None:
         dt_s = 1.0 / self.cfg.plant_rate_hz
         next_s = time.monotonic()
-        while not self._stop.is_set():
+        while not self._pty.stop_event.is_set():
             next_s += dt_s
             now = time.monotonic()
             if next_s > now:
@@ -385,7 +372,7 @@ class DynamixelEmulator:
     def _serve(self) -> None:
         buf = bytearray()
         last_rx_s = 0.0
-        while not self._stop.is_set():
+        while not self._pty.stop_event.is_set():
             if not select.select([self._pty.master], [], [], 0.05)[0]:
                 continue
             chunk = os.read(self._pty.master, 4096)

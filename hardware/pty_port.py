@@ -11,7 +11,9 @@ import fcntl
 import os
 import struct
 import termios
+import threading
 import tty
+from typing import Callable
 
 BITS_PER_BYTE = 10  # 8N1: start + 8 data + stop
 PACE_CHUNK_S = 1e-3  # an emulator writes its bytes in chunks of about this much wire time
@@ -23,6 +25,29 @@ class PtyPort:
     def __init__(self) -> None:
         self.master = self.slave = -1
         self.path = ""
+        self.stop_event = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads)
+
+    def start(self, threads: dict[str, Callable[[], None]]) -> str:
+        """A new pty, then the emulator's threads {name: loop} (each runs until `stop_event`); its slave path."""
+        path = self.open()
+        self.stop_event.clear()
+        self._threads = [threading.Thread(target=f, name=n, daemon=True) for n, f in threads.items()]
+        for t in self._threads:
+            t.start()
+        return path
+
+    def stop(self) -> None:
+        """Stop the threads, then close the pty."""
+        self.stop_event.set()
+        for t in self._threads:
+            t.join()
+        self._threads = []
+        self.close()
 
     def open(self) -> str:
         """A new pty; returns its slave path. The slave stays open here too: hosts may close and reopen it."""
