@@ -1,6 +1,7 @@
 """Sim-in-the-loop through ROS 2: sim_robot_node and policy_node as separate processes, started with
 the arguments deploy.launch.py gives them, talking over Fast DDS. Each shipped policy does its task
-through the whole robot-side stack and scores within 10 % of `s2r eval` on the same policy."""
+through the whole robot-side stack and scores as `s2r eval` does on the same policy, within the spread
+of the few episodes the test can afford."""
 
 from __future__ import annotations
 
@@ -20,10 +21,12 @@ from sim.sim_robot import noise_free  # noqa: E402
 CASES = {
     "quadrotor": (12, "success_rate", 0.1),  # rates: 10 percentage points (+ one episode of granularity)
     "arm": (10, "success_rate", 0.1),
-    "quadruped": (3, "mean_lin_vel_error_mps", 0.1),  # errors: 10 % of s2r eval's figure
+    # errors: 3 σ of a 3-episode mean, whose spread over commands is 10 % (quadruped) and 12 % (go2) of
+    # s2r eval's 100-episode figure (s2r eval itself, 40 seeds of 3 episodes, noise-free, 2026-12-06)
+    "quadruped": (3, "mean_lin_vel_error_mps", 0.35),
     "f450": (12, "success_rate", 0.1),
     "open_manipulator_x": (10, "success_rate", 0.1),
-    "go2": (3, "mean_lin_vel_error_mps", 0.1),
+    "go2": (3, "mean_lin_vel_error_mps", 0.35),
 }
 
 
@@ -54,7 +57,7 @@ def test_shipped_policy_does_its_task_through_ros(robot, tmp_path):
     print(f"{robot}: through ROS {metric} {got:.4f} over {episodes} episodes; s2r eval {want:.4f} over 100 (noise-free); {other}")
     if metric.endswith("_rate"):
         assert abs(got - want) <= tolerance + 1 / episodes, (through_ros, reference)
-    else:  # an error: the stack must not make it worse (3 episodes' commands are too few to pin it closer)
+    else:  # an error: the stack must not make it worse than the spread of 3 episodes' commands explains
         assert got <= (1 + tolerance) * want, (through_ros, reference)
     for rate in ("fall_rate", "crash_rate"):
         if rate in reference:
