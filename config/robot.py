@@ -88,7 +88,8 @@ class RobotCfg:
     end_effector_site: str = ""  # arm
     payload_body: str = ""  # arm: the body whose mass stands in for a payload; empty: one is added at the end effector
     rotors: RotorsCfg | None = None  # multirotor
-    # per-task config overrides for this robot, by dotted field name (e.g. arm-reach: {commands.target.params.center_m: [..]})
+    # per-task config overrides for this robot, by dotted field name
+    # (e.g. arm-reach: {commands.target.params.center_m: [..]})
     task_overrides: dict[str, dict[str, typing.Any]] = field(default_factory=dict)
     source: str = ""  # the YAML file it was read from (set by load_robot_cfg)
 
@@ -113,8 +114,11 @@ class RobotCfg:
             out.append(f"kind: '{self.kind}' is not one of {KINDS}")
         if not (self.control_hz > 0 and math.isfinite(self.control_hz)):
             out.append(f"control_hz: must be > 0, got {self.control_hz}")
-        needs = {"multirotor": ("base_body", "rotors"), "legged": ("base_body", "joints", "feet", "base_height_m"),
-                 "arm": ("joints", "end_effector_site")}.get(self.kind, ())
+        needs = {
+            "multirotor": ("base_body", "rotors"),
+            "legged": ("base_body", "joints", "feet", "base_height_m"),
+            "arm": ("joints", "end_effector_site"),
+        }.get(self.kind, ())
         for name in needs:
             if not getattr(self, name):
                 out.append(f"{name}: a {self.kind} robot needs it")
@@ -155,7 +159,9 @@ class RobotCfg:
 
 def _name_problems(field: str, names: tuple[str, ...]) -> list[str]:
     dup = sorted({x for x in names if names.count(x) > 1})
-    return ([f"{field}: must name at least one"] if not names else []) + ([f"{field}: named twice: {dup}"] if dup else [])
+    return ([f"{field}: must name at least one"] if not names else []) + (
+        [f"{field}: named twice: {dup}"] if dup else []
+    )
 
 
 def _convert(value, hint, where: str, problems: list[str]):
@@ -210,7 +216,11 @@ def _build(cls, d: dict, prefix: str, problems: list[str]):
             kwargs[name] = _convert(d[name], hints[name], prefix + name, problems)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             problems.append(f"{prefix}{name}: missing")
-            kwargs[name] = _convert([], hints[name], prefix + name, []) if typing.get_origin(hints[name]) is tuple else hints[name]()
+            kwargs[name] = (
+                _convert([], hints[name], prefix + name, [])
+                if typing.get_origin(hints[name]) is tuple
+                else hints[name]()
+            )
     return cls(**kwargs)
 
 
@@ -256,4 +266,6 @@ def find_robot(name_or_path: str) -> RobotCfg:
         return load_robot_cfg(path)
     if (BUILTIN_ROBOTS_DIR / f"{name_or_path}.yaml").is_file():
         return load_robot_cfg(BUILTIN_ROBOTS_DIR / f"{name_or_path}.yaml")
-    raise UnknownRobotError(f"unknown robot '{name_or_path}'; built-in robots: {', '.join(robot_names())} (or give a path to a robot YAML)")
+    raise UnknownRobotError(
+        f"unknown robot '{name_or_path}'; built-in robots: {', '.join(robot_names())} (or give a path to a robot YAML)"
+    )

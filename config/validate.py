@@ -32,7 +32,11 @@ def validate(cfg, prefix: str = "") -> None:
                 validate(item, prefix=f"{name}.{key}.")
             continue
         _check_type(name, value, hints[f.name])
-        is_range = typing.get_origin(hints[f.name]) is tuple and len(typing.get_args(hints[f.name])) == 2 and Ellipsis not in typing.get_args(hints[f.name])
+        is_range = (
+            typing.get_origin(hints[f.name]) is tuple
+            and len(typing.get_args(hints[f.name])) == 2
+            and Ellipsis not in typing.get_args(hints[f.name])
+        )
         if is_range and all(isinstance(v, (int, float)) for v in value):
             if value[0] > value[1]:
                 raise ConfigError(f"{name}: range low {value[0]} exceeds high {value[1]}")
@@ -47,7 +51,8 @@ NOISE_DISTRIBUTIONS = ("uniform", "gaussian")
 def noise_distribution(default: str):
     """The `distribution` field of a sensor-noise config, checked against NOISE_DISTRIBUTIONS."""
     return dataclasses.field(
-        default=default, metadata={"check": (lambda v: v in NOISE_DISTRIBUTIONS, f"must be one of {NOISE_DISTRIBUTIONS}")}
+        default=default,
+        metadata={"check": (lambda v: v in NOISE_DISTRIBUTIONS, f"must be one of {NOISE_DISTRIBUTIONS}")},
     )
 
 
@@ -77,9 +82,7 @@ def _check_type(name: str, value, hint) -> None:
         ok = isinstance(value, hint)
     elif origin is tuple:
         args = typing.get_args(hint)
-        ok = isinstance(value, tuple) and (
-            (len(args) == 2 and args[1] is Ellipsis) or len(value) == len(args)
-        )
+        ok = isinstance(value, tuple) and ((len(args) == 2 and args[1] is Ellipsis) or len(value) == len(args))
         if ok:
             for i, v in enumerate(value):
                 _check_type(f"{name}[{i}]", v, args[0] if args[-1] is Ellipsis else args[i])

@@ -53,7 +53,9 @@ def bench_loop(rate_hz: float, seconds: float, policy_path: Path, robot_config: 
     import dataclasses
 
     policy = OnnxPolicy(policy_path)
-    cfg = dataclasses.replace(load_robot_config(robot_config, policy.spec), control_hz=policy.spec.control_hz, soft_start_s=0.0)
+    cfg = dataclasses.replace(
+        load_robot_config(robot_config, policy.spec), control_hz=policy.spec.control_hz, soft_start_s=0.0
+    )
     ctl = Controller(cfg, policy.spec, policy, make_signals(policy.spec))
     readings = _readings(cfg)
     ctl.step(time.perf_counter_ns(), readings, {s: time.perf_counter_ns() for s in cfg.sensors})

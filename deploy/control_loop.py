@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum
-from typing import Callable
+from enum import StrEnum
 
 import numpy as np
 
@@ -128,7 +128,9 @@ class RateLoop:
         self._woke_ns = woke
         return woke
 
-    def run(self, step: Callable[[int], object], duration_s: float | None = None, max_loops: int | None = None) -> LoopStats:
+    def run(
+        self, step: Callable[[int], object], duration_s: float | None = None, max_loops: int | None = None
+    ) -> LoopStats:
         """Call `step(wake_ns)` each period until `duration_s` of deadlines, `max_loops` or `stop()`."""
         self.start()
         self._running = True
@@ -158,7 +160,7 @@ class RateLoop:
 # ---------------------------------------------------------------------------------------------------
 # state machine
 # ---------------------------------------------------------------------------------------------------
-class Mode(str, Enum):
+class Mode(StrEnum):
     IDLE = "idle"  # motors passive (joint robot: no gains; quadrotor: disarmed)
     STANDBY = "standby"  # joint robot: soft start to, then hold, the default pose; quadrotor: armed, zero thrust
     RUNNING = "running"  # policy commands
@@ -343,7 +345,9 @@ class Controller:
             bad = np.flatnonzero(~np.isfinite(obs[0]))
             if bad.size:
                 i = int(bad[0])
-                return self._damp(now_ns, g.fault(now_ns, "nonfinite", f"observation {self._obs_labels[i]} is {obs[0, i]}"))
+                return self._damp(
+                    now_ns, g.fault(now_ns, "nonfinite", f"observation {self._obs_labels[i]} is {obs[0, i]}")
+                )
             action = np.asarray(self.policy(obs), dtype=np.float32).reshape(1, -1)
         except Exception as e:  # noqa: BLE001 - any failure must end in the safe state
             return self._damp(now_ns, g.fault(now_ns, "error", f"policy step failed: {type(e).__name__}: {e}"))

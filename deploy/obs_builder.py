@@ -22,9 +22,7 @@ class ObsBuilder:
         like = np.zeros(1, np.float32) if like is None else like
         self._scale = {t.name: constant_like(t.scale, like) for t in spec.obs if any(v != 1.0 for v in t.scale)}
         self._history = {
-            t.name: constant_like(np.zeros((batch, t.history, t.size)), like)
-            for t in spec.obs
-            if t.history > 1
+            t.name: constant_like(np.zeros((batch, t.history, t.size)), like) for t in spec.obs if t.history > 1
         }
         self._fresh = constant_like(np.ones(batch), like) > 0  # (batch,) bool
 
@@ -51,8 +49,7 @@ class ObsBuilder:
                 raise SpecError(f"ObsBuilder: no signal '{term.name}' (have {sorted(signals)})")
             if tuple(x.shape) != (self.batch, term.size):
                 raise SpecError(
-                    f"ObsBuilder: signal '{term.name}' has shape {tuple(x.shape)}, "
-                    f"spec says {(self.batch, term.size)}"
+                    f"ObsBuilder: signal '{term.name}' has shape {tuple(x.shape)}, spec says {(self.batch, term.size)}"
                 )
             scale = self._scale.get(term.name)
             frame = x if scale is None else x * scale

@@ -82,7 +82,13 @@ class RobotConfig:
             if self.torque_limit_Nm:
                 per_actuator.append("torque_limit_Nm")
         else:
-            for name in ("joint_pos_low_rad", "joint_pos_high_rad", "torque_limit_Nm", "default_pos_rad", "damping_kd_Nms_per_rad"):
+            for name in (
+                "joint_pos_low_rad",
+                "joint_pos_high_rad",
+                "torque_limit_Nm",
+                "default_pos_rad",
+                "damping_kd_Nms_per_rad",
+            ):
                 if getattr(self, name):
                     fail(name, f"a {self.command_type} robot has no joints; leave it out")
         for name in per_actuator:
@@ -90,10 +96,12 @@ class RobotConfig:
             if got != n:
                 fail(name, f"has {got} values for {n} actuators")
         for lo_name, hi_name in (("command_low", "command_high"), ("joint_pos_low_rad", "joint_pos_high_rad")):
-            for i, (lo, hi) in enumerate(zip(getattr(self, lo_name), getattr(self, hi_name))):
+            for i, (lo, hi) in enumerate(zip(getattr(self, lo_name), getattr(self, hi_name), strict=True)):
                 if lo > hi:
                     fail(lo_name, f"{self.actuators[i]}: low {lo} exceeds high {hi}")
-        for i, (q, lo, hi) in enumerate(zip(self.default_pos_rad, self.joint_pos_low_rad, self.joint_pos_high_rad)):
+        for i, (q, lo, hi) in enumerate(
+            zip(self.default_pos_rad, self.joint_pos_low_rad, self.joint_pos_high_rad, strict=True)
+        ):
             if not lo <= q <= hi:
                 fail("default_pos_rad", f"{self.actuators[i]}: {q} rad is outside its limits [{lo}, {hi}]")
         for i, kd in enumerate(self.damping_kd_Nms_per_rad):
@@ -110,14 +118,18 @@ class RobotConfig:
         return round(1e9 / self.control_hz)
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "robot config") -> "RobotConfig":
+    def from_dict(cls, d: dict, source: str = "robot config") -> RobotConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a mapping of fields, got {type(d).__name__}")
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - set(fields))
         if unknown:
             raise ConfigError(f"{source}: unknown field(s) {unknown} (fields: {', '.join(fields)})")
-        required = [n for n, f in fields.items() if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        required = [
+            n
+            for n, f in fields.items()
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
         missing = [n for n in required if n not in d]
         if missing:
             raise ConfigError(f"{source}: missing field(s) {missing}")
@@ -140,33 +152,55 @@ class RobotConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-HARDWARE_FIELDS = ("robot", "sensors", "joint_pos_margin_rad", "damping_kd_Nms_per_rad", "soft_start_s", "watchdog_periods", "spec_version")
+HARDWARE_FIELDS = (
+    "robot",
+    "sensors",
+    "joint_pos_margin_rad",
+    "damping_kd_Nms_per_rad",
+    "soft_start_s",
+    "watchdog_periods",
+    "spec_version",
+)
 SENSORS_BY_KIND = {"multirotor": ("odometry", "imu"), "legged": ("joint_state", "imu"), "arm": ("joint_state",)}
 
 
-def robot_config(robot: RobotCfg, spec: PolicySpec, hardware: dict | None = None, source: str = "hardware config") -> RobotConfig:
+def robot_config(
+    robot: RobotCfg, spec: PolicySpec, hardware: dict | None = None, source: str = "hardware config"
+) -> RobotConfig:
     """The runtime's RobotConfig from the robot config, the policy's command limits and the hardware
     fields (HARDWARE_FIELDS but `robot`; each has a default for the robot's kind)."""
     hardware = dict(hardware or {})
     unknown = sorted(set(hardware) - set(HARDWARE_FIELDS))
     if unknown:
-        raise ConfigError(f"{source}: unknown field(s) {unknown}; a hardware config holds only {list(HARDWARE_FIELDS)} "
-                          f"(names, default pose and rate come from the robot config '{robot.name}')")
+        raise ConfigError(
+            f"{source}: unknown field(s) {unknown}; a hardware config holds only {list(HARDWARE_FIELDS)} "
+            f"(names, default pose and rate come from the robot config '{robot.name}')"
+        )
     hardware.pop("robot", None)
     names = robot.actuator_names
     joint = robot.kind != "multirotor"
-    limits = dict(zip(spec.action.names, zip(spec.action.low, spec.action.high)))
+    limits = dict(zip(spec.action.names, zip(spec.action.low, spec.action.high, strict=True), strict=True))
     # a name the policy lacks: check_against_spec names it; a finite placeholder lets it get that far
     low = tuple(float(limits.get(n, (-1e9, 1e9))[0]) for n in names)
     high = tuple(float(limits.get(n, (-1e9, 1e9))[1]) for n in names)
     d = {
-        "robot": robot.name, "control_hz": robot.control_hz, "actuators": names, "command_low": low, "command_high": high,
-        "command_type": "joint_position" if joint else "motor_thrust", "sensors": SENSORS_BY_KIND[robot.kind],
+        "robot": robot.name,
+        "control_hz": robot.control_hz,
+        "actuators": names,
+        "command_low": low,
+        "command_high": high,
+        "command_type": "joint_position" if joint else "motor_thrust",
+        "sensors": SENSORS_BY_KIND[robot.kind],
         "soft_start_s": 2.0 if joint else 0.0,
     }
     if joint:
-        d.update(joint_pos_low_rad=low, joint_pos_high_rad=high, torque_limit_Nm=robot.joints.per_joint("effort_limit_Nm"),
-                 default_pos_rad=robot.joints.default_pos_rad, damping_kd_Nms_per_rad=robot.joints.per_joint("kd"))
+        d.update(
+            joint_pos_low_rad=low,
+            joint_pos_high_rad=high,
+            torque_limit_Nm=robot.joints.per_joint("effort_limit_Nm"),
+            default_pos_rad=robot.joints.default_pos_rad,
+            damping_kd_Nms_per_rad=robot.joints.per_joint("kd"),
+        )
         kd = hardware.get("damping_kd_Nms_per_rad")
         if isinstance(kd, list) and len(kd) == 1:
             hardware["damping_kd_Nms_per_rad"] = kd * len(names)
@@ -226,11 +260,11 @@ def check_against_spec(cfg: RobotConfig, spec: PolicySpec) -> None:
     if extra:
         diffs.append(f"{what}s the policy does not drive: {extra}")
     if not missing and not extra and robot_names != policy_names:
-        i = next(k for k, (a, b) in enumerate(zip(robot_names, policy_names)) if a != b)
+        i = next(k for k, (a, b) in enumerate(zip(robot_names, policy_names, strict=True)) if a != b)
         diffs.append(f"{what} order differs at index {i}: robot has {robot_names[i]}, policy expects {policy_names[i]}")
     if cfg.command_type == "joint_position" == spec.action.type and robot_names == policy_names:
         # the policy's zero action is its default pose: soft start must end exactly there
-        for name, q, off in zip(robot_names, cfg.default_pos_rad, spec.action.offset):
+        for name, q, off in zip(robot_names, cfg.default_pos_rad, spec.action.offset, strict=True):
             if abs(q - off) > DEFAULT_POSE_TOL_RAD:
                 diffs.append(f"default pose of {name}: robot has {q:g} rad, policy's action offset is {off:g} rad")
     if diffs:

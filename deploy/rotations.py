@@ -24,11 +24,19 @@ def _rotmat_of_outer() -> np.ndarray:
     (1 = ww + xx + yy + zz makes every entry quadratic), so one matrix product computes it."""
     c = np.zeros((9, 4, 4))
     w, x, y, z = range(4)
-    for k, terms in enumerate([
-        [(w, w, 1), (x, x, 1), (y, y, -1), (z, z, -1)], [(x, y, 2), (w, z, -2)], [(x, z, 2), (w, y, 2)],
-        [(x, y, 2), (w, z, 2)], [(w, w, 1), (x, x, -1), (y, y, 1), (z, z, -1)], [(y, z, 2), (w, x, -2)],
-        [(x, z, 2), (w, y, -2)], [(y, z, 2), (w, x, 2)], [(w, w, 1), (x, x, -1), (y, y, -1), (z, z, 1)],
-    ]):
+    for k, terms in enumerate(
+        [
+            [(w, w, 1), (x, x, 1), (y, y, -1), (z, z, -1)],
+            [(x, y, 2), (w, z, -2)],
+            [(x, z, 2), (w, y, 2)],
+            [(x, y, 2), (w, z, 2)],
+            [(w, w, 1), (x, x, -1), (y, y, 1), (z, z, -1)],
+            [(y, z, 2), (w, x, -2)],
+            [(x, z, 2), (w, y, -2)],
+            [(y, z, 2), (w, x, 2)],
+            [(w, w, 1), (x, x, -1), (y, y, -1), (z, z, 1)],
+        ]
+    ):
         for i, j, v in terms:
             c[k, i, j] = v
     return c.reshape(9, 16)
@@ -92,8 +100,13 @@ def quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     aw, ax, ay, az = np.moveaxis(a, -1, 0)
     bw, bx, by, bz = np.moveaxis(b, -1, 0)
     return np.stack(
-        (aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
-         aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw), axis=-1,
+        (
+            aw * bw - ax * bx - ay * by - az * bz,
+            aw * bx + ax * bw + ay * bz - az * by,
+            aw * by - ax * bz + ay * bw + az * bx,
+            aw * bz + ax * by - ay * bx + az * bw,
+        ),
+        axis=-1,
     )
 
 

@@ -44,7 +44,9 @@ class SafetyGuard:
     def __init__(self, cfg: RobotConfig):
         if cfg.command_type == "joint_torque":
             # the safe command here is a position target with kp 0; a torque drive would need its own PD
-            raise ConfigError("joint_torque robots are not supported yet: damping and soft start need a torque-level PD")
+            raise ConfigError(
+                "joint_torque robots are not supported yet: damping and soft start need a torque-level PD"
+            )
         self.cfg = cfg
         self.n = len(cfg.actuators)
         self.stale_after_ns = cfg.watchdog_periods * cfg.period_ns
@@ -116,7 +118,9 @@ class SafetyGuard:
         if self.cfg.is_joint_robot:
             q = sensors.get(JOINT_POS_KEY)
             if q is None:
-                return self.fault(now_ns, "error", f"no '{JOINT_POS_KEY}' reading among the sensors ({sorted(sensors)})")
+                return self.fault(
+                    now_ns, "error", f"no '{JOINT_POS_KEY}' reading among the sensors ({sorted(sensors)})"
+                )
             q = np.asarray(q, dtype=np.float64).reshape(-1)
             if q.shape != (self.n,):
                 return self.fault(now_ns, "error", f"'{JOINT_POS_KEY}' has {q.size} values for {self.n} joints")
@@ -126,7 +130,8 @@ class SafetyGuard:
                 lo, hi = self.cfg.joint_pos_low_rad[i], self.cfg.joint_pos_high_rad[i]
                 by = lo - q[i] if q[i] < lo else q[i] - hi
                 return self.fault(
-                    now_ns, "joint_limit",
+                    now_ns,
+                    "joint_limit",
                     f"joint {self.cfg.actuators[i]} at {q[i]:.3f} rad is {by:.3f} rad beyond its hard limit "
                     f"[{lo:g}, {hi:g}] (margin {self.cfg.joint_pos_margin_rad:g} rad)",
                 )

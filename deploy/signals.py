@@ -8,7 +8,7 @@ joints in the robot config's actuator order.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -43,8 +43,10 @@ def _flat9(rot):
 # term name -> (readings it needs, function(readings, default_joint_pos) -> (..., size) signal). The
 # functions take one robot's readings (size,) or a batch (num_envs, size), numpy or torch alike.
 TERMS: dict[str, tuple[tuple[str, ...], Callable]] = {
-    "pos_error_b": (("base_pos_w", "base_quat_wxyz", "target_pos_w"),
-                    lambda r, d: world_to_body(base_rotmat(r), r["base_pos_w"] - r["target_pos_w"])),
+    "pos_error_b": (
+        ("base_pos_w", "base_quat_wxyz", "target_pos_w"),
+        lambda r, d: world_to_body(base_rotmat(r), r["base_pos_w"] - r["target_pos_w"]),
+    ),
     "rot_mat": (("base_quat_wxyz",), lambda r, d: _flat9(base_rotmat(r))),
     "lin_vel_b": (("base_lin_vel_b",), lambda r, d: r["base_lin_vel_b"]),
     "ang_vel_b": (("base_ang_vel_b",), lambda r, d: r["base_ang_vel_b"]),

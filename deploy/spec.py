@@ -129,7 +129,7 @@ class PolicySpec:
         for name in ("scale", "offset", "low", "high"):
             if len(getattr(a, name)) != a.size:
                 fail(f"action.{name} has {len(getattr(a, name))} values for {a.size} actuators")
-        if any(lo > hi for lo, hi in zip(a.low, a.high)):
+        if any(lo > hi for lo, hi in zip(a.low, a.high, strict=True)):
             fail("action.low exceeds action.high")
         if not a.clip > 0:
             fail(f"action.clip must be positive, got {a.clip}")
@@ -142,16 +142,13 @@ class PolicySpec:
         return json.dumps(self.to_dict(), indent=2)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PolicySpec":
+    def from_dict(cls, d: dict) -> PolicySpec:
         try:
             d = dict(d)
             obs = tuple(
-                ObsTerm(**{k: tuple(v) if isinstance(v, list) else v for k, v in t.items()})
-                for t in d.pop("obs")
+                ObsTerm(**{k: tuple(v) if isinstance(v, list) else v for k, v in t.items()}) for t in d.pop("obs")
             )
-            action = ActionSpec(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("action").items()}
-            )
+            action = ActionSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("action").items()})
             extra = SpecExtra(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("extra", {}).items()})
             return cls(obs=obs, action=action, extra=extra, **d)
         except SpecError:
@@ -160,13 +157,13 @@ class PolicySpec:
             raise SpecError(f"PolicySpec: malformed ({e})") from e
 
     @classmethod
-    def from_json(cls, text: str) -> "PolicySpec":
+    def from_json(cls, text: str) -> PolicySpec:
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
             raise SpecError(f"PolicySpec: not valid JSON ({e})") from e
 
-    def check_compatible(self, other: "PolicySpec") -> None:
+    def check_compatible(self, other: PolicySpec) -> None:
         """Refuse to pair a policy with a robot config that differs at the seam."""
         diffs = []
         if self.robot != other.robot:

@@ -11,8 +11,8 @@ import math
 import time
 
 from hardware.frames import FrameDecoder, encode_frame
-from hardware.pty_port import BITS_PER_BYTE
 from hardware.messages import SEQ_MODULUS, TIME_MODULUS, DeviceStatus, Imu, State, StateFlags, decode_message
+from hardware.pty_port import BITS_PER_BYTE
 
 QUADRUPED_ACTUATORS = 12
 
@@ -21,11 +21,16 @@ def _states(count: int, actuator_count: int) -> list[State]:
     imu = Imu(quat_wxyz=(1.0, 0.0, 0.0, 0.0), gyro_rad_s=(0.01, -0.02, 0.03), accel_m_s2=(0.1, -0.2, 9.81))
     return [
         State(
-            seq=i % SEQ_MODULUS, time_us=1000 * i % TIME_MODULUS, status=DeviceStatus.ACTIVE, flags=StateFlags.MOTOR_POWER,
-            command_seq=(i - 1) % SEQ_MODULUS, bus_voltage_mv=24000,
+            seq=i % SEQ_MODULUS,
+            time_us=1000 * i % TIME_MODULUS,
+            status=DeviceStatus.ACTIVE,
+            flags=StateFlags.MOTOR_POWER,
+            command_seq=(i - 1) % SEQ_MODULUS,
+            bus_voltage_mv=24000,
             position_rad=tuple(math.sin(0.01 * i + j) for j in range(actuator_count)),
             velocity_rad_s=tuple(math.cos(0.01 * i + j) for j in range(actuator_count)),
-            effort_Nm=tuple(0.1 * j for j in range(actuator_count)), imu=imu,
+            effort_Nm=tuple(0.1 * j for j in range(actuator_count)),
+            imu=imu,
         )  # fmt: skip
         for i in range(count)
     ]

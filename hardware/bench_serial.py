@@ -36,7 +36,9 @@ START_S = 60.0
 
 
 def _emulator(module: str, *args: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     line = proc.stdout.readline()
     found = re.search(r" on (/dev/\S+)", line)
     if not found:
@@ -66,7 +68,12 @@ def dynamixel_cycle_bytes(n: int) -> dict:
     write = frame(0xFE, bytes([INST_SYNC_WRITE]) + bytes(4) + bytes(n * (1 + dt.GOAL_POSITION.size)))
     read = frame(0xFE, bytes([INST_SYNC_READ]) + bytes(4) + bytes(n))
     status = frame(1, bytes([INST_STATUS, 0]) + bytes(dt.PRESENT_STATE_SIZE))
-    return {"sync_write": len(write), "sync_read": len(read), "status": len(status), "total": len(write) + len(read) + n * len(status)}
+    return {
+        "sync_write": len(write),
+        "sync_read": len(read),
+        "status": len(status),
+        "total": len(write) + len(read) + n * len(status),
+    }
 
 
 def bench_dynamixel(baud: int, seconds: float = 3.0, robot: str = "open_manipulator_x") -> dict:
@@ -77,8 +84,17 @@ def bench_dynamixel(baud: int, seconds: float = 3.0, robot: str = "open_manipula
     servos = hw.serial.servos()
     n = len(servos)
     ids = [str(s.id) for s in servos.values()]
-    proc, port = _emulator("hardware.dynamixel_emulator", "--ids", *ids, "--baud", str(baud),
-                           "--return-delay-us", str(RETURN_DELAY_US), "--command-timeout-s", "10")
+    proc, port = _emulator(
+        "hardware.dynamixel_emulator",
+        "--ids",
+        *ids,
+        "--baud",
+        str(baud),
+        "--return-delay-us",
+        str(RETURN_DELAY_US),
+        "--command-timeout-s",
+        "10",
+    )
     try:
         bus = DynamixelBus(port, baud, servos, usb_latency_s=0.05)
         bus.open()
@@ -105,9 +121,20 @@ def bench_dynamixel(baud: int, seconds: float = 3.0, robot: str = "open_manipula
     wire_s = wire["total"] * BITS_PER_BYTE / baud + n * RETURN_DELAY_US * 1e-6
     p50, p99 = _pct_ms(cycles)
     rate = len(cycles) / elapsed
-    return {"link": "dynamixel", "robot": robot, "servos": n, "baud": baud, "cycles": len(cycles), "failures": failures,
-            "rtt_p50_ms": p50, "rtt_p99_ms": p99, "rate_hz": rate, "wire_bytes_per_cycle": wire["total"],
-            "wire_limit_hz": 1.0 / wire_s, "ratio_to_wire_limit": rate * wire_s}
+    return {
+        "link": "dynamixel",
+        "robot": robot,
+        "servos": n,
+        "baud": baud,
+        "cycles": len(cycles),
+        "failures": failures,
+        "rtt_p50_ms": p50,
+        "rtt_p99_ms": p99,
+        "rate_hz": rate,
+        "wire_bytes_per_cycle": wire["total"],
+        "wire_limit_hz": 1.0 / wire_s,
+        "ratio_to_wire_limit": rate * wire_s,
+    }
 
 
 def bench_board(baud: int, seconds: float = 3.0, robot: str = "quadruped") -> dict:
@@ -150,10 +177,24 @@ def bench_board(baud: int, seconds: float = 3.0, robot: str = "quadruped") -> di
     finally:
         _stop(proc)
     measured_hz = (c.frames_in - first.frames_in) / elapsed  # every STATE, even two read at once
-    return {"link": "motor_board", "robot": robot, "actuators": n, "baud": baud, "configured_rate_hz": rate_hz,
-            "rtt_p50_ms": c.rtt_p50_ms, "rtt_p99_ms": c.rtt_p99_ms, "rate_hz": measured_hz, "polls_with_state": states,
-            "state_bytes": state_bytes, "command_bytes": command_bytes, "wire_limit_hz": limit_hz,
-            "ratio_to_wire_limit": measured_hz / limit_hz, "ratio_to_configured_rate": measured_hz / rate_hz, "crc_errors": c.crc_errors, "lost": c.lost}
+    return {
+        "link": "motor_board",
+        "robot": robot,
+        "actuators": n,
+        "baud": baud,
+        "configured_rate_hz": rate_hz,
+        "rtt_p50_ms": c.rtt_p50_ms,
+        "rtt_p99_ms": c.rtt_p99_ms,
+        "rate_hz": measured_hz,
+        "polls_with_state": states,
+        "state_bytes": state_bytes,
+        "command_bytes": command_bytes,
+        "wire_limit_hz": limit_hz,
+        "ratio_to_wire_limit": measured_hz / limit_hz,
+        "ratio_to_configured_rate": measured_hz / rate_hz,
+        "crc_errors": c.crc_errors,
+        "lost": c.lost,
+    }
 
 
 def bench_serial(bauds: tuple[int, ...] = (1_000_000, 4_000_000), seconds: float = 3.0) -> dict:

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Protocol
 
 from hardware.frames import FrameDecoder, encode_frame
-from hardware.pty_port import BITS_PER_BYTE, PACE_CHUNK_S, PtyPort
 from hardware.messages import (
     HEADER,
     MAX_ERROR_TEXT_BYTES,
@@ -58,6 +57,7 @@ from hardware.messages import (
     VersionError,
     decode_message,
 )
+from hardware.pty_port import BITS_PER_BYTE, PACE_CHUNK_S, PtyPort
 
 HEARTBEAT_PERIOD_S = 0.1  # PROTOCOL.md: a HEARTBEAT at least this often when nothing else is sent
 BAD_FRAME_ERRORS_PER_S = 10  # PROTOCOL.md: ERROR 1, 2 or 3 at most this often
@@ -71,9 +71,13 @@ class BoardPlant(Protocol):
 
     num_actuators: int
 
-    def apply(self, command: Command | None) -> None: ...  # None: outputs off (before the first command, timeout, e-stop)
+    def apply(
+        self, command: Command | None
+    ) -> None: ...  # None: outputs off (before the first command, timeout, e-stop)
 
-    def step(self, dt_s: float) -> None: ...  # advance dt_s; the emulator calls it from its own thread at cfg.plant_rate_hz
+    def step(
+        self, dt_s: float
+    ) -> None: ...  # advance dt_s; the emulator calls it from its own thread at cfg.plant_rate_hz
 
     # position, velocity, effort, IMU
     def state(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], Imu | None]: ...
@@ -136,8 +140,10 @@ class BoardEmulatorCfg:
             if getattr(self, name) <= 0:
                 raise ValueError(f"BoardEmulatorCfg.{name}: need > 0, got {getattr(self, name)}")
         if not self.min_command_timeout_ms <= self.max_command_timeout_ms < 1 << 16:
-            raise ValueError(f"BoardEmulatorCfg: command timeouts {self.min_command_timeout_ms}.."
-                             f"{self.max_command_timeout_ms} ms: need min <= max < 65536")
+            raise ValueError(
+                f"BoardEmulatorCfg: command timeouts {self.min_command_timeout_ms}.."
+                f"{self.max_command_timeout_ms} ms: need min <= max < 65536"
+            )
         if not self.modes:
             raise ValueError("BoardEmulatorCfg.modes: a board accepts at least one COMMAND mode")
 
@@ -210,8 +216,13 @@ class BoardEmulator:
             raise RuntimeError(f"board emulator already running on {self.port}")
         self._tx = queue.SimpleQueue()
         self.reset()
-        self.port = self._pty.start({"board-emulator-rx": self._receive, "board-emulator-control": self._control,
-                                     "board-emulator-tx": self._transmit})
+        self.port = self._pty.start(
+            {
+                "board-emulator-rx": self._receive,
+                "board-emulator-control": self._control,
+                "board-emulator-tx": self._transmit,
+            }
+        )
         return self.port
 
     def stop(self) -> None:
@@ -285,9 +296,18 @@ class BoardEmulator:
             return
         pos, vel, effort, imu = self.plant.state()
         flags = StateFlags.MOTOR_POWER if fw.power_on else StateFlags(0)
-        self._send(State(status=fw.status, flags=flags, command_seq=fw.command_seq,
-                         bus_voltage_mv=self.cfg.bus_voltage_mv, position_rad=pos, velocity_rad_s=vel,
-                         effort_Nm=effort, imu=imu))
+        self._send(
+            State(
+                status=fw.status,
+                flags=flags,
+                command_seq=fw.command_seq,
+                bus_voltage_mv=self.cfg.bus_voltage_mv,
+                position_rad=pos,
+                velocity_rad_s=vel,
+                effort_Nm=effort,
+                imu=imu,
+            )
+        )
         self._counters.states_sent += 1
 
     # --- the receive thread --------------------------------------------------------------------
@@ -368,8 +388,10 @@ class BoardEmulator:
             code = ErrorCode.ACTUATOR_COUNT_MISMATCH
             problem = f"CONFIG asks for {msg.actuator_count} actuators; this board drives {self.plant.num_actuators}"
         elif not cfg.min_command_timeout_ms <= msg.command_timeout_ms <= cfg.max_command_timeout_ms:
-            problem = (f"command timeout {msg.command_timeout_ms} ms; supported: "
-                       f"{cfg.min_command_timeout_ms}..{cfg.max_command_timeout_ms} ms")
+            problem = (
+                f"command timeout {msg.command_timeout_ms} ms; supported: "
+                f"{cfg.min_command_timeout_ms}..{cfg.max_command_timeout_ms} ms"
+            )
         elif not 1 <= msg.control_rate_hz <= cfg.max_control_rate_hz:
             problem = f"control rate {msg.control_rate_hz} Hz; supported: 1..{cfg.max_control_rate_hz} Hz"
         accepted = not problem
@@ -393,11 +415,15 @@ class BoardEmulator:
         elif fw.config is None:
             refusal = (ErrorCode.NOT_CONFIGURED, "not configured: send CONFIG first")
         elif n != fw.config.actuator_count:
-            refusal = (ErrorCode.ACTUATOR_COUNT_MISMATCH,
-                       f"COMMAND for {n} actuators; configured for {fw.config.actuator_count}")
+            refusal = (
+                ErrorCode.ACTUATOR_COUNT_MISMATCH,
+                f"COMMAND for {n} actuators; configured for {fw.config.actuator_count}",
+            )
         elif cmd.mode not in self.cfg.modes:
-            refusal = (ErrorCode.UNSUPPORTED_MODE, f"{cmd.mode.name} mode unsupported; "
-                                                   f"this board: {', '.join(m.name for m in self.cfg.modes)}")
+            refusal = (
+                ErrorCode.UNSUPPORTED_MODE,
+                f"{cmd.mode.name} mode unsupported; this board: {', '.join(m.name for m in self.cfg.modes)}",
+            )
         if refusal is not None:
             self._counters.commands_refused += 1
             self._send_error(*refusal)

@@ -81,12 +81,23 @@ class LinkCounters:
 
 
 class BoardLink:
-    def __init__(self, port: str, baud: int, actuator_count: int, command_timeout_ms: int, control_rate_hz: int, *,
-                 answer_timeout_s: float = 1.0, board_gone_s: float = BOARD_GONE_S, rtt_window: int = 1000):
+    def __init__(
+        self,
+        port: str,
+        baud: int,
+        actuator_count: int,
+        command_timeout_ms: int,
+        control_rate_hz: int,
+        *,
+        answer_timeout_s: float = 1.0,
+        board_gone_s: float = BOARD_GONE_S,
+        rtt_window: int = 1000,
+    ):
         self.port = port
         self.baud = baud
-        self.config = Config(actuator_count=actuator_count, command_timeout_ms=command_timeout_ms,
-                             control_rate_hz=control_rate_hz)
+        self.config = Config(
+            actuator_count=actuator_count, command_timeout_ms=command_timeout_ms, control_rate_hz=control_rate_hz
+        )
         self.config.encode()  # raises ValueError naming a field out of range, before any port is touched
         self.answer_timeout_s = answer_timeout_s
         self.board_gone_s = board_gone_s
@@ -164,13 +175,17 @@ class BoardLink:
         if late_frames:
             heard = f"{late_frames} frames arrived, none a CONFIG echo: does the board hear us (host-to-board wire)?"
         elif late_bytes:
-            heard = (f"{late_bytes} bytes kept arriving but made no valid frame: most likely the baud rate differs "
-                     f"from the board's")
+            heard = (
+                f"{late_bytes} bytes kept arriving but made no valid frame: most likely the baud rate differs "
+                f"from the board's"
+            )
         else:
             heard = "nothing arrived"
-        return (f"no answer to {_describe_config(self.config)} on {self.port} within {self.answer_timeout_s:g} s "
-                f"({heard}). Check that {self.baud} baud is the board's rate, that the board is powered and runs "
-                f"its firmware, and that {self.port} is the board's port")
+        return (
+            f"no answer to {_describe_config(self.config)} on {self.port} within {self.answer_timeout_s:g} s "
+            f"({heard}). Check that {self.baud} baud is the board's rate, that the board is powered and runs "
+            f"its firmware, and that {self.port} is the board's port"
+        )
 
     def _open_port(self) -> serial.Serial:
         try:
@@ -218,10 +233,16 @@ class BoardLink:
         s = self._decoder.stats
         rtt_ms = sorted(1e3 * r for r in self._rtt_s)
         return LinkCounters(
-            bytes_in=self._bytes_in, frames_in=s.frames_ok, crc_errors=s.crc_errors,
-            framing_errors=s.framing_errors + s.oversize_frames, lost=self._board_seq.lost,
-            out_of_order=self._board_seq.out_of_order, rtt_samples=len(rtt_ms),
-            rtt_p50_ms=_quantile(rtt_ms, 0.5), rtt_p99_ms=_quantile(rtt_ms, 0.99), **self._counts,
+            bytes_in=self._bytes_in,
+            frames_in=s.frames_ok,
+            crc_errors=s.crc_errors,
+            framing_errors=s.framing_errors + s.oversize_frames,
+            lost=self._board_seq.lost,
+            out_of_order=self._board_seq.out_of_order,
+            rtt_samples=len(rtt_ms),
+            rtt_p50_ms=_quantile(rtt_ms, 0.5),
+            rtt_p99_ms=_quantile(rtt_ms, 0.99),
+            **self._counts,
         )
 
     # --- sending -------------------------------------------------------------------------------

@@ -87,8 +87,14 @@ class JointState:
 
 
 class DynamixelBus:
-    def __init__(self, port: str, baud: int, servos: dict[str, ServoCfg], usb_latency_s: float = FTDI_LATENCY_S,
-                 scan_ids: tuple[int, ...] = SCAN_IDS):
+    def __init__(
+        self,
+        port: str,
+        baud: int,
+        servos: dict[str, ServoCfg],
+        usb_latency_s: float = FTDI_LATENCY_S,
+        scan_ids: tuple[int, ...] = SCAN_IDS,
+    ):
         if not servos:
             raise ValueError("DynamixelBus: no servos")
         ids = [s.id for s in servos.values()]
@@ -158,21 +164,31 @@ class DynamixelBus:
                 alerts.append(joint)
         if missing:
             self.close()
-            scan = scan_link(self.port_name, ids=self.scan_ids, expected_ids=tuple(s.id for s in self.servos.values()),
-                             expected_baud=self.baud, usb_latency_s=self.usb_latency_s)
+            scan = scan_link(
+                self.port_name,
+                ids=self.scan_ids,
+                expected_ids=tuple(s.id for s in self.servos.values()),
+                expected_baud=self.baud,
+                usb_latency_s=self.usb_latency_s,
+            )
             who = ", ".join(self._who(j) for j in missing)
-            raise LinkError(f"no answer from {who} on {self.port_name} at {self.baud} baud; "
-                            f"diagnosis: {format_scan(scan)}")
+            raise LinkError(
+                f"no answer from {who} on {self.port_name} at {self.baud} baud; diagnosis: {format_scan(scan)}"
+            )
         problems = []
         for joint in alerts:
             code = self._read(joint, dt.HARDWARE_ERROR_STATUS)
-            problems.append(f"{self._who(joint)} reports {describe_hardware_error(code)}: remove the cause, then reboot it")
+            problems.append(
+                f"{self._who(joint)} reports {describe_hardware_error(code)}: remove the cause, then reboot it"
+            )
         for joint in self.joints:
             mode = self._read(joint, dt.OPERATING_MODE)
             if mode != dt.OPERATING_MODE_POSITION:
-                problems.append(f"{self._who(joint)} is in {dt.operating_mode_name(mode)} mode (operating mode {mode}), "
-                                f"not position control ({dt.OPERATING_MODE_POSITION}): set its {dt.OPERATING_MODE.name} "
-                                f"({dt.OPERATING_MODE.address}) with the torque off")
+                problems.append(
+                    f"{self._who(joint)} is in {dt.operating_mode_name(mode)} mode (operating mode {mode}), "
+                    f"not position control ({dt.OPERATING_MODE_POSITION}): set its {dt.OPERATING_MODE.name} "
+                    f"({dt.OPERATING_MODE.address}) with the torque off"
+                )
         if problems:
             raise ServoError("; ".join(problems))
 
@@ -199,7 +215,9 @@ class DynamixelBus:
         if result != COMM_SUCCESS:
             raise LinkError(f"{self._who(joint)}: {what} failed: {self._ph.getTxRxResult(result)}")
         if error & ~dt.ERROR_ALERT_BIT:
-            raise ServoError(f"{self._who(joint)}: {what} refused: {self._ph.getRxPacketError(error & ~dt.ERROR_ALERT_BIT)}")
+            raise ServoError(
+                f"{self._who(joint)}: {what} refused: {self._ph.getRxPacketError(error & ~dt.ERROR_ALERT_BIT)}"
+            )
 
     def _who(self, joint: str) -> str:
         return f"ID {self.servos[joint].id} (joint {joint!r})"
@@ -262,14 +280,18 @@ class DynamixelBus:
         self._require_open()
         positions_rad = np.asarray(positions_rad, dtype=np.float64).reshape(-1)
         if positions_rad.shape[0] != len(self.joints):
-            raise ValueError(f"write_goal: {positions_rad.shape[0]} positions for {len(self.joints)} joints {self.joints}")
-        for (joint, s), q in zip(self.servos.items(), positions_rad):
+            raise ValueError(
+                f"write_goal: {positions_rad.shape[0]} positions for {len(self.joints)} joints {self.joints}"
+            )
+        for (joint, s), q in zip(self.servos.items(), positions_rad, strict=True):
             if not math.isfinite(q):
                 raise ValueError(f"write_goal: joint {joint!r} goal is {q}")
             ticks = dt.rad_to_ticks(s.offset_rad + s.direction * q)
             if not 0 <= ticks <= dt.MAX_POSITION_TICKS:
-                raise ValueError(f"write_goal: joint {joint!r} goal {q:.4f} rad is servo position {ticks}, outside "
-                                 f"0..{dt.MAX_POSITION_TICKS} (position control mode)")
+                raise ValueError(
+                    f"write_goal: joint {joint!r} goal {q:.4f} rad is servo position {ticks}, outside "
+                    f"0..{dt.MAX_POSITION_TICKS} (position control mode)"
+                )
             self._goal_write.changeParam(s.id, list(dt.encode(dt.GOAL_POSITION, ticks)))
         self._send(self._goal_write, "goal write")
         self.stats.writes += 1

@@ -57,8 +57,9 @@ PARTIAL_PACKET_TIMEOUT_S = 0.1  # a packet left unfinished this long is forgotte
 _FIELDS = tuple(f for f in vars(dt).values() if isinstance(f, dt.Field))
 
 _CRC16 = crc.Calculator(  # Protocol 2.0: CRC-16, polynomial 0x8005, initial value 0, not reflected
-    crc.Configuration(width=16, polynomial=0x8005, init_value=0, final_xor_value=0,
-                      reverse_input=False, reverse_output=False),
+    crc.Configuration(
+        width=16, polynomial=0x8005, init_value=0, final_xor_value=0, reverse_input=False, reverse_output=False
+    ),
     optimized=True,
 )
 
@@ -107,8 +108,14 @@ class Plant(Protocol):
 class LagPlant:
     """Each joint follows its goal with a first-order lag while its torque is on, and stays put when off."""
 
-    def __init__(self, ids: tuple[int, ...], time_constant_s: float = 0.05, current_per_rad_A: float = 1.0,
-                 max_current_A: float = 2.3, initial_rad: float = 0.0):
+    def __init__(
+        self,
+        ids: tuple[int, ...],
+        time_constant_s: float = 0.05,
+        current_per_rad_A: float = 1.0,
+        max_current_A: float = 2.3,
+        initial_rad: float = 0.0,
+    ):
         self.time_constant_s = time_constant_s
         self.current_per_rad_A = current_per_rad_A
         self.max_current_A = max_current_A  # XM430-W350 stall current at 12 V
@@ -143,7 +150,9 @@ class EmulatorCfg:
         if not self.ids or len(set(self.ids)) != len(self.ids) or not all(0 <= i <= MAX_ID for i in self.ids):
             raise ValueError(f"EmulatorCfg.ids: need distinct IDs in 0..{MAX_ID}, got {self.ids}")
         if self.baud not in dt.CODE_BY_BAUD_RATE:
-            raise ValueError(f"EmulatorCfg.baud: {self.baud} is not an X-series baud rate {sorted(dt.CODE_BY_BAUD_RATE)}")
+            raise ValueError(
+                f"EmulatorCfg.baud: {self.baud} is not an X-series baud rate {sorted(dt.CODE_BY_BAUD_RATE)}"
+            )
         if not 0 <= self.return_delay_us <= 508 or self.return_delay_us % 2:
             raise ValueError(f"EmulatorCfg.return_delay_us: need an even number in 0..508, got {self.return_delay_us}")
         if self.command_timeout_s is not None and self.command_timeout_s <= 0:
@@ -416,12 +425,16 @@ class DynamixelEmulator:
         for start_s, wire in schedule:
             self._transmit(start_s, wire, byte_s)
 
-    def _execute(self, listeners: list[_Servo], packet_id: int, inst: int, params: bytes) -> list[tuple[_Servo, int, bytes]]:
+    def _execute(
+        self, listeners: list[_Servo], packet_id: int, inst: int, params: bytes
+    ) -> list[tuple[_Servo, int, bytes]]:
         """Run one instruction on the servos that heard it; returns who answers, with error and parameters."""
         by_id = {s.id: s for s in listeners}
         target = by_id.get(packet_id)
         if inst == INST_PING:
-            pingers = sorted(by_id.values(), key=lambda s: s.id) if packet_id == BROADCAST_ID else [target] if target else []
+            pingers = (
+                sorted(by_id.values(), key=lambda s: s.id) if packet_id == BROADCAST_ID else [target] if target else []
+            )
             return [(s, 0, bytes(s.table[0:2]) + bytes([s.get(dt.FIRMWARE_VERSION)])) for s in pingers]
         if inst == INST_READ and target and len(params) == 4:
             if _level(target) < 1:
@@ -523,8 +536,9 @@ def main() -> None:
     p.add_argument("--return-delay-us", type=int, default=500)
     p.add_argument("--command-timeout-s", type=float, default=1.0)
     a = p.parse_args()
-    cfg = EmulatorCfg(ids=tuple(a.ids), baud=a.baud, return_delay_us=a.return_delay_us,
-                      command_timeout_s=a.command_timeout_s)
+    cfg = EmulatorCfg(
+        ids=tuple(a.ids), baud=a.baud, return_delay_us=a.return_delay_us, command_timeout_s=a.command_timeout_s
+    )
     with DynamixelEmulator(cfg) as emu:
         print(f"servos {list(cfg.ids)} at {cfg.baud} baud on {emu.port}", flush=True)
         try:

@@ -64,9 +64,14 @@ class ScanResult:
         return [b for b in self.bauds if self.ids_at(b)]
 
 
-def scan_link(port_name: str, bauds: tuple[int, ...] = SCAN_BAUDS, ids: tuple[int, ...] = SCAN_IDS,
-              expected_ids: tuple[int, ...] = (), expected_baud: int | None = None,
-              usb_latency_s: float = FTDI_LATENCY_S) -> ScanResult:
+def scan_link(
+    port_name: str,
+    bauds: tuple[int, ...] = SCAN_BAUDS,
+    ids: tuple[int, ...] = SCAN_IDS,
+    expected_ids: tuple[int, ...] = (),
+    expected_baud: int | None = None,
+    usb_latency_s: float = FTDI_LATENCY_S,
+) -> ScanResult:
     """Ping `port_name` at each baud rate (the expected one first); `usb_latency_s` as for `Port`."""
     if expected_baud is not None:
         bauds = (expected_baud,) + tuple(b for b in bauds if b != expected_baud)
@@ -151,8 +156,10 @@ def format_scan(result: ScanResult) -> str:
         sentences.append(f"no servo answered at {result.expected_baud} baud")
     if not live:
         tried = ", ".join(map(str, result.bauds))
-        sentences.append(f"no servo answered at any of {tried} baud ({format_ids(list(result.ids))}): "
-                         "check power, wiring, the adapter and the port name")
+        sentences.append(
+            f"no servo answered at any of {tried} baud ({format_ids(list(result.ids))}): "
+            "check power, wiring, the adapter and the port name"
+        )
     for baud in live:
         ids = result.ids_at(baud)
         sentences.append(f"{format_ids(ids)} {'answers' if len(ids) == 1 else 'answer'} at {baud} baud")
@@ -162,6 +169,7 @@ def format_scan(result: ScanResult) -> str:
         extra = sorted(heard - set(result.expected_ids))
         if extra:
             sentences.append(f"{format_ids(extra)} {'answers' if len(extra) == 1 else 'answer'} but not configured")
-    sentences += [f"ID {s.id} reports {describe_hardware_error(s.hardware_error)}"
-                  for s in result.found if s.hardware_error != 0]
+    sentences += [
+        f"ID {s.id} reports {describe_hardware_error(s.hardware_error)}" for s in result.found if s.hardware_error != 0
+    ]
     return "; ".join(sentences)

@@ -76,7 +76,9 @@ def decode_frame(encoded: bytes) -> bytes:
         raise ShortFrameError(f"frame of {len(raw)} decoded bytes cannot hold a payload and a {CRC_BYTES}-byte CRC")
     payload, sent = raw[:-CRC_BYTES], int.from_bytes(raw[-CRC_BYTES:], "little")
     if crc32(payload) != sent:
-        raise CrcError(f"CRC mismatch on a {len(payload)}-byte payload: sent 0x{sent:08x}, computed 0x{crc32(payload):08x}")
+        raise CrcError(
+            f"CRC mismatch on a {len(payload)}-byte payload: sent 0x{sent:08x}, computed 0x{crc32(payload):08x}"
+        )
     return payload
 
 

@@ -50,7 +50,11 @@ def find_hardware_config(name_or_path: str) -> Path:
     if len(matches) == 1:
         return matches[0]
     have = ", ".join(f"{p.stem} ({robot})" for p, robot in robots.items())
-    why = f"{len(matches)} name '{name_or_path}' as their robot: give one by name" if matches else f"none is '{name_or_path}' or names it as its robot"
+    why = (
+        f"{len(matches)} name '{name_or_path}' as their robot: give one by name"
+        if matches
+        else f"none is '{name_or_path}' or names it as its robot"
+    )
     raise ConfigError(f"hardware configs in {CONFIG_DIR}: {why} (have: {have}; or give a YAML path)")
 
 
@@ -75,11 +79,15 @@ def start_hil(hw: HardwareSerial, baud: int | None = None) -> Hil:
     robot, serial = hw.robot, hw.serial
     servo_arm = robot.joints is not None and robot.joints.drive == "position_servo"
     if isinstance(serial, DynamixelSerialCfg) and not servo_arm:
-        raise ConfigError(f"{hw.source}: serial.bus: dynamixel serves position servos, and robot '{robot.name}' "
-                          f"is not an arm with joints.drive: position_servo; use bus: motor_board")
+        raise ConfigError(
+            f"{hw.source}: serial.bus: dynamixel serves position servos, and robot '{robot.name}' "
+            f"is not an arm with joints.drive: position_servo; use bus: motor_board"
+        )
     if servo_arm and serial is None:
-        raise ConfigError(f"{hw.source}: robot '{robot.name}' has position servos: its hardware config needs a "
-                          f"`serial:` section with bus: dynamixel and the servo of each joint (hardware/serial_config.py)")
+        raise ConfigError(
+            f"{hw.source}: robot '{robot.name}' has position servos: its hardware config needs a "
+            f"`serial:` section with bus: dynamixel and the servo of each joint (hardware/serial_config.py)"
+        )
     if baud is not None and baud <= 0:
         raise ConfigError(f"--baud {baud}: must be > 0")
     if baud is not None and isinstance(serial, DynamixelSerialCfg) and baud not in dt.CODE_BY_BAUD_RATE:
@@ -95,12 +103,16 @@ def start_hil(hw: HardwareSerial, baud: int | None = None) -> Hil:
     except BaseException:
         stepper.close()
         raise
-    text = (f"{robot.name}: {what} on {port}; MuJoCo plant ({stepper.sim.task}) stepped every physics period, "
-            f"{stepper.dt_s * 1e3:g} ms, from the first command on")
+    text = (
+        f"{robot.name}: {what} on {port}; MuJoCo plant ({stepper.sim.task}) stepped every physics period, "
+        f"{stepper.dt_s * 1e3:g} ms, from the first command on"
+    )
     return Hil(emulator, stepper, port, text)
 
 
-def _dynamixel(stepper: PhysicsStepper, serial: DynamixelSerialCfg, baud: int, plant_rate_hz: float) -> tuple[DynamixelEmulator, str]:
+def _dynamixel(
+    stepper: PhysicsStepper, serial: DynamixelSerialCfg, baud: int, plant_rate_hz: float
+) -> tuple[DynamixelEmulator, str]:
     from hardware.dynamixel_emulator import DynamixelEmulator, EmulatorCfg
     from hardware.dynamixel_scan import format_ids
     from hardware.sim_plant import DynamixelSimPlant
@@ -109,11 +121,15 @@ def _dynamixel(stepper: PhysicsStepper, serial: DynamixelSerialCfg, baud: int, p
     emulator = DynamixelEmulator(EmulatorCfg(ids=plant.ids, baud=baud, plant_rate_hz=plant_rate_hz), plant)
     joints = ", ".join(f"{name} = ID {j.id}" for name, j in serial.joints.items())
     timeout = emulator.cfg.command_timeout_s
-    return emulator, (f"{len(plant.ids)} Dynamixel XM430-W350 servos ({format_ids(list(plant.ids))}: {joints}) at {baud} baud, "
-                      f"torque off after {timeout:g} s without a goal")
+    return emulator, (
+        f"{len(plant.ids)} Dynamixel XM430-W350 servos ({format_ids(list(plant.ids))}: {joints}) at {baud} baud, "
+        f"torque off after {timeout:g} s without a goal"
+    )
 
 
-def _board(stepper: PhysicsStepper, robot: RobotCfg, baud: int | None, plant_rate_hz: float) -> tuple[BoardEmulator, str]:
+def _board(
+    stepper: PhysicsStepper, robot: RobotCfg, baud: int | None, plant_rate_hz: float
+) -> tuple[BoardEmulator, str]:
     from hardware.board_emulator import BoardEmulator, BoardEmulatorCfg
     from hardware.sim_plant import BoardSimPlant
 
@@ -121,8 +137,9 @@ def _board(stepper: PhysicsStepper, robot: RobotCfg, baud: int | None, plant_rat
     cfg = BoardEmulatorCfg(plant_rate_hz=plant_rate_hz, modes=plant.modes, **({"baud": baud} if baud else {}))
     modes = "/".join(m.name for m in plant.modes)
     imu = " and the IMU" if stepper.sim.has_base else ""
-    return BoardEmulator(plant, cfg), (f"motor board driving {plant.num_actuators} actuators{imu} "
-                                       f"({modes} commands) at {cfg.baud} baud")
+    return BoardEmulator(plant, cfg), (
+        f"motor board driving {plant.num_actuators} actuators{imu} ({modes} commands) at {cfg.baud} baud"
+    )
 
 
 def run_hil(robot: str, baud: int | None = None, link: str | None = None, report_s: float = 10.0) -> None:

@@ -191,7 +191,7 @@ class Imu:
 IMU_FLOATS = 10
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _state_struct(n: int, imu: bool) -> struct.Struct:
     return struct.Struct(f"<BBHIBBHHH{3 * n + (IMU_FLOATS if imu else 0)}f")
 
@@ -240,7 +240,9 @@ class State(Message):
         has_imu = bool(flags & IMU_PRESENT)
         s = _state_struct(n, has_imu)
         if len(payload) != s.size:
-            raise _length_error(cls.TYPE, len(payload), s.size, f" for {n} actuators {'with' if has_imu else 'without'} IMU")
+            raise _length_error(
+                cls.TYPE, len(payload), s.size, f" for {n} actuators {'with' if has_imu else 'without'} IMU"
+            )
         v = s.unpack(payload)
         f = v[9:]
         i = 3 * n
@@ -252,7 +254,7 @@ class State(Message):
         )  # fmt: skip
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _command_struct(n: int, mode: CommandMode) -> struct.Struct:
     return struct.Struct(f"<BBHIBBH{(3 if mode == CommandMode.POSITION else 1) * n}f")
 
@@ -298,7 +300,13 @@ class Command(Message):
         f = v[7:]
         gains = (f[n : 2 * n], f[2 * n :]) if mode == CommandMode.POSITION else (None, None)
         return cls(
-            seq=seq, time_us=time_us, mode=mode, targets=f[:n], kp_Nm_per_rad=gains[0], kd_Nms_per_rad=gains[1], state_seq=v[6]
+            seq=seq,
+            time_us=time_us,
+            mode=mode,
+            targets=f[:n],
+            kp_Nm_per_rad=gains[0],
+            kd_Nms_per_rad=gains[1],
+            state_seq=v[6],
         )
 
 
@@ -343,7 +351,9 @@ class Config(Message):
         v = cls._S.unpack(payload)
         _decoded_count("CONFIG", v[4])
         status = _enum(ConfigStatus, v[5], "CONFIG", "status")
-        return cls(seq=seq, time_us=time_us, actuator_count=v[4], status=status, command_timeout_ms=v[6], control_rate_hz=v[7])
+        return cls(
+            seq=seq, time_us=time_us, actuator_count=v[4], status=status, command_timeout_ms=v[6], control_rate_hz=v[7]
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -366,7 +376,9 @@ class ErrorReport(Message):
     @classmethod
     def _unpack(cls, payload: bytes, seq: int, time_us: int) -> ErrorReport:
         if not HEADER.size + 2 <= len(payload) <= HEADER.size + 2 + MAX_ERROR_TEXT_BYTES:
-            raise _length_error(cls.TYPE, len(payload), HEADER.size + 2, f" to {HEADER.size + 2 + MAX_ERROR_TEXT_BYTES}")
+            raise _length_error(
+                cls.TYPE, len(payload), HEADER.size + 2, f" to {HEADER.size + 2 + MAX_ERROR_TEXT_BYTES}"
+            )
         code = int.from_bytes(payload[8:10], "little")
         try:
             text = payload[10:].decode("ascii")

@@ -13,7 +13,7 @@ import struct
 import termios
 import threading
 import tty
-from typing import Callable
+from collections.abc import Callable
 
 BITS_PER_BYTE = 10  # 8N1: start + 8 data + stop
 PACE_CHUNK_S = 1e-3  # an emulator writes its bytes in chunks of about this much wire time

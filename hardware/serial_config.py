@@ -27,8 +27,8 @@ from pathlib import Path
 
 from config.robot import RobotCfg
 from config.validate import ConfigError
-from hardware import dynamixel_table as dt
 from deploy.robot_config import read_hardware_yaml
+from hardware import dynamixel_table as dt
 
 BUSES = ("dynamixel", "motor_board")
 MAX_SERVO_ID = 252  # Protocol 2.0: 253..255 are reserved or broadcast
@@ -117,11 +117,15 @@ def _dynamixel(d: dict, robot: RobotCfg, problems: list[str]) -> DynamixelSerial
     names = robot.joints.names
     given = d.get("joints", {})  # missing: reported with the section's fields
     if not isinstance(given, dict):
-        problems.append(f"serial.joints: expected a mapping of joint name to {{id, offset_rad, direction}}, got {given!r}")
+        problems.append(
+            f"serial.joints: expected a mapping of joint name to {{id, offset_rad, direction}}, got {given!r}"
+        )
         given = {}
     for name in given:
         if name not in names:
-            problems.append(f"serial.joints.{name}: robot '{robot.name}' has no joint {name!r} (its joints: {', '.join(names)})")
+            problems.append(
+                f"serial.joints.{name}: robot '{robot.name}' has no joint {name!r} (its joints: {', '.join(names)})"
+            )
     for name in names:
         if "joints" in d and name not in given:
             problems.append(f"serial.joints.{name}: missing (every joint of robot '{robot.name}' needs its servo)")
@@ -150,8 +154,10 @@ def _motor_board(d: dict, robot: RobotCfg, problems: list[str]) -> MotorBoardSer
     n = len(robot.actuator_names)
     need = state_wire_bytes(max(n, 1), imu=bool(robot.base_body)) * BITS_PER_BYTE * cfg.control_rate_hz
     if not problems and need > cfg.baud:
-        problems.append(f"serial.baud: {cfg.baud} baud cannot carry STATE for {n} actuators at {cfg.control_rate_hz} Hz "
-                        f"({need} bit/s); raise the baud rate or lower control_rate_hz")
+        problems.append(
+            f"serial.baud: {cfg.baud} baud cannot carry STATE for {n} actuators at {cfg.control_rate_hz} Hz "
+            f"({need} bit/s); raise the baud rate or lower control_rate_hz"
+        )
     return cfg
 
 
@@ -165,7 +171,9 @@ def serial_cfg_from_dict(d, robot: RobotCfg, source: str) -> SerialCfg:
     if not isinstance(d, dict):
         problems.append(f"serial: expected a mapping of fields, got {d!r}")
     elif d.get("bus") not in BUSES:
-        problems.append(f"serial.bus: {d['bus']!r} is not one of {BUSES}" if "bus" in d else f"serial.bus: missing (one of {BUSES})")
+        problems.append(
+            f"serial.bus: {d['bus']!r} is not one of {BUSES}" if "bus" in d else f"serial.bus: missing (one of {BUSES})"
+        )
     else:
         fields = ("bus", *BUS_FIELDS[d["bus"]])
         for name in d:

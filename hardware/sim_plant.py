@@ -87,9 +87,13 @@ class Pacing:
     def describe(self) -> str:
         if not self.wall_s:
             return "physics waits for the first command"
-        text = (f"simulated {self.sim_s:.2f} s in {self.wall_s:.2f} s ({100 * self.sim_s / self.wall_s:.1f} % of real time, "
-                f"{self.behind_s * 1e3:.0f} ms behind now, {self.max_behind_s * 1e3:.0f} ms at worst); a physics step costs "
-                f"{self.step_cost_s * 1e3:.2f} ms of its {self.physics_dt_s * 1e3:g} ms")
+        text = (
+            f"simulated {self.sim_s:.2f} s in {self.wall_s:.2f} s "
+            f"({100 * self.sim_s / self.wall_s:.1f} % of real time, "
+            f"{self.behind_s * 1e3:.0f} ms behind now, {self.max_behind_s * 1e3:.0f} ms at worst); "
+            "a physics step costs "
+            f"{self.step_cost_s * 1e3:.2f} ms of its {self.physics_dt_s * 1e3:g} ms"
+        )
         return text + (f"; {self.resets} reset(s) after the physics diverged" if self.resets else "")
 
 
@@ -167,7 +171,14 @@ class PhysicsStepper:
 
     def pacing(self) -> Pacing:
         wall_s = self._last_step_s + self.dt_s - self._start_s if self._start_s is not None else 0.0
-        return Pacing(self._steps * self.dt_s, wall_s, self._max_behind_s, self.dt_s, self._cost_s / max(self._steps, 1), self._resets)
+        return Pacing(
+            self._steps * self.dt_s,
+            wall_s,
+            self._max_behind_s,
+            self.dt_s,
+            self._cost_s / max(self._steps, 1),
+            self._resets,
+        )
 
     def close(self) -> None:
         """Stop the physics thread (call after the plant thread has stopped) and the simulation."""
@@ -186,7 +197,9 @@ class DynamixelSimPlant:
 
     def __init__(self, stepper: PhysicsStepper, joints: dict[str, ServoJointCfg]):
         if tuple(joints) != stepper.sim.joint_names:
-            raise ValueError(f"servo joints {tuple(joints)} are not the robot's, in wire order: {stepper.sim.joint_names}")
+            raise ValueError(
+                f"servo joints {tuple(joints)} are not the robot's, in wire order: {stepper.sim.joint_names}"
+            )
         self.stepper = stepper
         self.ids = tuple(j.id for j in joints.values())
         self._offset_rad = np.array([j.offset_rad for j in joints.values()])
@@ -208,7 +221,7 @@ class DynamixelSimPlant:
         pos = self._offset_rad + self._direction * r["joint_pos"]
         vel = self._direction * r["joint_vel"]
         current = self._direction * r["joint_effort"] / XM430_TORQUE_PER_CURRENT_NM_PER_A
-        return {i: (float(p), float(v), float(c)) for i, p, v, c in zip(self.ids, pos, vel, current)}
+        return {i: (float(p), float(v), float(c)) for i, p, v, c in zip(self.ids, pos, vel, current, strict=True)}
 
 
 class BoardSimPlant:
@@ -269,8 +282,11 @@ class BoardSimPlant:
             accel = self.stepper.sim.env.backend.sensordata[0, self._accel_adr : self._accel_adr + 3].numpy()
         else:
             accel = -GRAVITY_MPS2 * projected_gravity(quat_to_rotmat(quat))
-        imu = Imu(quat_wxyz=tuple(map(float, quat)), gyro_rad_s=tuple(map(float, r["base_ang_vel_b"])),
-                  accel_m_s2=tuple(map(float, accel)))
+        imu = Imu(
+            quat_wxyz=tuple(map(float, quat)),
+            gyro_rad_s=tuple(map(float, r["base_ang_vel_b"])),
+            accel_m_s2=tuple(map(float, accel)),
+        )
         return pos, vel, effort, imu
 
 

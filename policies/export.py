@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deploy.onnx_policy import CHECKPOINT_KEY, INPUT_NAME, ITERATION_KEY, OUTPUT_NAME, SPEC_KEY, TASK_CONFIG_KEY, OnnxPolicy
+from deploy.onnx_policy import (
+    CHECKPOINT_KEY,
+    INPUT_NAME,
+    ITERATION_KEY,
+    OUTPUT_NAME,
+    SPEC_KEY,
+    TASK_CONFIG_KEY,
+    OnnxPolicy,
+)
 from deploy.spec import PolicySpec
 from policies.checkpoint import atomic_write, load_checkpoint
 from policies.networks import ActorCritic, ExportedActor
@@ -29,15 +37,25 @@ def model_from_checkpoint(ckpt: dict) -> tuple[ActorCritic, PolicySpec, dict]:
     ppo = config["train"]["ppo"]
     sd = ckpt["model"]
     model = ActorCritic(
-        spec.obs_dim, sd["critic_normalizer.mean"].shape[0], spec.action_dim,
-        tuple(ppo["actor_hidden"]), tuple(ppo["critic_hidden"]), ppo["activation"], ppo["init_std"],
+        spec.obs_dim,
+        sd["critic_normalizer.mean"].shape[0],
+        spec.action_dim,
+        tuple(ppo["actor_hidden"]),
+        tuple(ppo["critic_hidden"]),
+        ppo["activation"],
+        ppo["init_std"],
     )
     model.load_state_dict(sd)
     return model.eval(), spec, config
 
 
-def export_onnx(model: ActorCritic, spec: PolicySpec, out_path: str | Path, parity_obs: np.ndarray | None = None,
-                metadata: dict | None = None) -> dict:
+def export_onnx(
+    model: ActorCritic,
+    spec: PolicySpec,
+    out_path: str | Path,
+    parity_obs: np.ndarray | None = None,
+    metadata: dict | None = None,
+) -> dict:
     """Write `out_path` (ONNX) and `out_path.with_suffix('.json')` (the PolicySpec); check parity.
 
     Parity: onnxruntime against torch on random observations and on `parity_obs` (real rollout
@@ -54,8 +72,14 @@ def export_onnx(model: ActorCritic, spec: PolicySpec, out_path: str | Path, pari
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            actor, (dummy,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            opset_version=OPSET, dynamo=False, dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            actor,
+            (dummy,),
+            buf,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=OPSET,
+            dynamo=False,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )
     proto = onnx.load_from_string(buf.getvalue())
     meta = {
@@ -71,7 +95,9 @@ def export_onnx(model: ActorCritic, spec: PolicySpec, out_path: str | Path, pari
     policy = OnnxPolicy(out_path)
     rng = np.random.default_rng(0)
     std = np.sqrt(model.policy_normalizer.var.numpy() + 1e-2)
-    random_obs = (model.policy_normalizer.mean.numpy() + 3 * std * rng.standard_normal((1024, spec.obs_dim))).astype(np.float32)
+    random_obs = (model.policy_normalizer.mean.numpy() + 3 * std * rng.standard_normal((1024, spec.obs_dim))).astype(
+        np.float32
+    )
     report = {}
     for name, obs in (("random", random_obs), ("rollout", parity_obs)):
         if obs is None:
@@ -82,11 +108,15 @@ def export_onnx(model: ActorCritic, spec: PolicySpec, out_path: str | Path, pari
         diff = float(np.abs(policy(obs) - expected).max())
         report[f"parity_max_abs_diff_{name}"] = diff
         if not diff <= PARITY_ATOL:
-            raise ExportError(f"ONNX/torch parity failed on {name} observations: max abs diff {diff:.3g} > {PARITY_ATOL}")
+            raise ExportError(
+                f"ONNX/torch parity failed on {name} observations: max abs diff {diff:.3g} > {PARITY_ATOL}"
+            )
     return report
 
 
-def rollout_observations(model: ActorCritic, task: str, task_cfg, steps: int = 100, num_envs: int = 32, seed: int = 123) -> np.ndarray:
+def rollout_observations(
+    model: ActorCritic, task: str, task_cfg, steps: int = 100, num_envs: int = 32, seed: int = 123
+) -> np.ndarray:
     """Policy observations from a short rollout of the deterministic policy in the training env."""
     from sim.tasks import make_env
 

@@ -103,7 +103,7 @@ class ActorCritic(nn.Module):
     def value(self, critic_obs: torch.Tensor) -> torch.Tensor:
         return self.critic(self.critic_normalizer(critic_obs)).squeeze(-1)
 
-    def distribution(self, policy_obs: torch.Tensor) -> "DiagonalGaussian":
+    def distribution(self, policy_obs: torch.Tensor) -> DiagonalGaussian:
         return DiagonalGaussian(self.action_mean(policy_obs), self.log_std)
 
     def update_normalizers(self, obs: dict[str, torch.Tensor]) -> None:

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from config.validate import nonnegative, positive
 from policies.networks import ActorCritic
 from policies.storage import RolloutStorage
-from config.validate import nonnegative, positive
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,10 @@ class PPOCfg:
     max_grad_norm: float = field(default=1.0, metadata=positive())
     actor_hidden: tuple[int, ...] = (32, 32)
     critic_hidden: tuple[int, ...] = (64, 64)
-    activation: str = field(default="silu", metadata={"check": (lambda v: v in ("elu", "silu", "tanh", "relu"), "must be elu, silu, tanh or relu")})
+    activation: str = field(
+        default="silu",
+        metadata={"check": (lambda v: v in ("elu", "silu", "tanh", "relu"), "must be elu, silu, tanh or relu")},
+    )
     init_std: float = field(default=0.3, metadata=positive())
 
 
@@ -81,10 +84,14 @@ class PPO:
             with torch.no_grad():
                 old_mu, old_sigma = batch["action_mean"], batch["action_std"]
                 kl = (
-                    torch.log(dist.stddev / old_sigma)
-                    + (old_sigma.square() + (old_mu - dist.mean).square()) / (2 * dist.stddev.square())
-                    - 0.5
-                ).sum(-1).mean()
+                    (
+                        torch.log(dist.stddev / old_sigma)
+                        + (old_sigma.square() + (old_mu - dist.mean).square()) / (2 * dist.stddev.square())
+                        - 0.5
+                    )
+                    .sum(-1)
+                    .mean()
+                )
                 if kl > 2 * cfg.desired_kl:
                     self.learning_rate = max(1e-5, self.learning_rate / 1.5)
                 elif 0 < kl < cfg.desired_kl / 2:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
+from config import validate as C
 from policies.checkpoint import CheckpointError, atomic_write, save_checkpoint
 from policies.networks import ActorCritic
 from policies.ppo import PPO, PPOCfg
 from policies.storage import RolloutStorage
-from config import validate as C
 from sim.env import one_torch_thread
 from sim.tasks import make_env, task_entry
 
@@ -77,8 +77,13 @@ class Runner:
         dims = self.env.obs_dims
         p = cfg.ppo
         self.model = ActorCritic(
-            dims["policy"], dims["critic"], self.env.spec.action_dim,
-            p.actor_hidden, p.critic_hidden, p.activation, p.init_std,
+            dims["policy"],
+            dims["critic"],
+            self.env.spec.action_dim,
+            p.actor_hidden,
+            p.critic_hidden,
+            p.activation,
+            p.init_std,
         ).to(self.device)
         self.storage = RolloutStorage(p.num_steps, cfg.num_envs, dims, self.env.spec.action_dim, self.device)
         self.generator = torch.Generator(device=self.device)
@@ -149,7 +154,9 @@ class Runner:
         interrupted = []
         previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
         start = time.perf_counter() - self.elapsed_s
-        bar = tqdm(total=cfg.max_iterations, initial=self.iteration, disable=not progress, unit="it", dynamic_ncols=True)
+        bar = tqdm(
+            total=cfg.max_iterations, initial=self.iteration, disable=not progress, unit="it", dynamic_ncols=True
+        )
         obs = self.obs if self.obs is not None else env.reset()
         try:
             while self.iteration < cfg.max_iterations and not interrupted:

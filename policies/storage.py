@@ -59,8 +59,12 @@ class RolloutStorage:
         size = n // num_minibatches
         fields = {
             **{f"obs/{k}": v for k, v in self.obs.items()},
-            "actions": self.actions, "action_mean": self.action_mean, "action_std": self.action_std,
-            "log_prob": self.log_prob, "values": self.values, "returns": self.returns,
+            "actions": self.actions,
+            "action_mean": self.action_mean,
+            "action_std": self.action_std,
+            "log_prob": self.log_prob,
+            "values": self.values,
+            "returns": self.returns,
             "advantages": self.advantages,
         }
         columns = [v.reshape(n, -1) for v in fields.values()]
@@ -71,10 +75,7 @@ class RolloutStorage:
             for i in range(num_minibatches):
                 rows = packed.index_select(0, perm[i * size : (i + 1) * size])
                 parts = rows.split(splits, dim=1)
-                yield {
-                    k: p if f.dim() > 2 else p.squeeze(1)
-                    for (k, f), p in zip(fields.items(), parts)
-                }
+                yield {k: p if f.dim() > 2 else p.squeeze(1) for (k, f), p in zip(fields.items(), parts, strict=True)}
 
     def clear(self) -> None:
         self.step = 0

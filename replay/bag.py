@@ -25,9 +25,10 @@ import os
 import struct
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import lz4.frame
 import numpy as np
@@ -52,9 +53,15 @@ PRIMITIVES = frozenset(
 )
 _INFINITE = {"sec": 9223372036, "nsec": 854775807}  # rosbag2's spelling of an infinite QoS duration
 DEFAULT_QOS = {  # offered QoS recorded for a topic whose publishers were not asked: a default publisher
-    "history": "keep_last", "depth": 10, "reliability": "reliable", "durability": "volatile",
-    "deadline": _INFINITE, "lifespan": _INFINITE, "liveliness": "automatic",
-    "liveliness_lease_duration": _INFINITE, "avoid_ros_namespace_conventions": False,
+    "history": "keep_last",
+    "depth": 10,
+    "reliability": "reliable",
+    "durability": "volatile",
+    "deadline": _INFINITE,
+    "lifespan": _INFINITE,
+    "liveliness": "automatic",
+    "liveliness_lease_duration": _INFINITE,
+    "avoid_ros_namespace_conventions": False,
 }
 
 
@@ -104,7 +111,7 @@ def _dependencies(text: str, pkg: str) -> list[str]:
     return deps
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def message_definition(msgtype: str) -> str:
     """The full ros2msg definition of `msgtype` as rosbag2 stores it: its .msg text, then each type it
     depends on (recursively, once) after a separator line and a `MSG: pkg/Type` header."""
@@ -118,7 +125,9 @@ def message_definition(msgtype: str) -> str:
         if f is None:
             where = ", ".join(str(d) for d in _share_dirs())
             needed = "" if t == msgtype else f" (needed by {msgtype})"
-            raise BagError(f"no message definition for {t}{needed}: no {t}.msg under {where}; install its ROS message package")
+            raise BagError(
+                f"no message definition for {t}{needed}: no {t}.msg under {where}; install its ROS message package"
+            )
         texts[t] = f.read_text()
         pending += [d for d in _dependencies(texts[t], _split_type(t)[0]) if d not in texts]
     main, *deps = texts
@@ -129,7 +138,7 @@ def message_definition(msgtype: str) -> str:
     return "".join(parts)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def type_description_hash(msgtype: str) -> str:
     """RIHS01 hash of the type from its installed .json description; '' when the package ships none."""
     f = _interface_file(msgtype, ".json")
@@ -175,8 +184,14 @@ class BagWriter:
     Use as a context manager or call `close()`: only a closed bag has its summary, index and final
     metadata.yaml; a killed one still reads up to its last flushed chunk."""
 
-    def __init__(self, path: str | Path, metadata: Mapping[str, str] | None = None, *,
-                 chunk_size: int = 256 * 1024, flush_period_s: float = 0.5):
+    def __init__(
+        self,
+        path: str | Path,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        chunk_size: int = 256 * 1024,
+        flush_period_s: float = 0.5,
+    ):
         self.path = Path(path)
         self.custom_data = dict(metadata or {})
         bad = [k for k, v in self.custom_data.items() if not isinstance(k, str) or not isinstance(v, str)]
@@ -208,12 +223,19 @@ class BagWriter:
                 raise BagError(f"topic {topic} is {self._topics[topic].msgtype} in this bag, not {msgtype}")
             return
         if msgtype not in self._schemas:
-            self._schemas[msgtype] = self._writer.register_schema(msgtype, "ros2msg", message_definition(msgtype).encode())
+            self._schemas[msgtype] = self._writer.register_schema(
+                msgtype, "ros2msg", message_definition(msgtype).encode()
+            )
         qos = list(offered_qos) if offered_qos else [DEFAULT_QOS]
-        channel_id = self._writer.register_channel(topic, "cdr", self._schemas[msgtype], {
-            "offered_qos_profiles": yaml.dump(qos, Dumper=_Dumper, sort_keys=False),
-            "topic_type_hash": type_description_hash(msgtype),
-        })
+        channel_id = self._writer.register_channel(
+            topic,
+            "cdr",
+            self._schemas[msgtype],
+            {
+                "offered_qos_profiles": yaml.dump(qos, Dumper=_Dumper, sort_keys=False),
+                "topic_type_hash": type_description_hash(msgtype),
+            },
+        )
         self._topics[topic] = _Topic(channel_id, msgtype, qos)
 
     def write(self, topic: str, msgtype: str, cdr: bytes, log_time_ns: int) -> None:
@@ -221,8 +243,9 @@ class BagWriter:
         if topic not in self._topics or self._topics[topic].msgtype != msgtype:
             self.add_topic(topic, msgtype)
         t = self._topics[topic]
-        self._writer.add_message(t.channel_id, log_time=log_time_ns, data=bytes(cdr), publish_time=log_time_ns,
-                                 sequence=t.count)
+        self._writer.add_message(
+            t.channel_id, log_time=log_time_ns, data=bytes(cdr), publish_time=log_time_ns, sequence=t.count
+        )
         t.count += 1
         self._start_ns = log_time_ns if self._start_ns is None else min(self._start_ns, log_time_ns)
         self._end_ns = max(self._end_ns, log_time_ns)
@@ -266,17 +289,29 @@ class BagWriter:
             "starting_time": {"nanoseconds_since_epoch": start},
             "message_count": count,
             "topics_with_message_count": [
-                {"topic_metadata": {"name": name, "type": t.msgtype, "serialization_format": "cdr",
-                                    "offered_qos_profiles": t.offered_qos,
-                                    "type_description_hash": type_description_hash(t.msgtype)},
-                 "message_count": t.count}
+                {
+                    "topic_metadata": {
+                        "name": name,
+                        "type": t.msgtype,
+                        "serialization_format": "cdr",
+                        "offered_qos_profiles": t.offered_qos,
+                        "type_description_hash": type_description_hash(t.msgtype),
+                    },
+                    "message_count": t.count,
+                }
                 for name, t in self._topics.items()
             ],
             "compression_format": "",
             "compression_mode": "",
             "relative_file_paths": [self.mcap_path.name],
-            "files": [{"path": self.mcap_path.name, "starting_time": {"nanoseconds_since_epoch": start},
-                       "duration": {"nanoseconds": duration}, "message_count": count}],
+            "files": [
+                {
+                    "path": self.mcap_path.name,
+                    "starting_time": {"nanoseconds_since_epoch": start},
+                    "duration": {"nanoseconds": duration},
+                    "message_count": count,
+                }
+            ],
             "custom_data": self.custom_data,
             "ros_distro": os.environ.get("ROS_DISTRO", ""),
         }
@@ -297,7 +332,7 @@ class BagWriter:
         self._file.close()
         _write_atomic(self.path / "metadata.yaml", _yaml_text(info))
 
-    def __enter__(self) -> "BagWriter":
+    def __enter__(self) -> BagWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -479,7 +514,9 @@ class BagReader:
             if not isinstance(info, dict):
                 raise BagError(f"{meta} is not a rosbag2 metadata file: no rosbag2_bagfile_information mapping")
             if info.get("storage_identifier", "mcap") != "mcap":
-                raise BagError(f"{folder} is a rosbag2 bag in '{info['storage_identifier']}' storage; only mcap is read")
+                raise BagError(
+                    f"{folder} is a rosbag2 bag in '{info['storage_identifier']}' storage; only mcap is read"
+                )
         named = [folder / Path(p).name for p in info.get("relative_file_paths") or []]
         files = named if named and all(f.is_file() for f in named) else sorted(folder.glob("*.mcap"))
         if not files:
@@ -503,9 +540,19 @@ class BagReader:
                 summary = None
             if summary is not None and summary.statistics is not None:
                 chunks = summary.chunk_indexes
-                usable = all(c.message_index_offsets for c in chunks) and (chunks or not summary.statistics.message_count)
-                return _File(path, True, chunks if usable else None, dict(summary.schemas), dict(summary.channels),
-                             dict(summary.statistics.channel_message_counts), custom, os.path.getsize(path))
+                usable = all(c.message_index_offsets for c in chunks) and (
+                    chunks or not summary.statistics.message_count
+                )
+                return _File(
+                    path,
+                    True,
+                    chunks if usable else None,
+                    dict(summary.schemas),
+                    dict(summary.channels),
+                    dict(summary.statistics.channel_message_counts),
+                    custom,
+                    os.path.getsize(path),
+                )
             return BagReader._scan(path, f)
 
     @staticmethod
@@ -522,10 +569,15 @@ class BagReader:
                 out.end_offset = f.tell()  # only after the whole record was read and decoded
         except _TRUNCATED:
             messages = sum(out.counts.values())
-            where = (f"after its last complete record (byte {size})" if out.end_offset == size
-                     else f"inside a record (bytes {out.end_offset}..{size})")
-            out.note = (f"{path.name} ends {where} without its summary, its writer did not close it: "
-                        f"{messages} complete messages recovered")
+            where = (
+                f"after its last complete record (byte {size})"
+                if out.end_offset == size
+                else f"inside a record (bytes {out.end_offset}..{size})"
+            )
+            out.note = (
+                f"{path.name} ends {where} without its summary, its writer did not close it: "
+                f"{messages} complete messages recovered"
+            )
         return out
 
     def _resolve(self, topics: Iterable[str] | None) -> set[str] | None:
@@ -562,8 +614,10 @@ class BagReader:
         schema = f.schemas.get(channel.schema_id)
         generic = self._decoders.decoder_for(channel.message_encoding, schema)
         if generic is None:
-            raise BagError(f"topic {channel.topic}: cannot decode encoding '{channel.message_encoding}' with "
-                           f"schema encoding '{schema.encoding if schema else None}' (only cdr + ros2msg)")
+            raise BagError(
+                f"topic {channel.topic}: cannot decode encoding '{channel.message_encoding}' with "
+                f"schema encoding '{schema.encoding if schema else None}' (only cdr + ros2msg)"
+            )
         return FAST_DECODERS[schema.name](generic) if schema.name in FAST_DECODERS else generic
 
     @staticmethod
@@ -571,16 +625,18 @@ class BagReader:
         """(log time, order, channel id, CDR) of the wanted channels by the summary's chunk and message
         indexes: chunks without a wanted channel are not read, nor other channels' records in the rest;
         chunks overlapping in time are merged."""
-        chunks = sorted((c for c in f.chunk_indexes if ids is None or ids & c.message_index_offsets.keys()),
-                        key=lambda c: (c.message_start_time, c.chunk_start_offset))
+        chunks = sorted(
+            (c for c in f.chunk_indexes if ids is None or ids & c.message_index_offsets.keys()),
+            key=lambda c: (c.message_start_time, c.chunk_start_offset),
+        )
         pending: list[tuple[int, int, int, bytes]] = []  # read, sorted, not yet yielded
         order = 0
         with open(f.path, "rb") as stream:
-            for c, after in zip(chunks, [c.message_start_time for c in chunks[1:]] + [math.inf]):
+            for c, after in zip(chunks, [c.message_start_time for c in chunks[1:]] + [math.inf], strict=True):
                 index = _message_index(stream, c, ids)
                 stream.seek(c.chunk_start_offset + 9)  # past the chunk record's opcode and length
                 channel_ids, data = _messages_at(_chunk_records(Chunk.read(ReadDataStream(stream))), index[:, 1])
-                new = list(zip(index[:, 0].tolist(), range(order, order + len(data)), channel_ids, data))
+                new = list(zip(index[:, 0].tolist(), range(order, order + len(data)), channel_ids, data, strict=True))
                 order += len(data)
                 pending = sorted(pending + new) if pending or not _is_sorted(index[:, 0]) else new
                 # what is not later than the next chunk's first message cannot be preceded by anything unread
@@ -601,8 +657,11 @@ class BagReader:
                 except (StopIteration, *_TRUNCATED):
                     return
                 batch = breakup_chunk(record) if isinstance(record, Chunk) else [record]
-                msgs = [(r.log_time, i, r.channel_id, r.data) for i, r in enumerate(batch)
-                        if isinstance(r, Message) and (ids is None or r.channel_id in ids)]
+                msgs = [
+                    (r.log_time, i, r.channel_id, r.data)
+                    for i, r in enumerate(batch)
+                    if isinstance(r, Message) and (ids is None or r.channel_id in ids)
+                ]
                 yield from sorted(msgs)
 
 
@@ -653,7 +712,7 @@ def _messages_at(records: bytes, offsets: np.ndarray) -> tuple[list[int], list[b
     head = raw[offsets[:, None] + np.arange(1, 11)]  # record length (u64), channel id (u16)
     ends = (offsets + 9 + head[:, :8].copy().view("<u8")[:, 0].astype(np.int64)).tolist()
     channel_ids = head[:, 8:].copy().view("<u2")[:, 0].tolist()
-    return channel_ids, [records[a:b] for a, b in zip((offsets + _MESSAGE_PREFIX).tolist(), ends)]
+    return channel_ids, [records[a:b] for a, b in zip((offsets + _MESSAGE_PREFIX).tolist(), ends, strict=True)]
 
 
 # --- helpers for replay --------------------------------------------------------------------------

@@ -58,6 +58,8 @@ def logged_spec(reader: BagReader, fallback: PolicySpec | None) -> PolicySpec:
     text = reader.metadata.get("policy_spec")
     if text is None:
         if fallback is None:
-            raise ReplayError(f"bag {reader.path} has no 'policy_spec' custom data and no --policy was given to read it from")
+            raise ReplayError(
+                f"bag {reader.path} has no 'policy_spec' custom data and no --policy was given to read it from"
+            )
         return fallback
     return PolicySpec.from_json(text)

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from deploy.rotations import attitude_error_rad
-from sim.readings import robot_readings
 from replay.mapping import Log
 from sim.actuators import RotorModel
 from sim.backends import physics_substeps
 from sim.backends.mujoco_cpu import MujocoCpuBackend, free_joint, load_model
+from sim.readings import robot_readings
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,9 @@ class Plant:
 
 
 # --- pure math -------------------------------------------------------------------------------------
-def valid_starts(log: "Log | JointLog", horizon: int, history: int, valid: np.ndarray | None = None, stride: int = 1) -> np.ndarray:
+def valid_starts(
+    log: Log | JointLog, horizon: int, history: int, valid: np.ndarray | None = None, stride: int = 1
+) -> np.ndarray:
     """Start rows whose window [start - history, start + horizon] lies in valid rows with regular clock."""
     ok = log.step_ok.copy()
     if valid is not None:
@@ -96,7 +98,12 @@ class StreamingStats:
 
 # --- simulation ------------------------------------------------------------------------------------
 def predict_windows(
-    log: Log, thrust_N: np.ndarray, plant: Plant, starts: np.ndarray, horizon: int, backend: MujocoCpuBackend | None = None
+    log: Log,
+    thrust_N: np.ndarray,
+    plant: Plant,
+    starts: np.ndarray,
+    horizon: int,
+    backend: MujocoCpuBackend | None = None,
 ) -> np.ndarray:
     """Simulated states (n, horizon, 13) [pos_w, quat_wxyz, lin_vel_w, ang_vel_b] after each of
     `horizon` steps from the logged state at each start, driven by `thrust_N` (T, num_rotors): the
@@ -146,8 +153,16 @@ class GapStats:
         """error (n, width): signed errors of n windows."""
         self.stats[k][quantity].add(np.concatenate((np.abs(error), np.linalg.norm(error, axis=-1, keepdims=True)), -1))
 
-    def add_rigid(self, k: int, prefix: str, qpos_pred: np.ndarray, lin_vel_w_pred_mps: np.ndarray,
-                  pos_w_m: np.ndarray, quat_wxyz: np.ndarray, lin_vel_w_mps: np.ndarray) -> None:
+    def add_rigid(
+        self,
+        k: int,
+        prefix: str,
+        qpos_pred: np.ndarray,
+        lin_vel_w_pred_mps: np.ndarray,
+        pos_w_m: np.ndarray,
+        quat_wxyz: np.ndarray,
+        lin_vel_w_mps: np.ndarray,
+    ) -> None:
         """A rigid body's errors (RIGID_QUANTITIES, names prefixed): predicted free-joint qpos (n, 7) and
         world linear velocity (n, 3) against the logged ones."""
         self.add(k, prefix + "pos_m", qpos_pred[:, 0:3] - pos_w_m)
@@ -156,15 +171,22 @@ class GapStats:
 
     def summary(self, period_s: float) -> dict:
         return {
-            str(k): {"horizon_s": k * period_s,
-                     **{q: self.stats[k][q].summary(names + ("norm",)) for q, names in self.quantities}}
+            str(k): {
+                "horizon_s": k * period_s,
+                **{q: self.stats[k][q].summary(names + ("norm",)) for q, names in self.quantities},
+            }
             for k in self.ks
         }
 
 
 def rigid_gap_stats(
-    log: Log, thrust_N: np.ndarray, plant: Plant, stats: GapStats, valid: np.ndarray | None = None,
-    stride: int = 1, chunk: int = 512,
+    log: Log,
+    thrust_N: np.ndarray,
+    plant: Plant,
+    stats: GapStats,
+    valid: np.ndarray | None = None,
+    stride: int = 1,
+    chunk: int = 512,
 ) -> int:
     """Adds the k-step errors of `plant` against `log` over every valid start (every `stride`-th row)
     into `stats`; returns the number of windows. Errors: position (m), velocity (world, m/s), attitude
@@ -206,7 +228,12 @@ def dynamics_gap(
     stats = GapStats(ks, RIGID_QUANTITIES)
     if rigid_gap_stats(log, thrust_N, plant, stats, valid, stride, chunk) == 0:
         raise ValueError(f"log {log.source}: no valid window of {max(ks)} steps for plant {plant.name}")
-    return {"plant": plant.name, "windows": stats.windows, "period_s": log.clock.period_s, "k": stats.summary(log.clock.period_s)}
+    return {
+        "plant": plant.name,
+        "windows": stats.windows,
+        "period_s": log.clock.period_s,
+        "k": stats.summary(log.clock.period_s),
+    }
 
 
 # --- joint robots ----------------------------------------------------------------------------------
@@ -248,16 +275,21 @@ def joint_gap_stats(log: JointLog, env, joint_names: tuple[str, ...], stats: Gap
     starts = valid_starts(log, horizon, 0)
     model = env.backend.model
     jids = [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, n) for n in joint_names]
-    missing = [n for n, j in zip(joint_names, jids) if j < 0]
+    missing = [n for n, j in zip(joint_names, jids, strict=True) if j < 0]
     if missing:
         raise ValueError(f"the simulated robot has no joints {missing}")
     if tuple(joint_names) != tuple(env.robot.cfg.joints.names):
-        raise ValueError(f"the log's joints {tuple(joint_names)} are not the robot config's, in its order {env.robot.cfg.joints.names}")
+        raise ValueError(
+            f"the log's joints {tuple(joint_names)} are not the robot config's, "
+            f"in its order {env.robot.cfg.joints.names}"
+        )
     free = free_joint(model)
     logged_base = log.base_qpos is not None and log.base_qvel is not None
     if free is not None and not logged_base:
-        raise ValueError(f"the simulated robot has a floating base (free joint '{model.joint(free).name}'): "
-                         "replaying it needs the logged base state (JointLog.base_qpos, base_qvel)")
+        raise ValueError(
+            f"the simulated robot has a floating base (free joint '{model.joint(free).name}'): "
+            "replaying it needs the logged base state (JointLog.base_qpos, base_qvel)"
+        )
     if free is None and logged_base:
         raise ValueError("the log has a base state but the simulated robot has no floating base (free joint)")
     qadr = np.array([model.jnt_qposadr[j] for j in jids])
@@ -290,13 +322,25 @@ def joint_gap_stats(log: JointLog, env, joint_names: tuple[str, ...], stats: Gap
                 ok = alive[: len(s)]
                 b = env.backend
                 # what the simulated robot's sensors would report (sim.readings, as the sim robot publishes them)
-                sim = {name: v.double().numpy()[ok] for name, v in robot_readings(env.robot, b.qpos[: len(s)], b.qvel[: len(s)], b.sensordata[: len(s)]).items()}
+                sim = {
+                    name: v.double().numpy()[ok]
+                    for name, v in robot_readings(
+                        env.robot, b.qpos[: len(s)], b.qvel[: len(s)], b.sensordata[: len(s)]
+                    ).items()
+                }
                 r = (s + k)[ok]
                 stats.add(k, "joint_pos_rad", sim["joint_pos"] - log.joint_pos_rad[r])
                 stats.add(k, "joint_vel_radps", sim["joint_vel"] - log.joint_vel_radps[r])
                 if free is not None:
-                    stats.add_rigid(k, "base_", np.concatenate((sim["base_pos_w"], sim["base_quat_wxyz"]), -1), sim["base_lin_vel_w"],
-                                    log.base_qpos[r, :3], log.base_qpos[r, 3:], log.base_qvel[r, :3])
+                    stats.add_rigid(
+                        k,
+                        "base_",
+                        np.concatenate((sim["base_pos_w"], sim["base_quat_wxyz"]), -1),
+                        sim["base_lin_vel_w"],
+                        log.base_qpos[r, :3],
+                        log.base_qpos[r, 3:],
+                        log.base_qvel[r, :3],
+                    )
         used += int(alive[: len(s)].sum())
     stats.windows += used
     return used

@@ -42,8 +42,14 @@ from replay.report import write_report
 from replay.task_metrics import TaskMetrics
 
 
-def replay_bag(bag: str | Path, policies: list[str | Path], out_dir: str | Path, ks: tuple[int, ...] = (1, 10, 50),
-               dynamics: bool = True, sim_episodes: int = 100) -> dict:
+def replay_bag(
+    bag: str | Path,
+    policies: list[str | Path],
+    out_dir: str | Path,
+    ks: tuple[int, ...] = (1, 10, 50),
+    dynamics: bool = True,
+    sim_episodes: int = 100,
+) -> dict:
     """Evaluate `policies` on the bag; write metrics.json, report.html and PNGs into out_dir."""
     from sim.evaluate import load_policy
     from sim.tasks import default_cfg
@@ -64,20 +70,33 @@ def replay_bag(bag: str | Path, policies: list[str | Path], out_dir: str | Path,
     if task.base_velocity_settle_s is not None and base_tracking_pass(reader, task, span_ns):
         io["task_metrics"] = task.summary(1.0 / spec.control_hz)
     metrics = {
-        "bag": str(bag), "complete": reader.complete, "recovery_notes": reader.notes, "task": spec.task, "robot": spec.robot,
-        "logged_policy_sha256": reader.metadata.get("policy_sha256", ""), "control_hz": spec.control_hz,
-        "candidates": {c.name: {"path": str(c.path), "sha256": c.policy.sha256,
-                                "flew": c.policy.sha256 == reader.metadata.get("policy_sha256")} for c in candidates},
+        "bag": str(bag),
+        "complete": reader.complete,
+        "recovery_notes": reader.notes,
+        "task": spec.task,
+        "robot": spec.robot,
+        "logged_policy_sha256": reader.metadata.get("policy_sha256", ""),
+        "control_hz": spec.control_hz,
+        "candidates": {
+            c.name: {
+                "path": str(c.path),
+                "sha256": c.policy.sha256,
+                "flew": c.policy.sha256 == reader.metadata.get("policy_sha256"),
+            }
+            for c in candidates
+        },
         **io,
         "throughput_x_realtime": io["logged_s"] / max(io_wall_s, 1e-9),
     }
     if dynamics:
         metrics["dynamics_gap"] = dynamics_pass(reader, spec, cfg, tuple(ks))
     if candidates:
-        metrics["ranking"] = {"formula": f"score = sim_score - {SHIFT_WEIGHT} * max(0, shift - 1); sim_score: {sim_score_definition()} "
-                              f"over {sim_episodes} episodes of the task's default randomized config; shift: mean over "
-                              f"observation terms of the RMS z-score under the candidate's normalizer",
-                              "order": rank(candidates, metrics["shift"], spec.task, sim_episodes)}
+        metrics["ranking"] = {
+            "formula": f"score = sim_score - {SHIFT_WEIGHT} * max(0, shift - 1); sim_score: {sim_score_definition()} "
+            f"over {sim_episodes} episodes of the task's default randomized config; shift: mean over "
+            f"observation terms of the RMS z-score under the candidate's normalizer",
+            "order": rank(candidates, metrics["shift"], spec.task, sim_episodes),
+        }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))

@@ -22,7 +22,16 @@ from deploy.onnx_policy import OnnxPolicy
 from deploy.signals import TERMS, make_signals, required_readings
 from deploy.spec import PolicySpec
 from replay.candidates import ReplayError, load_candidate
-from replay.mapping import JOINT_QUANTITIES, KNOWN_SIZES, READING_QUANTITIES, Mapping, MappingError, iter_log, load_mapping, merge_clocks
+from replay.mapping import (
+    JOINT_QUANTITIES,
+    KNOWN_SIZES,
+    READING_QUANTITIES,
+    Mapping,
+    MappingError,
+    iter_log,
+    load_mapping,
+    merge_clocks,
+)
 from replay.ranking import SHIFT_WEIGHT, rank
 from replay.report import PLOT_ROWS, write_report
 from replay.shift import ColumnStats, shift_summary
@@ -52,11 +61,15 @@ def reading_columns(mapping: Mapping, spec: PolicySpec) -> dict[str, tuple[str, 
             if entry.joints:
                 missing = [j for j in joints if j not in entry.joints]
                 if missing:
-                    raise MappingError(f"mapping quantity '{quantity}' has no joints {missing} (it names {list(entry.joints)})")
+                    raise MappingError(
+                        f"mapping quantity '{quantity}' has no joints {missing} (it names {list(entry.joints)})"
+                    )
                 order = np.array([entry.joints.index(j) for j in joints])
             elif entry.size != len(joints):
-                raise MappingError(f"mapping quantity '{quantity}' has {entry.size} fields; the policy has {len(joints)} "
-                                   f"joints {list(joints)} (name each field's joint with `joints:` to map another order)")
+                raise MappingError(
+                    f"mapping quantity '{quantity}' has {entry.size} fields; the policy has {len(joints)} "
+                    f"joints {list(joints)} (name each field's joint with `joints:` to map another order)"
+                )
         out[reading] = (quantity, order)
     return out
 
@@ -66,12 +79,21 @@ def control_stride(log_rate_hz: float, control_hz: float) -> int:
     ratio = log_rate_hz / control_hz
     stride = round(ratio)
     if stride < 1 or abs(ratio - stride) > 1e-6 * ratio:
-        raise ReplayError(f"the log's rate {log_rate_hz:g} Hz is not a whole multiple of the policy's control rate {control_hz:g} Hz")
+        raise ReplayError(
+            f"the log's rate {log_rate_hz:g} Hz is not a whole multiple of the policy's control rate {control_hz:g} Hz"
+        )
     return stride
 
 
-def score_foreign_log(log_path: str | Path, mapping: Mapping | str | Path, policies: list[str | Path], out_dir: str | Path,
-                      sim_episodes: int = 100, window_s: tuple[float, float] | None = None, chunk_rows: int = 4096) -> dict:
+def score_foreign_log(
+    log_path: str | Path,
+    mapping: Mapping | str | Path,
+    policies: list[str | Path],
+    out_dir: str | Path,
+    sim_episodes: int = 100,
+    window_s: tuple[float, float] | None = None,
+    chunk_rows: int = 4096,
+) -> dict:
     """Shift, actions and ranking of `policies` on a foreign log; writes metrics.json and report.html.
 
     `window_s` (start, end), in seconds from the log's first row: only the rows in it are scored (a log
@@ -105,7 +127,11 @@ def score_foreign_log(log_path: str | Path, mapping: Mapping | str | Path, polic
         readings = {r: chunk[q][:, order] for r, (q, order) in columns.items()}
         finite = np.all([np.isfinite(v).all(1) for v in readings.values()], axis=0)
         t_first = chunk.t_s[0] if t_first is None else t_first
-        inside = np.ones(len(chunk), bool) if window_s is None else (chunk.t_s - t_first >= window_s[0]) & (chunk.t_s - t_first <= window_s[1])
+        inside = (
+            np.ones(len(chunk), bool)
+            if window_s is None
+            else (chunk.t_s - t_first >= window_s[0]) & (chunk.t_s - t_first <= window_s[1])
+        )
         obs = [[] for _ in candidates]
         actions = [[] for _ in candidates]
         for i in range(len(chunk)):
@@ -122,7 +148,7 @@ def score_foreign_log(log_path: str | Path, mapping: Mapping | str | Path, polic
                 starts += 1
                 need_reset = False
             row = {r: v[i] for r, v in readings.items()}
-            for j, (c, inp) in enumerate(zip(candidates, inputs)):
+            for j, (c, inp) in enumerate(zip(candidates, inputs, strict=True)):
                 o = inp(row)
                 a = c.policy(o)
                 inp.acted(a)
@@ -143,25 +169,42 @@ def score_foreign_log(log_path: str | Path, mapping: Mapping | str | Path, polic
             clipped[j] += (np.abs(a) >= spec.action.clip).sum(0)
             plot[c.name] += list(a[: max(0, PLOT_ROWS - len(plot[c.name]))])
     if steps == 0:
-        raise ReplayError(f"{log_path}: no control step with every reading the policy needs finite"
-                          + (f" in the window {window_s} s" if window_s else ""))
+        raise ReplayError(
+            f"{log_path}: no control step with every reading the policy needs finite"
+            + (f" in the window {window_s} s" if window_s else "")
+        )
     period_s = 1.0 / spec.control_hz
     metrics = {
-        "log": str(log_path), "mapping": mapping.where or mapping.description, "task": spec.task, "robot": spec.robot,
-        "control_hz": spec.control_hz, "rows": steps, "log_rows": rows, "logged_s": steps * period_s,
-        "window_s": window_s, "starts": starts, "skipped_nonfinite": skipped, "wall_s": time.perf_counter() - t0,
+        "log": str(log_path),
+        "mapping": mapping.where or mapping.description,
+        "task": spec.task,
+        "robot": spec.robot,
+        "control_hz": spec.control_hz,
+        "rows": steps,
+        "log_rows": rows,
+        "logged_s": steps * period_s,
+        "window_s": window_s,
+        "starts": starts,
+        "skipped_nonfinite": skipped,
+        "wall_s": time.perf_counter() - t0,
         "readings": {r: q for r, (q, _) in columns.items()},
         "health": {"clock": clock.to_dict()},
         "candidates": {c.name: {"path": str(c.path), "sha256": c.policy.sha256} for c in candidates},
-        "actions": {c.name: {"mean_abs": dict(zip(spec.action.names, a.mean().tolist())),
-                             "frac_at_clip": dict(zip(spec.action.names, (k / steps).tolist()))}
-                    for c, a, k in zip(candidates, act, clipped)},
-        "shift": {c.name: shift_summary(spec, z, b) for c, z, b in zip(candidates, z_abs, beyond)},
+        "actions": {
+            c.name: {
+                "mean_abs": dict(zip(spec.action.names, a.mean().tolist(), strict=True)),
+                "frac_at_clip": dict(zip(spec.action.names, (k / steps).tolist(), strict=True)),
+            }
+            for c, a, k in zip(candidates, act, clipped, strict=True)
+        },
+        "shift": {c.name: shift_summary(spec, z, b) for c, z, b in zip(candidates, z_abs, beyond, strict=True)},
         "task_metrics": task.summary(period_s),
     }
-    metrics["ranking"] = {"formula": f"score = sim_score - {SHIFT_WEIGHT} * max(0, shift - 1), as for a native bag; "
-                          f"{sim_episodes} simulated episodes per candidate; shift from observations rebuilt from the log's readings",
-                          "order": rank(candidates, metrics["shift"], spec.task, sim_episodes)}
+    metrics["ranking"] = {
+        "formula": f"score = sim_score - {SHIFT_WEIGHT} * max(0, shift - 1), as for a native bag; "
+        f"{sim_episodes} simulated episodes per candidate; shift from observations rebuilt from the log's readings",
+        "order": rank(candidates, metrics["shift"], spec.task, sim_episodes),
+    }
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))

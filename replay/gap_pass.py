@@ -17,7 +17,15 @@ from deploy.rotations import quat_to_rotmat
 from deploy.spec import PolicySpec
 from replay.bag import BagReader, StreamHealthCounter, find_topic
 from replay.candidates import ReplayError
-from replay.dynamics_gap import RIGID_QUANTITIES, GapStats, JointLog, Plant, joint_gap_stats, joint_quantities, rigid_gap_stats
+from replay.dynamics_gap import (
+    RIGID_QUANTITIES,
+    GapStats,
+    JointLog,
+    Plant,
+    joint_gap_stats,
+    joint_quantities,
+    rigid_gap_stats,
+)
 from replay.mapping import clock_report, make_log
 
 SEGMENT_ROWS = 4096  # dynamics-gap rows per segment
@@ -44,7 +52,10 @@ def nominal_cfg(cfg):
         return v
 
     cfg = noise_free(cfg)
-    events = {name: dataclasses.replace(e, params={k: pin(k, v) for k, v in e.params.items()}) for name, e in cfg.events.items()}
+    events = {
+        name: dataclasses.replace(e, params={k: pin(k, v) for k, v in e.params.items()})
+        for name, e in cfg.events.items()
+    }
     cfg = dataclasses.replace(cfg, events=events)
     return dataclasses.replace(cfg, model_variants=1) if hasattr(cfg, "model_variants") else cfg
 
@@ -64,8 +75,10 @@ def _need(reader: BagReader, topic: str, why: str) -> str:
     name = find_topic(reader, topic)
     if name is not None:
         return name
-    raise ReplayError(f"topic /{topic} is not in bag {reader.path} ({why}); it has {sorted(reader.topics)}; "
-                      "pass --no-dynamics-gap to skip that pass")
+    raise ReplayError(
+        f"topic /{topic} is not in bag {reader.path} ({why}); it has {sorted(reader.topics)}; "
+        "pass --no-dynamics-gap to skip that pass"
+    )
 
 
 def _odom_state(msg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -73,7 +86,12 @@ def _odom_state(msg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     v, w = msg.twist.twist.linear, msg.twist.twist.angular
     quat = np.array([q.w, q.x, q.y, q.z])
     lin_b = np.array([v.x, v.y, v.z])
-    return np.array([p.x, p.y, p.z]), quat, quat_to_rotmat(quat / np.linalg.norm(quat)) @ lin_b, np.array([w.x, w.y, w.z])
+    return (
+        np.array([p.x, p.y, p.z]),
+        quat,
+        quat_to_rotmat(quat / np.linalg.norm(quat)) @ lin_b,
+        np.array([w.x, w.y, w.z]),
+    )
 
 
 def _stamp_s(msg) -> float:
@@ -130,7 +148,9 @@ def _continuous(pos: np.ndarray, vel: np.ndarray, dt_s: float, tol: float) -> np
     return ok
 
 
-def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...], segment_rows: int = SEGMENT_ROWS) -> dict:
+def dynamics_pass(
+    reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...], segment_rows: int = SEGMENT_ROWS
+) -> dict:
     """Streams the sensor and command topics as control-rate rows, segment by segment, into GapStats.
     A floating-base joint robot needs /odom: its base state is part of the state each window starts from."""
     period_s = 1.0 / spec.control_hz
@@ -150,10 +170,17 @@ def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...],
             a = np.asarray(rows)
             t = a[:, 0]
             clock, _ = clock_report(t, period_s)
-            values = {"pos_w_m": a[:, 1:4], "quat_wxyz": a[:, 4:8], "lin_vel_w_mps": a[:, 8:11], "ang_vel_b_radps": a[:, 11:14],
-                      "motor_cmd": a[:, 14:]}
+            values = {
+                "pos_w_m": a[:, 1:4],
+                "quat_wxyz": a[:, 4:8],
+                "lin_vel_w_mps": a[:, 8:11],
+                "ang_vel_b_radps": a[:, 11:14],
+                "motor_cmd": a[:, 14:],
+            }
             log = make_log(t, values, clock, _regular(t, period_s), str(reader.path))
-            valid = np.isfinite(log.motor_cmd).all(1) & _continuous(log.pos_w_m, log.lin_vel_w_mps, period_s, RESET_JUMP_M)
+            valid = np.isfinite(log.motor_cmd).all(1) & _continuous(
+                log.pos_w_m, log.lin_vel_w_mps, period_s, RESET_JUMP_M
+            )
             rigid_gap_stats(log, np.nan_to_num(log.motor_cmd), plant, stats, valid)
 
         for m in reader.messages([odom, cmd_topic]):
@@ -168,7 +195,10 @@ def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...],
                 buf = buf[-overlap:]
         if len(buf) > overlap:
             process(buf)
-        model = f"nominal quadrotor plant: {Path(plant.mjcf_path).name}, motor tau {plant.tau_s} s, thrust clamp {plant.max_thrust_N} N"
+        model = (
+            f"nominal quadrotor plant: {Path(plant.mjcf_path).name}, motor tau {plant.tau_s} s, "
+            f"thrust clamp {plant.max_thrust_N} N"
+        )
         names = {"axes": ["x", "y", "z"]}
     else:
         from sim.backends.mujoco_cpu import free_joint
@@ -197,7 +227,9 @@ def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...],
                 base = matcher.fill(a[:, -1])
                 base_qpos, base_qvel = base[:, :7], base[:, 7:]
                 ok &= np.isfinite(base).all(1) & _continuous(base_qpos[:, :3], base_qvel[:, :3], period_s, RESET_JUMP_M)
-            joint_gap_stats(JointLog(t, pos, vel, a[:, 1 + 2 * n : 1 + 3 * n], ok, base_qpos, base_qvel), env, joints, stats)
+            joint_gap_stats(
+                JointLog(t, pos, vel, a[:, 1 + 2 * n : 1 + 3 * n], ok, base_qpos, base_qvel), env, joints, stats
+            )
 
         order = None
         for m in reader.messages([js_topic, cmd_topic] + ([odom_topic] if floating else [])):
@@ -221,8 +253,17 @@ def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...],
                 if missing:
                     raise ReplayError(f"{js_topic}: no joints {missing} (it has {logged})")
                 order = np.array([logged.index(j) for j in joints])
-            buf.append(np.concatenate(([m.log_time_ns / 1e9], np.asarray(m.msg.position)[order], np.asarray(m.msg.velocity)[order],
-                                       pending[0], [float(pending[1]), _stamp_s(m.msg)])))
+            buf.append(
+                np.concatenate(
+                    (
+                        [m.log_time_ns / 1e9],
+                        np.asarray(m.msg.position)[order],
+                        np.asarray(m.msg.velocity)[order],
+                        pending[0],
+                        [float(pending[1]), _stamp_s(m.msg)],
+                    )
+                )
+            )
             pending = None
             if len(buf) >= segment_rows:
                 process(buf)
@@ -234,12 +275,24 @@ def dynamics_pass(reader: BagReader, spec: PolicySpec, cfg, ks: tuple[int, ...],
         model = f"{spec.task} task env, nominal parameters (randomization pinned), no sensor noise"
         names = {"joints": list(joints)}
         if floating:
-            model += f"; floating base from the odom nearest in header stamp to each joint_states row (within {matcher.tol_s * 1e3:g} ms)"
+            model += (
+                "; floating base from the odom nearest in header stamp to each joint_states row "
+                f"(within {matcher.tol_s * 1e3:g} ms)"
+            )
             names["base_axes"] = ["x", "y", "z"]
     wall_s = time.perf_counter() - t0
     if stats.windows == 0:
-        raise ReplayError(f"bag {reader.path}: no window of {horizon} regular control steps to replay for the dynamics gap")
+        raise ReplayError(
+            f"bag {reader.path}: no window of {horizon} regular control steps to replay for the dynamics gap"
+        )
     logged_s = max(h.result().span_s for h in health.values())
-    return {"model": model, **names, "windows": stats.windows, "period_s": period_s, "k": stats.summary(period_s),
-            "health": {t: dataclasses.asdict(h.result()) for t, h in health.items()},
-            "wall_s": wall_s, "cost_s_per_logged_s": wall_s / max(logged_s, 1e-9)}
+    return {
+        "model": model,
+        **names,
+        "windows": stats.windows,
+        "period_s": period_s,
+        "k": stats.summary(period_s),
+        "health": {t: dataclasses.asdict(h.result()) for t, h in health.items()},
+        "wall_s": wall_s,
+        "cost_s_per_logged_s": wall_s / max(logged_s, 1e-9),
+    }

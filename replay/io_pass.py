@@ -34,13 +34,17 @@ def _check_fields(segments: dict[str, slice], width: int, spec: PolicySpec, wher
         raise ReplayError(f"{where}: policy_io has no field(s) {missing} (it has {sorted(segments)})")
     size = {f: segments[f].stop - segments[f].start for f in POLICY_IO_FIELDS}
     if size["obs"] != spec.obs_dim or size["action"] != spec.action_dim:
-        raise ReplayError(f"{where}: policy_io obs/action sizes {size['obs']}/{size['action']} differ from "
-                          f"the PolicySpec's {spec.obs_dim}/{spec.action_dim}")
+        raise ReplayError(
+            f"{where}: policy_io obs/action sizes {size['obs']}/{size['action']} differ from "
+            f"the PolicySpec's {spec.obs_dim}/{spec.action_dim}"
+        )
     if size["timing"] < 1 or max(segments[f].stop for f in POLICY_IO_FIELDS) > width:
         raise ReplayError(f"{where}: policy_io layout {segments} does not fit its {width} values (or has no step time)")
 
 
-def policy_io_pass(reader: BagReader, spec: PolicySpec, candidates: list[Candidate], cfg, task: TaskMetrics | None = None) -> dict:
+def policy_io_pass(
+    reader: BagReader, spec: PolicySpec, candidates: list[Candidate], cfg, task: TaskMetrics | None = None
+) -> dict:
     """Action agreement, shift and task metrics in one stream over policy_io, computed on blocks of
     CHUNK_ROWS messages that share a layout (one ONNX call and array operations per block). `task`:
     the task metrics to feed (default: new ones of `cfg`)."""
@@ -95,13 +99,22 @@ def policy_io_pass(reader: BagReader, spec: PolicySpec, candidates: list[Candida
     return {
         "rows": health.n,
         "logged_s": health.result().span_s,
-        "health": {"policy_io_receive": dataclasses.asdict(health.result()), "controller_steps": dataclasses.asdict(step_clock.result())},
-        "action_agreement": {
-            c.name: {"max_abs_diff": float(a.max_abs.max()), "mean_abs_diff": float(a.mean().mean()),
-                     "per_action": {n: {"max_abs_diff": float(mx), "mean_abs_diff": float(mn)} for n, mx, mn in zip(names, a.max_abs, a.mean())}}
-            for c, a in zip(candidates, agree)
+        "health": {
+            "policy_io_receive": dataclasses.asdict(health.result()),
+            "controller_steps": dataclasses.asdict(step_clock.result()),
         },
-        "shift": {c.name: shift_summary(spec, z, b) for c, z, b in zip(candidates, z_abs, beyond)},
+        "action_agreement": {
+            c.name: {
+                "max_abs_diff": float(a.max_abs.max()),
+                "mean_abs_diff": float(a.mean().mean()),
+                "per_action": {
+                    n: {"max_abs_diff": float(mx), "mean_abs_diff": float(mn)}
+                    for n, mx, mn in zip(names, a.max_abs, a.mean(), strict=True)
+                },
+            }
+            for c, a in zip(candidates, agree, strict=True)
+        },
+        "shift": {c.name: shift_summary(spec, z, b) for c, z, b in zip(candidates, z_abs, beyond, strict=True)},
         "task_metrics": task.summary(period_s),
         "_plot": {k: np.asarray(v) for k, v in plot.items()},
         "_span_ns": (health.first, health.prev),

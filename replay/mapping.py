@@ -31,15 +31,33 @@ MAPPINGS_DIR = Path(__file__).resolve().parent / "mappings"
 # what replaying a rigid-body robot's commands in simulation needs (system identification, dynamics gap)
 RIGID = ("pos_w_m", "quat_wxyz", "lin_vel_w_mps", "ang_vel_b_radps", "motor_cmd")
 # quantity -> size (None: any)
-KNOWN_SIZES = {"pos_w_m": 3, "quat_wxyz": 4, "lin_vel_w_mps": 3, "ang_vel_b_radps": 3, "motor_cmd": None, "vbat_V": 1,
-               "lin_vel_b_mps": 3, "joint_pos_rad": None, "joint_vel_radps": None, "command": 3, "target_pos_w_m": 3}
+KNOWN_SIZES = {
+    "pos_w_m": 3,
+    "quat_wxyz": 4,
+    "lin_vel_w_mps": 3,
+    "ang_vel_b_radps": 3,
+    "motor_cmd": None,
+    "vbat_V": 1,
+    "lin_vel_b_mps": 3,
+    "joint_pos_rad": None,
+    "joint_vel_radps": None,
+    "command": 3,
+    "target_pos_w_m": 3,
+}
 # a quantity the mapping does not name is derived on import from these, when it names them
 DERIVED = {"lin_vel_b_mps": ("quat_wxyz", "lin_vel_w_mps"), "lin_vel_w_mps": ("quat_wxyz", "lin_vel_b_mps")}
 JOINT_QUANTITIES = ("joint_pos_rad", "joint_vel_radps")  # may label their fields with joint names
 # PolicySpec robot reading (deploy.signals.READINGS) -> the log quantity it is read from
-READING_QUANTITIES = {"base_pos_w": "pos_w_m", "base_quat_wxyz": "quat_wxyz", "base_lin_vel_b": "lin_vel_b_mps",
-                      "base_ang_vel_b": "ang_vel_b_radps", "joint_pos": "joint_pos_rad", "joint_vel": "joint_vel_radps",
-                      "command": "command", "target_pos_w": "target_pos_w_m"}
+READING_QUANTITIES = {
+    "base_pos_w": "pos_w_m",
+    "base_quat_wxyz": "quat_wxyz",
+    "base_lin_vel_b": "lin_vel_b_mps",
+    "base_ang_vel_b": "ang_vel_b_radps",
+    "joint_pos": "joint_pos_rad",
+    "joint_vel": "joint_vel_radps",
+    "command": "command",
+    "target_pos_w": "target_pos_w_m",
+}
 FORMATS = ("csv", "bag")
 UNITS = ("", "rad", "deg")
 QUAT_ORDERS = ("wxyz", "xyzw")
@@ -96,8 +114,11 @@ class Mapping:
         for e in self.quantities:
             if e.name == name:
                 return e
-        raise MappingError(f"mapping{' ' + self.where if self.where else ''} has no quantity '{name}'"
-                           + (f" ({why})" if why else "") + f"; it has {[e.name for e in self.quantities]}")
+        raise MappingError(
+            f"mapping{' ' + self.where if self.where else ''} has no quantity '{name}'"
+            + (f" ({why})" if why else "")
+            + f"; it has {[e.name for e in self.quantities]}"
+        )
 
     def require(self, names, why: str) -> None:
         """MappingError naming the first of `names` the mapping neither names nor derives, and what it is
@@ -208,7 +229,9 @@ def _parse_entry(name: str, raw, fmt: str, key: str, fail) -> Entry:
     def numbers(k: str, default: float) -> tuple[float, ...]:
         v = raw.get(k, default)
         v = v if isinstance(v, list) else [v]
-        if len(v) not in (1, len(fields)) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+        if len(v) not in (1, len(fields)) or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v
+        ):
             fail(f"{key}.{k}", f"must be a number or one number per field ({len(fields)}), got {raw.get(k)!r}")
         return tuple(float(x) for x in v)
 
@@ -223,7 +246,11 @@ def _parse_entry(name: str, raw, fmt: str, key: str, fail) -> Entry:
     joints = raw.get("joints", [])
     if joints and name not in JOINT_QUANTITIES:
         fail(f"{key}.joints", f"only joint quantities {JOINT_QUANTITIES} name their joints")
-    if not isinstance(joints, list) or not all(isinstance(j, str) and j for j in joints) or (joints and len(joints) != len(fields)):
+    if (
+        not isinstance(joints, list)
+        or not all(isinstance(j, str) and j for j in joints)
+        or (joints and len(joints) != len(fields))
+    ):
         fail(f"{key}.joints", f"must list one joint name per field ({len(fields)}), got {joints!r}")
     if len(set(joints)) != len(joints):
         fail(f"{key}.joints", f"names a joint twice: {joints}")
@@ -283,7 +310,9 @@ class Log:
 LOG_FIELDS = ("pos_w_m", "quat_wxyz", "lin_vel_w_mps", "lin_vel_b_mps", "ang_vel_b_radps", "motor_cmd", "vbat_V")
 
 
-def clock_report(t_s: np.ndarray, period_s: float, t_prev: float | None = None, first_row: int = 0) -> tuple[ClockReport, np.ndarray]:
+def clock_report(
+    t_s: np.ndarray, period_s: float, t_prev: float | None = None, first_row: int = 0
+) -> tuple[ClockReport, np.ndarray]:
     """Count clock jumps and gaps in `t_s` (T,), continuing after `t_prev`; also step_ok (T,). Irregular
     rows are located as `first_row` + their index (a chunk's place in the whole log)."""
     dt = np.diff(t_s, prepend=t_s[0] - period_s if t_prev is None else t_prev)
@@ -291,8 +320,13 @@ def clock_report(t_s: np.ndarray, period_s: float, t_prev: float | None = None, 
     gap = dt > 1.5 * period_s
     dropped = int(np.round(dt[gap] / period_s).sum() - gap.sum())
     report = ClockReport(
-        len(t_s), period_s, int(jump.sum()), int(gap.sum()), dropped,
-        tuple((first_row + np.flatnonzero(jump)[:10]).tolist()), tuple((first_row + np.flatnonzero(gap)[:10]).tolist()),
+        len(t_s),
+        period_s,
+        int(jump.sum()),
+        int(gap.sum()),
+        dropped,
+        tuple((first_row + np.flatnonzero(jump)[:10]).tolist()),
+        tuple((first_row + np.flatnonzero(gap)[:10]).tolist()),
     )
     return report, ~(jump | (dt < 0.5 * period_s) | gap)
 
@@ -300,13 +334,19 @@ def clock_report(t_s: np.ndarray, period_s: float, t_prev: float | None = None, 
 def merge_clocks(a: ClockReport, b: ClockReport) -> ClockReport:
     """Reports of consecutive stretches of one log as one (row indices already count from its start)."""
     return ClockReport(
-        a.samples + b.samples, a.period_s, a.jumps + b.jumps, a.gaps + b.gaps, a.dropped + b.dropped,
+        a.samples + b.samples,
+        a.period_s,
+        a.jumps + b.jumps,
+        a.gaps + b.gaps,
+        a.dropped + b.dropped,
         (a.first_jumps + b.first_jumps)[:10],
         (a.first_gaps + b.first_gaps)[:10],
     )
 
 
-def make_log(t_s: np.ndarray, values: dict[str, np.ndarray], clock: ClockReport, step_ok: np.ndarray, source: str) -> Log:
+def make_log(
+    t_s: np.ndarray, values: dict[str, np.ndarray], clock: ClockReport, step_ok: np.ndarray, source: str
+) -> Log:
     """Assemble a Log from converted (T, k) arrays: normalize the quaternion, derive the linear velocity
     in the frame the mapping does not give (world from body, or body from world)."""
     values = dict(values)
@@ -322,7 +362,9 @@ def make_log(t_s: np.ndarray, values: dict[str, np.ndarray], clock: ClockReport,
 
 
 # --- CSV -------------------------------------------------------------------------------------------
-def iter_csv(path: str | Path, mapping: Mapping, chunk_rows: int = 4096) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+def iter_csv(
+    path: str | Path, mapping: Mapping, chunk_rows: int = 4096
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Yield (t_s (n,), {quantity: (n, k)}) per chunk of rows: memory bounded by the chunk, not the file.
 
     A column the mapping names and the header lacks raises MappingError naming column and entry.
@@ -359,14 +401,16 @@ def iter_csv(path: str | Path, mapping: Mapping, chunk_rows: int = 4096) -> Iter
 def _convert(rows: list[list[float]], entries: tuple[Entry, ...], cols: list[list[int]]):
     raw = np.asarray(rows, dtype=np.float64)
     out, j = {}, 0
-    for e, c in zip(entries, cols):
+    for e, c in zip(entries, cols, strict=True):
         out[e.name] = e.convert(raw[:, j : j + len(c)])
         j += len(c)
     return out.pop("t_s")[:, 0], out
 
 
 # --- bags ------------------------------------------------------------------------------------------
-def iter_bag(path: str | Path, mapping: Mapping, chunk_rows: int = 4096) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+def iter_bag(
+    path: str | Path, mapping: Mapping, chunk_rows: int = 4096
+) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Yield (t_s (n,), {quantity: (n, k)}) per chunk of rows of another stack's rosbag2 bag.
 
     Rows are the messages of the time entry's topic; every other quantity takes the newest message of
@@ -429,11 +473,21 @@ def import_log(path: str | Path, mapping: Mapping | str | Path, chunk_rows: int 
     """A whole foreign log through its mapping (a Mapping, a YAML path or a shipped mapping name)."""
     chunks = list(iter_log(path, mapping, chunk_rows))
     if not chunks:
-        raise MappingError(f"{path}: no data rows" + (" with every quantity of the mapping seen" if Path(path).is_dir() else ""))
+        raise MappingError(
+            f"{path}: no data rows" + (" with every quantity of the mapping seen" if Path(path).is_dir() else "")
+        )
     clock = chunks[0].clock
     for c in chunks[1:]:
         clock = merge_clocks(clock, c.clock)
-    arrays = {k: np.concatenate([getattr(c, k) for c in chunks]) for k in LOG_FIELDS if getattr(chunks[0], k) is not None}
+    arrays = {
+        k: np.concatenate([getattr(c, k) for c in chunks]) for k in LOG_FIELDS if getattr(chunks[0], k) is not None
+    }
     extra = {k: np.concatenate([c.extra[k] for c in chunks]) for k in chunks[0].extra}
-    return Log(np.concatenate([c.t_s for c in chunks]), np.concatenate([c.step_ok for c in chunks]), clock, **arrays,
-               extra=extra, source=str(path))
+    return Log(
+        np.concatenate([c.t_s for c in chunks]),
+        np.concatenate([c.step_ok for c in chunks]),
+        clock,
+        **arrays,
+        extra=extra,
+        source=str(path),
+    )

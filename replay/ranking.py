@@ -23,8 +23,11 @@ def sim_score_definition() -> str:
     first word of its name)."""
     from sim.tasks import TASKS
 
-    other = [f"{name.split('-')[0]}: {t.log_metrics.score_definition}" for name, t in TASKS.items()
-             if t.log_metrics.score_definition != SUCCESS_RATE]
+    other = [
+        f"{name.split('-')[0]}: {t.log_metrics.score_definition}"
+        for name, t in TASKS.items()
+        if t.log_metrics.score_definition != SUCCESS_RATE
+    ]
     return SUCCESS_RATE + (f" ({'; '.join(other)})" if other else "")
 
 
@@ -38,6 +41,14 @@ def rank(candidates: list[Candidate], shift: dict, task: str, episodes: int, see
     for c in candidates:
         result = evaluate(c.path, episodes=episodes, seed=seed, task_cfg=default_cfg(task))
         s, sh = sim_score(task, result), shift[c.name]["score"]
-        out.append({"policy": c.name, "path": str(c.path), "score": s - SHIFT_WEIGHT * max(0.0, sh - 1.0), "sim_score": s,
-                    "shift": sh, "sim_eval": {k: v for k, v in result.items() if isinstance(v, (int, float)) and k != "eval_wall_s"}})
+        out.append(
+            {
+                "policy": c.name,
+                "path": str(c.path),
+                "score": s - SHIFT_WEIGHT * max(0.0, sh - 1.0),
+                "sim_score": s,
+                "shift": sh,
+                "sim_eval": {k: v for k, v in result.items() if isinstance(v, (int, float)) and k != "eval_wall_s"},
+            }
+        )
     return sorted(out, key=lambda r: -r["score"])

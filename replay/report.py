@@ -40,8 +40,11 @@ def write_report(metrics: dict, plot: dict, spec: PolicySpec, out_dir: Path) -> 
             ax.set_ylabel(spec.action.names[j])
         axes[0, 0].legend(loc="upper right", fontsize=7)
         axes[-1, 0].set_xlabel("control step")
-        fig.suptitle("logged raw actions and the candidates' actions recomputed from the logged observations" if logged
-                     else "the candidates' raw actions on observations rebuilt from the log's readings")
+        fig.suptitle(
+            "logged raw actions and the candidates' actions recomputed from the logged observations"
+            if logged
+            else "the candidates' raw actions on observations rebuilt from the log's readings"
+        )
         _save(fig, out_dir / "actions.png", images, plt)
     agreement = metrics.get("action_agreement")
     if cands:
@@ -70,50 +73,96 @@ def write_report(metrics: dict, plot: dict, spec: PolicySpec, out_dir: Path) -> 
         ks = list(gap["k"])
         quantities = [q for q in gap["k"][ks[0]] if q != "horizon_s"]
         fig, axes = plt.subplots(1, len(quantities), figsize=(5 * len(quantities), 3.8), squeeze=False)
-        for ax, q in zip(axes[0], quantities):
+        for ax, q in zip(axes[0], quantities, strict=True):
             labels = list(gap["k"][ks[0]][q])
             x = np.arange(len(labels))
             for i, k in enumerate(ks):
-                ax.bar(x + i * 0.8 / len(ks), [max(gap["k"][k][q][a]["mean"], 1e-12) for a in labels], 0.8 / len(ks), label=f"k={k}")
+                ax.bar(
+                    x + i * 0.8 / len(ks),
+                    [max(gap["k"][k][q][a]["mean"], 1e-12) for a in labels],
+                    0.8 / len(ks),
+                    label=f"k={k}",
+                )
             ax.set_xticks(x + 0.4 - 0.4 / len(ks), labels, rotation=45, fontsize=7)
             ax.set_yscale("log")
             ax.set_title(f"dynamics gap: mean |error| {q}")
         axes[0, 0].legend(fontsize=7)
         _save(fig, out_dir / "dynamics_gap.png", images, plt)
     if "bag" in metrics:
-        source = f"bag {'complete' if metrics['complete'] else 'cut short: ' + html.escape('; '.join(metrics['recovery_notes']))}"
+        state = "complete" if metrics["complete"] else "cut short: " + html.escape("; ".join(metrics["recovery_notes"]))
+        source = f"bag {state}"
     else:
-        source = f"foreign log read through mapping {html.escape(str(metrics['mapping']))}; readings {html.escape(str(metrics['readings']))}"
-    body = [f"<h1>s2r replay: {html.escape(Path(metrics.get('bag') or metrics['log']).name)}</h1>",
-            f"<p>task {metrics['task']}, {metrics['rows']} control steps over {metrics['logged_s']:.1f} s; {source}</p>"]
+        source = (
+            f"foreign log read through mapping {html.escape(str(metrics['mapping']))}; "
+            f"readings {html.escape(str(metrics['readings']))}"
+        )
+    body = [
+        f"<h1>s2r replay: {html.escape(Path(metrics.get('bag') or metrics['log']).name)}</h1>",
+        f"<p>task {metrics['task']}, {metrics['rows']} control steps over {metrics['logged_s']:.1f} s; {source}</p>",
+    ]
     if "ranking" in metrics:
         body.append("<h2>Ranking</h2><p>" + html.escape(metrics["ranking"]["formula"]) + "</p>")
-        body.append(_table(["policy", "score", "sim_score", "shift"],
-                           [[r["policy"], f"{r['score']:.4f}", f"{r['sim_score']:.4f}", f"{r['shift']:.3f}"] for r in metrics["ranking"]["order"]]))
+        body.append(
+            _table(
+                ["policy", "score", "sim_score", "shift"],
+                [
+                    [r["policy"], f"{r['score']:.4f}", f"{r['sim_score']:.4f}", f"{r['shift']:.3f}"]
+                    for r in metrics["ranking"]["order"]
+                ],
+            )
+        )
     if agreement:
-        body.append("<h2>Action agreement</h2>" + _table(["policy", "flew", "max |diff|", "mean |diff|"], [
-            [c, str(metrics["candidates"][c]["flew"]), f"{a['max_abs_diff']:.3g}", f"{a['mean_abs_diff']:.3g}"]
-            for c, a in agreement.items()]))
+        body.append(
+            "<h2>Action agreement</h2>"
+            + _table(
+                ["policy", "flew", "max |diff|", "mean |diff|"],
+                [
+                    [c, str(metrics["candidates"][c]["flew"]), f"{a['max_abs_diff']:.3g}", f"{a['mean_abs_diff']:.3g}"]
+                    for c, a in agreement.items()
+                ],
+            )
+        )
     if "actions" in metrics:
-        body.append("<h2>Actions</h2>" + _table(["policy", "mean |action|", "fraction at the clip"], [
-            [c] + [html.escape(", ".join(f"{k} {v:.3g}" for k, v in a[key].items())) for key in ("mean_abs", "frac_at_clip")]
-            for c, a in metrics["actions"].items()]))
-    body.append("<h2>Task metrics from the log</h2>" + _table(["metric", "value"], [[k, html.escape(str(v))] for k, v in metrics["task_metrics"].items()]))
+        body.append(
+            "<h2>Actions</h2>"
+            + _table(
+                ["policy", "mean |action|", "fraction at the clip"],
+                [
+                    [c]
+                    + [
+                        html.escape(", ".join(f"{k} {v:.3g}" for k, v in a[key].items()))
+                        for key in ("mean_abs", "frac_at_clip")
+                    ]
+                    for c, a in metrics["actions"].items()
+                ],
+            )
+        )
+    body.append(
+        "<h2>Task metrics from the log</h2>"
+        + _table(["metric", "value"], [[k, html.escape(str(v))] for k, v in metrics["task_metrics"].items()])
+    )
     if gap:
         rows = []
         for k, d in gap["k"].items():
             for q, axes_ in d.items():
                 if q != "horizon_s":
                     rows.append([k, q] + [f"{axes_[a]['mean']:.3g}" for a in axes_])
-        body.append(f"<h2>Dynamics gap</h2><p>{html.escape(gap['model'])}; {gap['windows']} windows; "
-                    f"cost {gap['cost_s_per_logged_s']:.3f} s per logged s</p>")
+        body.append(
+            f"<h2>Dynamics gap</h2><p>{html.escape(gap['model'])}; {gap['windows']} windows; "
+            f"cost {gap['cost_s_per_logged_s']:.3f} s per logged s</p>"
+        )
         body.append(_table(["k", "quantity"] + list(next(iter(gap["k"].values()))[quantities[0]]), rows))
-    body.append("<h2>Stream health</h2><pre>" + html.escape(json.dumps(
-        {**metrics["health"], **(gap["health"] if gap else {})}, indent=1)) + "</pre>")
+    body.append(
+        "<h2>Stream health</h2><pre>"
+        + html.escape(json.dumps({**metrics["health"], **(gap["health"] if gap else {})}, indent=1))
+        + "</pre>"
+    )
     body += [f'<p><img src="{name}"></p>' for name in images]
-    (out_dir / "report.html").write_text("<!doctype html><html><head><meta charset='utf-8'><title>s2r replay</title>"
-                                         "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ccc}</style>"
-                                         "</head><body>" + "\n".join(body) + "</body></html>")
+    (out_dir / "report.html").write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>s2r replay</title>"
+        "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ccc}</style>"
+        "</head><body>" + "\n".join(body) + "</body></html>"
+    )
 
 
 def _save(fig, path: Path, images: list, plt) -> None:
@@ -125,4 +174,8 @@ def _save(fig, path: Path, images: list, plt) -> None:
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
-    return f"<table><tr>{h}</tr>" + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+    return (
+        f"<table><tr>{h}</tr>"
+        + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+        + "</table>"
+    )

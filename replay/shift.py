@@ -46,6 +46,10 @@ def shift_summary(spec: PolicySpec, z_abs: ColumnStats, beyond3: np.ndarray) -> 
     terms = {}
     for name, sl in term_slices(spec).items():
         n = max(z_abs.n, 1) * (sl.stop - sl.start)
-        terms[name] = {"rms_z": float(np.sqrt(z_abs.sumsq[sl].sum() / n)), "mean_abs_z": float(z_abs.sum[sl].sum() / n),
-                       "max_abs_z": float(z_abs.max_abs[sl].max()), "frac_beyond_3sigma": float(beyond3[sl].sum() / n)}
+        terms[name] = {
+            "rms_z": float(np.sqrt(z_abs.sumsq[sl].sum() / n)),
+            "mean_abs_z": float(z_abs.sum[sl].sum() / n),
+            "max_abs_z": float(z_abs.max_abs[sl].max()),
+            "frac_beyond_3sigma": float(beyond3[sl].sum() / n),
+        }
     return {"score": float(np.mean([t["rms_z"] for t in terms.values()])), "terms": terms}

@@ -85,8 +85,13 @@ class SysIdResult:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["curve"] = {"form": self.curve.form, "coeffs": list(self.curve.coeffs), "vbat_ref_V": VBAT_REF_V,
-                      "u": "pwm / 65535", "thrust_N": _curve_text(self.curve.form)}
+        d["curve"] = {
+            "form": self.curve.form,
+            "coeffs": list(self.curve.coeffs),
+            "vbat_ref_V": VBAT_REF_V,
+            "u": "pwm / 65535",
+            "thrust_N": _curve_text(self.curve.form),
+        }
         return d
 
 
@@ -133,8 +138,10 @@ def read_geometry(mjcf_path: str | Path) -> Geometry:
     sites = [m.actuator_trnid[i, 0] for i in range(m.nu)]
     gear_z = m.actuator_gear[:, 2]
     return Geometry(
-        np.array([m.site_pos[s][:2] for s in sites]), np.sign(m.actuator_gear[:, 5]),
-        float(np.abs(m.actuator_gear[:, 5] / gear_z).mean()), m.body_inertia[base].copy(),
+        np.array([m.site_pos[s][:2] for s in sites]),
+        np.sign(m.actuator_gear[:, 5]),
+        float(np.abs(m.actuator_gear[:, 5] / gear_z).mean()),
+        m.body_inertia[base].copy(),
     )
 
 
@@ -152,12 +159,14 @@ def fit_curve_and_gains(
     for _ in range(iters):
         coeffs = np.linalg.lstsq(np.einsum("nrj,r->nj", terms, gain), force_N, rcond=None)[0]
         thrust = terms @ coeffs  # (n, 4) before gains
-        rows = np.concatenate((
-            thrust,
-            thrust * geo.rotor_xy_m[:, 1] / arm_m,  # roll: y_i T_i
-            -thrust * geo.rotor_xy_m[:, 0] / arm_m,  # pitch: -x_i T_i
-            thrust * geo.spin * yaw / arm_m,  # yaw: s_i kappa T_i
-        ))
+        rows = np.concatenate(
+            (
+                thrust,
+                thrust * geo.rotor_xy_m[:, 1] / arm_m,  # roll: y_i T_i
+                -thrust * geo.rotor_xy_m[:, 0] / arm_m,  # pitch: -x_i T_i
+                thrust * geo.spin * yaw / arm_m,  # yaw: s_i kappa T_i
+            )
+        )
         target = np.concatenate((force_N, torque_Nm[:, 0] / arm_m, torque_Nm[:, 1] / arm_m, torque_Nm[:, 2] / arm_m))
         # solved as deviations from 1: a direction the rows cannot see (min-norm) stays at gain 1
         gain = 1.0 + np.linalg.lstsq(rows, target - rows.sum(1), rcond=None)[0]
@@ -189,13 +198,15 @@ def write_variant_mjcf(path: Path, mass_kg: float, rotor_gain: np.ndarray, yaw_c
     root = tree.getroot()
     root.insert(0, ET.Comment(f" {note} "))
     root.find(".//body[@name='base']/inertial").set("mass", f"{mass_kg:.6g}")
-    for act, g in zip(root.findall("actuator/general"), rotor_gain):
+    for act, g in zip(root.findall("actuator/general"), rotor_gain, strict=True):
         sign = np.sign(float(act.get("gear").split()[5]))
         act.set("gear", f"0 0 {g:.6g} 0 0 {sign * yaw_coeff_m * g:.6g}")
     tree.write(path, encoding="unicode")
 
 
-def fit_crazyflie(log: Log, out_dir: Path, mass_kg: float = ASSUMED_MASS_KG, holdout: float = 0.3) -> tuple[SysIdResult, Plant]:
+def fit_crazyflie(
+    log: Log, out_dir: Path, mass_kg: float = ASSUMED_MASS_KG, holdout: float = 0.3
+) -> tuple[SysIdResult, Plant]:
     """Fit the thrust curve, motor constants and lag to one flight; write the variant MJCF into out_dir."""
     dt_s = log.clock.period_s
     geo = read_geometry(STOCK_MJCF)
@@ -233,16 +244,20 @@ def fit_crazyflie(log: Log, out_dir: Path, mass_kg: float = ASSUMED_MASS_KG, hol
             if best is None or err < best[0]:
                 best = (err, tau_s, delay, curve, gain, yaw, max_N)
     _, tau_s, delay, curve, gain, yaw, max_N = best
-    note = (f"Crazyflie 2.1 variant fitted by replay/sysid.py: mass {mass_kg} kg (assumed), rotor thrust gains "
-            f"{np.round(gain, 4).tolist()}, yaw coefficient {yaw:.6g} m; thrust curve, motor tau {tau_s} s and "
-            f"delay {delay} steps in sysid.json")
+    note = (
+        f"Crazyflie 2.1 variant fitted by replay/sysid.py: mass {mass_kg} kg (assumed), rotor thrust gains "
+        f"{np.round(gain, 4).tolist()}, yaw coefficient {yaw:.6g} m; thrust curve, motor tau {tau_s} s and "
+        f"delay {delay} steps in sysid.json"
+    )
     write_variant_mjcf(mjcf, mass_kg, gain, yaw, note)
     result = SysIdResult(curve, tuple(float(g) for g in gain), yaw, tau_s, delay, mass_kg, holdout_rms, grid, max_N)
     return result, Plant("fitted", str(mjcf), tau_s, max_N, delay)
 
 
 # --- the report ------------------------------------------------------------------------------------
-def crazyflie_report(fit_csv: str | Path, eval_csv: str | Path, mapping: Mapping | str | Path, out_dir: str | Path) -> dict:
+def crazyflie_report(
+    fit_csv: str | Path, eval_csv: str | Path, mapping: Mapping | str | Path, out_dir: str | Path
+) -> dict:
     """Import two flights, fit the model on `fit_csv`, and report the dynamics gap of the stock and the
     fitted model on `eval_csv` (and, for reference, on the fitting flight) for k = 1, 10, 50.
 
@@ -254,13 +269,22 @@ def crazyflie_report(fit_csv: str | Path, eval_csv: str | Path, mapping: Mapping
     mapping.require(RIGID, "system identification and the dynamics gap")
     fit_log, eval_log = import_log(fit_csv, mapping), import_log(eval_csv, mapping)
     result, fitted = fit_crazyflie(fit_log, out_dir)
-    (out_dir / "sysid.json").write_text(json.dumps(
-        {"fit_flight": str(fit_csv), "stock_thrust": "0.15 N * pwm / 65535 per rotor, 27 g, tau 0.03 s",
-         **result.to_dict(), "variant_mjcf": Path(fitted.mjcf_path).name}, indent=2))
+    (out_dir / "sysid.json").write_text(
+        json.dumps(
+            {
+                "fit_flight": str(fit_csv),
+                "stock_thrust": "0.15 N * pwm / 65535 per rotor, 27 g, tau 0.03 s",
+                **result.to_dict(),
+                "variant_mjcf": Path(fitted.mjcf_path).name,
+            },
+            indent=2,
+        )
+    )
     stock = stock_plant()
     ks = (1, 10, 50)
     metrics: dict = {
-        "fit_flight": str(fit_csv), "heldout_flight": str(eval_csv),
+        "fit_flight": str(fit_csv),
+        "heldout_flight": str(eval_csv),
         "stock_model": "quadrotor.xml (27 g), thrust = 0.15 N * pwm / 65535 per rotor, tau 0.03 s",
         "fitted_model": Path(fitted.mjcf_path).name + " + sysid.json",
         "clock": {"fit": fit_log.clock.to_dict(), "heldout": eval_log.clock.to_dict()},
@@ -273,8 +297,11 @@ def crazyflie_report(fit_csv: str | Path, eval_csv: str | Path, mapping: Mapping
         }
     (out_dir / "dynamics_gap.json").write_text(json.dumps(metrics, indent=2))
     plot_errors(metrics["heldout"], out_dir / "gap_errors.png", Path(eval_csv).stem)
-    plot_predictions(eval_log, {"stock": (stock, stock_thrust_N(eval_log)), "fitted": (fitted, result.thrust_N(eval_log))},
-                     out_dir / "heldout_predictions.png")
+    plot_predictions(
+        eval_log,
+        {"stock": (stock, stock_thrust_N(eval_log)), "fitted": (fitted, result.thrust_N(eval_log))},
+        out_dir / "heldout_predictions.png",
+    )
     return metrics
 
 
@@ -287,7 +314,9 @@ def plot_errors(gaps: dict, path: Path, title: str) -> None:
 
     ks = list(gaps["stock"]["k"])
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    for ax, (q, label) in zip(axes, (("pos_m", "position (m)"), ("vel_mps", "velocity (m/s)"), ("att_rad", "attitude (rad)"))):
+    for ax, (q, label) in zip(
+        axes, (("pos_m", "position (m)"), ("vel_mps", "velocity (m/s)"), ("att_rad", "attitude (rad)")), strict=True
+    ):
         x = np.arange(len(ks))
         for j, name in enumerate(("stock", "fitted")):
             ax.bar(x + (j - 0.5) * 0.38, [gaps[name]["k"][k][q]["norm"]["mean"] for k in ks], 0.38, label=name)
@@ -301,7 +330,9 @@ def plot_errors(gaps: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_predictions(log: Log, models: dict[str, tuple[Plant, np.ndarray]], path: Path, horizon: int = 50, span_s: float = 8.0) -> None:
+def plot_predictions(
+    log: Log, models: dict[str, tuple[Plant, np.ndarray]], path: Path, horizon: int = 50, span_s: float = 8.0
+) -> None:
     """Logged position and open-loop 0.5 s predictions started every 0.5 s over the middle of the flight."""
     import matplotlib
 
@@ -319,11 +350,17 @@ def plot_predictions(log: Log, models: dict[str, tuple[Plant, np.ndarray]], path
     for i, ax in enumerate(axes):
         ax.plot(t[seg], log.pos_w_m[seg, i], "k", lw=2, label="logged")
         ax.set_ylabel(f"{'xyz'[i]} (m)")
-    for (name, (plant, thrust)), color in zip(models.items(), ("tab:red", "tab:blue")):
+    for (name, (plant, thrust)), color in zip(models.items(), ("tab:red", "tab:blue"), strict=True):
         pred = predict_windows(log, thrust, plant, starts, horizon)
         for j, s in enumerate(starts):
             for i, ax in enumerate(axes):
-                ax.plot(t[s + 1 : s + horizon + 1], pred[j, :, i], color=color, lw=1, label=name if j == 0 and i == 0 else None)
+                ax.plot(
+                    t[s + 1 : s + horizon + 1],
+                    pred[j, :, i],
+                    color=color,
+                    lw=1,
+                    label=name if j == 0 and i == 0 else None,
+                )
     axes[0].legend(loc="upper right")
     axes[0].set_title(f"{Path(log.source).stem}: logged vs {horizon}-step open-loop predictions")
     axes[-1].set_xlabel("time (s)")

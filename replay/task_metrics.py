@@ -15,7 +15,7 @@ from replay.shift import term_slices
 def current_frames(spec: PolicySpec, obs: np.ndarray) -> dict[str, np.ndarray]:
     """(n, obs_dim) -> {term: (n, size)} newest frame of each term, unscaled to the term's units."""
     out = {}
-    for t, sl in zip(spec.obs, term_slices(spec).values()):
+    for t, sl in zip(spec.obs, term_slices(spec).values(), strict=True):
         out[t.name] = obs[:, sl.start : sl.start + t.size] / np.asarray(t.scale)
     return out
 

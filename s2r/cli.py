@@ -14,24 +14,34 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 
-
 def _known_errors():
+    from config.validate import ConfigError
     from deploy.onnx_policy import PolicyLoadError
     from deploy.spec import SpecError
     from policies.checkpoint import CheckpointError
     from policies.export import ExportError
+    from replay.bag import BagError
+    from replay.candidates import ReplayError
+    from replay.mapping import MappingError
     from sim.backends.mujoco_cpu import ModelError
-    from config.validate import ConfigError
     from sim.robots import UnknownRobotError
     from sim.tasks import UnknownTaskError
     from sim.video import VideoError
 
-    from replay.bag import BagError
-    from replay.candidates import ReplayError
-    from replay.mapping import MappingError
-
-    return (ConfigError, UnknownTaskError, UnknownRobotError, CheckpointError, PolicyLoadError, SpecError, ModelError, ExportError, VideoError,
-            BagError, ReplayError, MappingError)
+    return (
+        ConfigError,
+        UnknownTaskError,
+        UnknownRobotError,
+        CheckpointError,
+        PolicyLoadError,
+        SpecError,
+        ModelError,
+        ExportError,
+        VideoError,
+        BagError,
+        ReplayError,
+        MappingError,
+    )
 
 
 def _tyro_cli(cfg, args: list[str], prefix: str = ""):
@@ -59,7 +69,9 @@ def _apply_overrides(train_cfg, task_cfg, tokens: list[str]):
         if tok.startswith("--"):
             group = "task" if tok.startswith("--task.") else "train"
         elif group is None:
-            raise ConfigError(f"unexpected argument '{tok}' (a config override is --FIELD VALUE, e.g. --task.episode_s 10)")
+            raise ConfigError(
+                f"unexpected argument '{tok}' (a config override is --FIELD VALUE, e.g. --task.episode_s 10)"
+            )
         groups[group].append(tok)
     if groups["train"]:
         train_cfg = _tyro_cli(train_cfg, groups["train"])
@@ -88,10 +100,10 @@ def _find_checkpoint(path: Path) -> Path:
 
 
 def cmd_train(args) -> None:
+    from config import validate as C
     from policies.checkpoint import load_checkpoint
     from policies.export import export_checkpoint
     from policies.runner import Runner, TrainCfg, default_train_cfg
-    from config import validate as C
     from sim.tasks import default_cfg, task_entry
 
     resume = None
@@ -138,8 +150,8 @@ def cmd_export(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from deploy.onnx_policy import PolicyLoadError
     from config.validate import ConfigError
+    from deploy.onnx_policy import PolicyLoadError
     from sim.evaluate import evaluate, write_eval
 
     if args.episodes < 1:
@@ -169,12 +181,26 @@ def cmd_bench(args) -> None:
     from sim.bench import bench_sim
 
     r = bench_sim(args.task, args.num_envs, steps=args.steps, repeats=args.repeats, robot=args.robot)
-    print(f"s2r bench sim --task {r['task']} --robot {r['robot']} --num-envs {r['num_envs']}  ({r['threads']} MuJoCo threads)")
-    print(f"  training env             {r['env_steps_per_s']:12,.0f} env steps/s "
-          f"({r['env_physics_steps_per_s']:,.0f} physics steps/s)")
-    print(f"  raw mj_step ceiling      {r['mj_step_ceiling_per_s']:12,.0f} physics steps/s (mujoco.rollout: the env's worlds, threads, no task code)")
-    print(f"  ratio env / ceiling      {r['ratio']:12.2f}  (median of {args.repeats} alternate timings; range {r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f})")
-    print(f"  python thread pool       {r['python_thread_pool_mj_step_per_s']:12,.0f} physics steps/s (mj_step per env per call; not used)")
+    print(
+        f"s2r bench sim --task {r['task']} --robot {r['robot']} --num-envs {r['num_envs']}  "
+        f"({r['threads']} MuJoCo threads)"
+    )
+    print(
+        f"  training env             {r['env_steps_per_s']:12,.0f} env steps/s "
+        f"({r['env_physics_steps_per_s']:,.0f} physics steps/s)"
+    )
+    print(
+        f"  raw mj_step ceiling      {r['mj_step_ceiling_per_s']:12,.0f} physics steps/s "
+        "(mujoco.rollout: the env's worlds, threads, no task code)"
+    )
+    print(
+        f"  ratio env / ceiling      {r['ratio']:12.2f}  (median of {args.repeats} alternate timings; "
+        f"range {r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f})"
+    )
+    print(
+        f"  python thread pool       {r['python_thread_pool_mj_step_per_s']:12,.0f} physics steps/s "
+        "(mj_step per env per call; not used)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2))
 
@@ -193,12 +219,20 @@ def cmd_bench_deploy(args) -> None:
     print("  ONNX inference, one observation, one thread        p50      p99      max   (target p99 <= 100 us)")
     for robot in robots:
         r = out["inference"][robot] = bench_inference(policy_dir / f"{robot}.onnx")
-        print(f"    {robot:10s} obs {r['obs_dim']:3d}                          {r['p50_us']:6.1f}   {r['p99_us']:6.1f}   {r['max_us']:6.1f} us")
+        print(
+            f"    {robot:10s} obs {r['obs_dim']:3d}                          "
+            f"{r['p50_us']:6.1f}   {r['p99_us']:6.1f}   {r['max_us']:6.1f} us"
+        )
     print("  control loop, full Controller step (quadruped)  jitter p50 p99 max        (target p99 <= 1000 us)")
     for hz in (50.0, 500.0):
-        r = out["loop"][f"{hz:g}"] = bench_loop(hz, args.seconds, policy_dir / "quadruped.onnx", CONFIG / "quadruped.yaml")
-        print(f"    {hz:5.0f} Hz, {r['loops']:6d} loops, {r['overruns']} overruns     {r['jitter_p50_us']:6.1f} {r['jitter_p99_us']:6.1f} "
-              f"{r['jitter_max_us']:7.1f} us   (step p99 {r['compute_p99_us']:.0f} us)")
+        r = out["loop"][f"{hz:g}"] = bench_loop(
+            hz, args.seconds, policy_dir / "quadruped.onnx", CONFIG / "quadruped.yaml"
+        )
+        print(
+            f"    {hz:5.0f} Hz, {r['loops']:6d} loops, {r['overruns']} overruns     "
+            f"{r['jitter_p50_us']:6.1f} {r['jitter_p99_us']:6.1f} "
+            f"{r['jitter_max_us']:7.1f} us   (step p99 {r['compute_p99_us']:.0f} us)"
+        )
     try:
         from s2r_ros.bench_latency import bench_dds_latency
     except ImportError as e:
@@ -206,9 +240,14 @@ def cmd_bench_deploy(args) -> None:
     else:
         r = out["dds"] = bench_dds_latency(policy_dir / "arm.onnx", "arm", args.seconds)
         print("  JointState in -> joint_commands out, policy_node process, Fast DDS loopback (target p99 <= 2000 us)")
-        print(f"    {r['messages']} messages, {r['lost']} lost      p50 {r['p50_us']:.0f}  p99 {r['p99_us']:.0f}  max {r['max_us']:.0f} us")
-        print(f"    sensor published -> command published     p50 {r['to_command_published_p50_us']:.0f}  "
-              f"p99 {r['to_command_published_p99_us']:.0f} us")
+        print(
+            f"    {r['messages']} messages, {r['lost']} lost      "
+            f"p50 {r['p50_us']:.0f}  p99 {r['p99_us']:.0f}  max {r['max_us']:.0f} us"
+        )
+        print(
+            f"    sensor published -> command published     p50 {r['to_command_published_p50_us']:.0f}  "
+            f"p99 {r['to_command_published_p99_us']:.0f} us"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 
@@ -222,31 +261,46 @@ def cmd_replay(args) -> None:
         raise ReplayError(f"--k values must be >= 1, got {args.k}")
     if log.suffix == ".csv" or args.mapping:  # a foreign log: a CSV file or another stack's bag
         if not args.mapping or not (args.policy or args.fit):
-            raise ReplayError(f"{log} is a foreign log: give --mapping NAME_OR_YAML, and --policy A.onnx to score policies on it "
-                              "and/or --fit OTHER_LOG to fit the quadrotor model on another flight")
+            raise ReplayError(
+                f"{log} is a foreign log: give --mapping NAME_OR_YAML, and --policy A.onnx to score policies on it "
+                "and/or --fit OTHER_LOG to fit the quadrotor model on another flight"
+            )
         if args.policy:
             from replay.foreign import score_foreign_log
 
-            m = score_foreign_log(log, args.mapping, args.policy, out, args.episodes, tuple(args.window) if args.window else None)
-            print(f"{m['task']}: {m['rows']} control steps ({m['logged_s']:.1f} s, {m['starts']} start(s)) rebuilt from the "
-                  f"log's readings {sorted(m['readings'].values())}")
+            m = score_foreign_log(
+                log, args.mapping, args.policy, out, args.episodes, tuple(args.window) if args.window else None
+            )
+            print(
+                f"{m['task']}: {m['rows']} control steps ({m['logged_s']:.1f} s, {m['starts']} start(s)) "
+                "rebuilt from the "
+                f"log's readings {sorted(m['readings'].values())}"
+            )
             _print_ranking(m)
             print(f"wrote {out / 'report.html'} and {out / 'metrics.json'}")
         if args.fit:
             _print_sysid(args.fit, log, args.mapping, out)
         return
     if args.fit:
-        raise ReplayError("--fit applies to foreign logs read through --mapping; a bag of this stack carries its PolicySpec")
+        raise ReplayError(
+            "--fit applies to foreign logs read through --mapping; a bag of this stack carries its PolicySpec"
+        )
     m = replay_bag(log, args.policy, out, tuple(args.k), dynamics=not args.no_dynamics_gap, sim_episodes=args.episodes)
-    print(f"{m['task']}: {m['rows']} control steps, {m['logged_s']:.1f} s logged; policy_io pass "
-          f"{m['throughput_x_realtime']:.0f}x real time" + ("" if m["complete"] else f"; bag cut short: {m['recovery_notes']}"))
+    print(
+        f"{m['task']}: {m['rows']} control steps, {m['logged_s']:.1f} s logged; policy_io pass "
+        f"{m['throughput_x_realtime']:.0f}x real time"
+        + ("" if m["complete"] else f"; bag cut short: {m['recovery_notes']}")
+    )
     for name, a in m["action_agreement"].items():
         flew = " (the policy that flew)" if m["candidates"][name]["flew"] else ""
         print(f"  {name:20s} action agreement max |diff| {a['max_abs_diff']:.3g}, mean {a['mean_abs_diff']:.3g}{flew}")
     if "dynamics_gap" in m:
         g = m["dynamics_gap"]
         for k, d in g["k"].items():
-            print(f"  dynamics gap k={k:>3}: " + ", ".join(f"{q} {v['norm']['mean']:.4g}" for q, v in d.items() if q != "horizon_s"))
+            print(
+                f"  dynamics gap k={k:>3}: "
+                + ", ".join(f"{q} {v['norm']['mean']:.4g}" for q, v in d.items() if q != "horizon_s")
+            )
         print(f"  dynamics-gap pass: {g['cost_s_per_logged_s']:.3f} s per logged second ({g['windows']} windows)")
     _print_ranking(m)
     print(f"wrote {out / 'report.html'} and {out / 'metrics.json'}")
@@ -256,7 +310,11 @@ def _print_ranking(m: dict) -> None:
     """Shift per candidate (its worst terms), the ranking and the task metrics of a replay."""
     for name, sh in m["shift"].items():
         worst = sorted(sh["terms"].items(), key=lambda kv: -kv[1]["rms_z"])[:3]
-        print(f"  {name:20s} shift {sh['score']:.3f} (RMS z; worst terms " + ", ".join(f"{t} {v['rms_z']:.2f}" for t, v in worst) + ")")
+        print(
+            f"  {name:20s} shift {sh['score']:.3f} (RMS z; worst terms "
+            + ", ".join(f"{t} {v['rms_z']:.2f}" for t, v in worst)
+            + ")"
+        )
     for r in m.get("ranking", {}).get("order", []):
         print(f"  rank {r['policy']:20s} score {r['score']:.4f} (sim {r['sim_score']:.4f}, shift {r['shift']:.3f})")
     print("  task metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in m["task_metrics"].items() if isinstance(v, float)))
@@ -269,10 +327,15 @@ def _print_sysid(fit, log, mapping, out: Path) -> None:
     print(f"fitted the quadrotor model on {fit}; dynamics gap on {log} (mean error norm, stock -> fitted):")
     for k, d in metrics["heldout"]["stock"]["k"].items():
         f = metrics["heldout"]["fitted"]["k"][k]
-        print(f"  k={k:>3}  position {d['pos_m']['norm']['mean']:.4f} -> {f['pos_m']['norm']['mean']:.4f} m   velocity "
-              f"{d['vel_mps']['norm']['mean']:.4f} -> {f['vel_mps']['norm']['mean']:.4f} m/s   attitude "
-              f"{d['att_rad']['norm']['mean']:.4f} -> {f['att_rad']['norm']['mean']:.4f} rad")
-    print(f"wrote {out / 'dynamics_gap.json'}, {out / 'sysid.json'}, {out / 'gap_errors.png'}, {out / 'heldout_predictions.png'}")
+        print(
+            f"  k={k:>3}  position {d['pos_m']['norm']['mean']:.4f} -> {f['pos_m']['norm']['mean']:.4f} m   velocity "
+            f"{d['vel_mps']['norm']['mean']:.4f} -> {f['vel_mps']['norm']['mean']:.4f} m/s   attitude "
+            f"{d['att_rad']['norm']['mean']:.4f} -> {f['att_rad']['norm']['mean']:.4f} rad"
+        )
+    print(
+        f"wrote {out / 'dynamics_gap.json'}, {out / 'sysid.json'}, {out / 'gap_errors.png'}, "
+        f"{out / 'heldout_predictions.png'}"
+    )
 
 
 def cmd_bench_serial(args) -> dict:
@@ -283,12 +346,20 @@ def cmd_bench_serial(args) -> dict:
     print("  link                    baud   round trip p50    p99   rate Hz  wire limit Hz  ratio")
     for link, by_baud in out.items():
         for baud, r in by_baud.items():
-            print(f"  {link:12s} {int(baud):>12d}   {r['rtt_p50_ms']:8.2f} {r['rtt_p99_ms']:6.2f} ms {r['rate_hz']:8.0f} "
-                  f"{r['wire_limit_hz']:13.0f}  {r['ratio_to_wire_limit']:5.2f}"
-                  + (f"  (board asked for {r['configured_rate_hz']} Hz, the emulator's most: {r['ratio_to_configured_rate']:.2f} of it)"
-                     if r.get("configured_rate_hz", 0) < int(r["wire_limit_hz"]) else ""))
-    print("  dynamixel: one sync write + one sync read of the arm's 4 servos (half duplex: every byte at 10 bits plus 4 "
-          "return delays of 500 us); motor_board: STATE -> COMMAND of the quadruped (full duplex: the longer frame)")
+            print(
+                f"  {link:12s} {int(baud):>12d}   {r['rtt_p50_ms']:8.2f} {r['rtt_p99_ms']:6.2f} ms {r['rate_hz']:8.0f} "
+                f"{r['wire_limit_hz']:13.0f}  {r['ratio_to_wire_limit']:5.2f}"
+                + (
+                    f"  (board asked for {r['configured_rate_hz']} Hz, "
+                    f"the emulator's most: {r['ratio_to_configured_rate']:.2f} of it)"
+                    if r.get("configured_rate_hz", 0) < int(r["wire_limit_hz"])
+                    else ""
+                )
+            )
+    print(
+        "  dynamixel: one sync write + one sync read of the arm's 4 servos (half duplex: every byte at 10 bits plus 4 "
+        "return delays of 500 us); motor_board: STATE -> COMMAND of the quadruped (full duplex: the longer frame)"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
     return out
@@ -299,10 +370,19 @@ def cmd_bench_replay(args) -> None:
 
     r = bench_replay(Path(args.policy) if args.policy else None, args.seconds, args.gap_seconds)
     print(f"s2r bench replay: {r['task']} bag at {r['control_hz']:g} Hz, {r['logged_s']:.0f} s logged, one policy")
-    print(f"  replay throughput (policy_io pass, no dynamics gap)  {r['throughput_x_realtime']:10.0f} x real time   (target >= 1000)")
-    print(f"  dynamics-gap pass (k = 1, 10, 50)                   {r['gap_cost_s_per_logged_s']:10.3f} s per logged second   "
-          f"({r['gap_task']}, {r['gap_logged_s']:.0f} s nominal bag, {r['gap_windows']} windows)")
-    print(f"  dynamics gap k = 1 on that bag: joint position {r['gap_k1_joint_pos_rad']:.2g} rad, base position {r['gap_k1_base_pos_m']:.2g} m")
+    print(
+        f"  replay throughput (policy_io pass, no dynamics gap)  {r['throughput_x_realtime']:10.0f} x real time   "
+        "(target >= 1000)"
+    )
+    print(
+        f"  dynamics-gap pass (k = 1, 10, 50)                   {r['gap_cost_s_per_logged_s']:10.3f} "
+        "s per logged second   "
+        f"({r['gap_task']}, {r['gap_logged_s']:.0f} s nominal bag, {r['gap_windows']} windows)"
+    )
+    print(
+        f"  dynamics gap k = 1 on that bag: joint position {r['gap_k1_joint_pos_rad']:.2g} rad, "
+        f"base position {r['gap_k1_base_pos_m']:.2g} m"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2))
 
@@ -336,8 +416,14 @@ def term_catalogue() -> str:
     from sim.terms.terminations import TERMINATIONS
 
     lines = ["", "terms (sim/terms/):"]
-    for module, registry in (("rewards", REWARDS), ("terminations", TERMINATIONS), ("events", EVENTS),
-                             ("commands", COMMANDS), ("curricula", CURRICULA), ("observations", CRITIC_TERMS)):
+    for module, registry in (
+        ("rewards", REWARDS),
+        ("terminations", TERMINATIONS),
+        ("events", EVENTS),
+        ("commands", COMMANDS),
+        ("curricula", CURRICULA),
+        ("observations", CRITIC_TERMS),
+    ):
         lines.append(f"  {module}.py")
         for name, fn in registry.items():
             params = [str(p) for p in inspect.signature(fn).parameters.values() if p.name not in ("self", "env")]
@@ -351,7 +437,10 @@ def cmd_robots(args) -> None:
 
     for name in robot_names():
         r = find_robot(name)
-        print(f"{name:20s} {r.kind:10s} {len(r.actuator_names):2d} actuators  {r.control_hz:g} Hz  {ROBOTS_DIR / (name + '.yaml')}")
+        print(
+            f"{name:20s} {r.kind:10s} {len(r.actuator_names):2d} actuators  {r.control_hz:g} Hz  "
+            f"{ROBOTS_DIR / (name + '.yaml')}"
+        )
 
 
 def cmd_robot_check(args) -> None:
@@ -369,7 +458,7 @@ def cmd_hil(args) -> None:
 
 
 def parse_ids(text: str) -> tuple[int, ...]:
-    """"0-20" or "1,3,11-14" -> the IDs, in order."""
+    """ "0-20" or "1,3,11-14" -> the IDs, in order."""
     from config.validate import ConfigError
 
     ids: list[int] = []
@@ -406,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser(
-        "train", help="train a policy headless, then export it to ONNX",
+        "train",
+        help="train a policy headless, then export it to ONNX",
         epilog="Any config field is set by its dotted name: --num-envs N, --max-iterations N, --seed S, "
         "--device cuda:0, --time-limit-s S (stop after S seconds of training), --ppo.num-steps 32, "
         "--task.rewards.tilt.weight -0.2, --task.events.mass.params.scale 0.8 1.2. "
@@ -447,56 +537,90 @@ def build_parser() -> argparse.ArgumentParser:
     bs.set_defaults(func=cmd_bench)
 
     bd = bsub.add_parser("deploy", help="ONNX inference, control-loop jitter and DDS latency of the robot-side runtime")
-    bd.add_argument("--policy-dir", help="folder with quadrotor.onnx, quadruped.onnx, arm.onnx (default: the shipped policies)")
+    bd.add_argument(
+        "--policy-dir", help="folder with quadrotor.onnx, quadruped.onnx, arm.onnx (default: the shipped policies)"
+    )
     bd.add_argument("--seconds", type=float, default=10.0, help="per loop-jitter and latency measurement")
     bd.add_argument("--json", help="also write the figures to this file")
     bd.set_defaults(func=cmd_bench_deploy)
 
-    br = bsub.add_parser("replay", help="replay throughput (x real time) on a 50 Hz quadruped bag, and the dynamics-gap cost")
+    br = bsub.add_parser(
+        "replay", help="replay throughput (x real time) on a 50 Hz quadruped bag, and the dynamics-gap cost"
+    )
     br.add_argument("--policy", help="quadruped policy.onnx (default: the shipped one)")
     br.add_argument("--seconds", type=float, default=600.0, help="logged seconds of the synthetic bag")
-    br.add_argument("--gap-seconds", type=float, default=20.0, help="logged seconds of the nominal-parameter bag the dynamics-gap pass runs on")
+    br.add_argument(
+        "--gap-seconds",
+        type=float,
+        default=20.0,
+        help="logged seconds of the nominal-parameter bag the dynamics-gap pass runs on",
+    )
     br.add_argument("--json", help="also write the figures to this file")
     br.set_defaults(func=cmd_bench_replay)
 
-    bser = bsub.add_parser("serial", help="round trip and sustained rate of the Dynamixel bus and the motor board over the pty emulators")
+    bser = bsub.add_parser(
+        "serial", help="round trip and sustained rate of the Dynamixel bus and the motor board over the pty emulators"
+    )
     bser.add_argument("--bauds", type=int, nargs="+", default=[1_000_000, 4_000_000])
     bser.add_argument("--seconds", type=float, default=3.0, help="per measurement")
     bser.add_argument("--json", help="also write the figures to this file")
     bser.set_defaults(func=cmd_bench_serial)
 
-    r = sub.add_parser("replay", help="evaluate and rank policies on a logged rollout (rosbag2 MCAP bag, or another stack's log through a mapping)")
-    r.add_argument("log", help="bag folder or .mcap file; or a foreign log (CSV file or another stack's bag) with --mapping")
+    r = sub.add_parser(
+        "replay",
+        help="evaluate and rank policies on a logged rollout "
+        "(rosbag2 MCAP bag, or another stack's log through a mapping)",
+    )
+    r.add_argument(
+        "log", help="bag folder or .mcap file; or a foreign log (CSV file or another stack's bag) with --mapping"
+    )
     r.add_argument("--policy", action="append", default=[], help="candidate policy.onnx (repeat for several)")
     r.add_argument("--out", required=True, help="folder for report.html, metrics.json and the PNGs")
     r.add_argument("--mapping", help="foreign-log mapping: a shipped name (crazyflie_nanobench) or a YAML file")
     r.add_argument("--fit", help="foreign log: fit the quadrotor model on this other flight, report the gap on LOG")
-    r.add_argument("--window", type=float, nargs=2, metavar=("START", "END"),
-                   help="foreign log with --policy: score only these seconds from the log's first row")
+    r.add_argument(
+        "--window",
+        type=float,
+        nargs=2,
+        metavar=("START", "END"),
+        help="foreign log with --policy: score only these seconds from the log's first row",
+    )
     r.add_argument("--k", type=int, nargs="+", default=[1, 10, 50], help="prediction horizons, control steps")
     r.add_argument("--no-dynamics-gap", action="store_true")
     r.add_argument("--episodes", type=int, default=100, help="simulated episodes per candidate for the ranking")
     r.set_defaults(func=cmd_replay)
 
     ls = sub.add_parser("tasks", help="list the tasks")
-    ls.add_argument("--terms", action="store_true", help="also each task's terms, and every term function with its parameters")
+    ls.add_argument(
+        "--terms", action="store_true", help="also each task's terms, and every term function with its parameters"
+    )
     ls.set_defaults(func=cmd_tasks)
 
     rl = sub.add_parser("robots", help="list the built-in robots")
     rl.set_defaults(func=cmd_robots)
     ro = sub.add_parser("robot", help="robot configs")
     rosub = ro.add_subparsers(dest="robot_command", required=True)
-    rc = rosub.add_parser("check", help="validate a robot config against its model; write a picture of its default pose")
+    rc = rosub.add_parser(
+        "check", help="validate a robot config against its model; write a picture of its default pose"
+    )
     rc.add_argument("robot", help="robot YAML path or built-in name")
     rc.add_argument("--png", help="picture of the default pose (default: ROBOT.png beside the config)")
     rc.set_defaults(func=cmd_robot_check)
 
-    h = sub.add_parser("hil", help="hardware in the loop: the MuJoCo robot in real time behind its electronics on a pseudo-terminal")
-    h.add_argument("--robot", required=True, help="hardware config: its name in ros_ws/src/s2r_ros/config (open_manipulator_x, quadruped), the robot "
-                   "it names (go1), or a YAML path")
+    h = sub.add_parser(
+        "hil", help="hardware in the loop: the MuJoCo robot in real time behind its electronics on a pseudo-terminal"
+    )
+    h.add_argument(
+        "--robot",
+        required=True,
+        help="hardware config: its name in ros_ws/src/s2r_ros/config (open_manipulator_x, quadruped), the robot "
+        "it names (go1), or a YAML path",
+    )
     h.add_argument("--baud", type=int, help="default: the hardware config's serial.baud")
     h.add_argument("--link", help="keep a symlink here pointing at the pty: a stable path across restarts")
-    h.add_argument("--report-s", type=float, default=10.0, help="print the real-time pacing this often (0: only at the end)")
+    h.add_argument(
+        "--report-s", type=float, default=10.0, help="print the real-time pacing this often (0: only at the end)"
+    )
     h.set_defaults(func=cmd_hil)
 
     hw = sub.add_parser("hw", help="serial hardware tools")
@@ -504,7 +628,9 @@ def build_parser() -> argparse.ArgumentParser:
     hs = hwsub.add_parser("scan", help="which Dynamixel servos answer on a port, at which baud rate, with which errors")
     hs.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
     hs.add_argument("--ids", default="0-20", help="IDs the broadcast pings wait for, e.g. 0-20 or 1,3,11-14")
-    hs.add_argument("--bauds", type=int, nargs="+", help="baud rates to try, in order (default: the usual X-series rates)")
+    hs.add_argument(
+        "--bauds", type=int, nargs="+", help="baud rates to try, in order (default: the usual X-series rates)"
+    )
     hs.set_defaults(func=cmd_hw_scan)
     return p
 

@@ -41,9 +41,14 @@ class RotorModel:
 # Every field an added actuator must not inherit from the model's own default class (a user's MJCF may
 # give all its actuators a force range, a gear or dynamics there, which would clamp or change each term).
 PLAIN_ACTUATOR = dict(
-    gear=[1.0, 0, 0, 0, 0, 0], biastype=mujoco.mjtBias.mjBIAS_NONE, biasprm=[0.0] * 10,
-    dyntype=mujoco.mjtDyn.mjDYN_NONE, dynprm=[1.0] + [0.0] * 9, ctrllimited=mujoco.mjtLimited.mjLIMITED_FALSE,
-    forcelimited=mujoco.mjtLimited.mjLIMITED_FALSE, actlimited=mujoco.mjtLimited.mjLIMITED_FALSE,
+    gear=[1.0, 0, 0, 0, 0, 0],
+    biastype=mujoco.mjtBias.mjBIAS_NONE,
+    biasprm=[0.0] * 10,
+    dyntype=mujoco.mjtDyn.mjDYN_NONE,
+    dynprm=[1.0] + [0.0] * 9,
+    ctrllimited=mujoco.mjtLimited.mjLIMITED_FALSE,
+    forcelimited=mujoco.mjtLimited.mjLIMITED_FALSE,
+    actlimited=mujoco.mjtLimited.mjLIMITED_FALSE,
 )
 
 
@@ -61,21 +66,31 @@ def add_joint_drives(spec: mujoco.MjSpec, joint_names: tuple[str, ...], effort_l
     had on the joint: a torque motor, or a servo's position actuator (the same PD law, run by the servo).
     A `jointactuatorfrc` sensor `drive_<joint>_torque` reports the torque applied in the last physics step.
     """
-    for name, limit in zip(joint_names, effort_limits):
+    for name, limit in zip(joint_names, effort_limits, strict=True):
         for act in [a for a in spec.actuators if a.trntype == mujoco.mjtTrn.mjTRN_JOINT and a.target == name]:
             spec.delete(act)
         joint = spec.joint(name)
         joint.actfrclimited = mujoco.mjtLimited.mjLIMITED_TRUE
         joint.actfrcrange = [-limit, limit]
-        for suffix, gaintype, gain in (("", mujoco.mjtGain.mjGAIN_FIXED, [1.0, 0.0, 0.0]),
-                                       ("_kq", mujoco.mjtGain.mjGAIN_AFFINE, [0.0, 1.0, 0.0]),
-                                       ("_kqd", mujoco.mjtGain.mjGAIN_AFFINE, [0.0, 0.0, 1.0])):
+        for suffix, gaintype, gain in (
+            ("", mujoco.mjtGain.mjGAIN_FIXED, [1.0, 0.0, 0.0]),
+            ("_kq", mujoco.mjtGain.mjGAIN_AFFINE, [0.0, 1.0, 0.0]),
+            ("_kqd", mujoco.mjtGain.mjGAIN_AFFINE, [0.0, 0.0, 1.0]),
+        ):
             spec.add_actuator(
-                name=f"drive_{name}{suffix}", target=name, trntype=mujoco.mjtTrn.mjTRN_JOINT,
-                gaintype=gaintype, gainprm=gain + [0.0] * 7, **PLAIN_ACTUATOR,
+                name=f"drive_{name}{suffix}",
+                target=name,
+                trntype=mujoco.mjtTrn.mjTRN_JOINT,
+                gaintype=gaintype,
+                gainprm=gain + [0.0] * 7,
+                **PLAIN_ACTUATOR,
             )
-        spec.add_sensor(name=f"drive_{name}_torque", type=mujoco.mjtSensor.mjSENS_JOINTACTFRC,
-                        objtype=mujoco.mjtObj.mjOBJ_JOINT, objname=name)
+        spec.add_sensor(
+            name=f"drive_{name}_torque",
+            type=mujoco.mjtSensor.mjSENS_JOINTACTFRC,
+            objtype=mujoco.mjtObj.mjOBJ_JOINT,
+            objname=name,
+        )
 
 
 class JointPD:

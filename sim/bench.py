@@ -2,7 +2,8 @@
 
 Ceiling: the worlds the env steps (the task's model with its edits, e.g. joint drives, and each env's
 model variant) stepped by `mujoco.rollout` in one call of `steps` steps per env from the env's state and
-inputs, same envs and threads, no task code and no state recorded. Env: `env.step` with hover actions (zeros), which includes the actuator
+inputs, same envs and threads, no task code and no state recorded.
+Env: `env.step` with hover actions (zeros), which includes the actuator
 model, latency, observations for both groups, rewards, terminations and resets. Also timed, for the
 record: the alternative to `rollout`, a Python thread pool calling `mj_step` per env.
 """
@@ -47,7 +48,7 @@ def thread_pool_rate(model: mujoco.MjModel, ctrl: np.ndarray, nthread: int, step
     """Physics steps/s with a Python thread pool, each worker calling `mj_step` on its share of envs."""
     n = len(ctrl)
     datas = [mujoco.MjData(model) for _ in range(n)]
-    for d, c in zip(datas, ctrl):
+    for d, c in zip(datas, ctrl, strict=True):
         d.ctrl[:] = c
     chunks = np.array_split(np.arange(n), nthread)
 
@@ -60,7 +61,9 @@ def thread_pool_rate(model: mujoco.MjModel, ctrl: np.ndarray, nthread: int, step
         return _rate(lambda: list(ex.map(work, chunks)), n * steps)
 
 
-def bench_sim(task: str, num_envs: int, steps: int = 100, repeats: int = 7, seed: int = 0, robot: str | None = None) -> dict:
+def bench_sim(
+    task: str, num_envs: int, steps: int = 100, repeats: int = 7, seed: int = 0, robot: str | None = None
+) -> dict:
     """Env and ceiling are timed alternately, `steps` physics steps per env each time, `repeats` pairs.
     The ratio is the median over pairs of env rate / ceiling rate: on a shared machine whose speed
     drifts by tens of percent between seconds, adjacent timings see the same machine. The env steps
@@ -91,12 +94,15 @@ def _bench_sim(task: str, num_envs: int, steps: int, repeats: int, seed: int, ro
         ceiling_rates.append(_rate(ceiling, num_envs * steps))
     pool.close()
     pool_envs = min(num_envs, 1024)
-    pool_rate = thread_pool_rate(backend.model, ctrl[:pool_envs, : backend.model.nu], backend.nthread, max(1, steps // 10))
+    pool_rate = thread_pool_rate(
+        backend.model, ctrl[:pool_envs, : backend.model.nu], backend.nthread, max(1, steps // 10)
+    )
     env.close()
     env_rate = float(np.median(env_rates))
     ratios = np.array(env_rates) / np.array(ceiling_rates)
     return {
-        "task": task, "robot": env.spec.robot,
+        "task": task,
+        "robot": env.spec.robot,
         "num_envs": num_envs,
         "threads": backend.nthread,
         "physics_steps_per_env_step": env.decimation,

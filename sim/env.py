@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import functools
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from config.validate import ConfigError
 from deploy.action_mapper import ActionMapper
 from deploy.arrays import constant_like
 from deploy.obs_builder import ObsBuilder
 from deploy.signals import default_joint_pos, term_functions
 from deploy.spec import PolicySpec
-from config.validate import ConfigError
 from sim.terms import lookup
 from sim.terms.commands import COMMANDS
 from sim.terms.curricula import CURRICULA
@@ -112,10 +113,13 @@ class BatchedEnv(ABC):
         self.reward_weights = {name: t.weight for name, t in cfg.rewards.items()}
         self.reward_terms: dict[str, Callable[[], torch.Tensor]] = {
             name: functools.partial(bind(REWARDS, "reward", "rewards", name, t), self, **t.params)
-            for name, t in cfg.rewards.items() if t.weight != 0
+            for name, t in cfg.rewards.items()
+            if t.weight != 0
         }
         # Weights are per second of simulated time, so they do not depend on the control rate.
-        self._reward_scale = torch.tensor([t.weight * self.control_dt_s for t in cfg.rewards.values() if t.weight != 0], device=dev)
+        self._reward_scale = torch.tensor(
+            [t.weight * self.control_dt_s for t in cfg.rewards.values() if t.weight != 0], device=dev
+        )
         self._episode_sums = torch.zeros(self.num_envs, len(self.reward_terms), device=dev)
         self.termination_terms = {
             name: functools.partial(bind(TERMINATIONS, "termination", "terminations", name, t), self, **t.params)
@@ -144,12 +148,20 @@ class BatchedEnv(ABC):
         self.max_latency_steps = max((e.max_latency_steps for e in self.reset_events.values()), default=0)
         self.params = torch.zeros(self.num_envs, len(self.param_names), device=dev)
         self._variant_tables = {n: e.sample_variants() for n, e in self.startup_events.items()}
-        self.commands = {name: bind(COMMANDS, "command", "commands", name, t)(self, **t.params) for name, t in cfg.commands.items()}
+        self.commands = {
+            name: bind(COMMANDS, "command", "commands", name, t)(self, **t.params) for name, t in cfg.commands.items()
+        }
         levels = self.curriculum_levels + tuple(c.level for c in self.commands.values() if c.level)
-        self.curricula = {name: bind(CURRICULA, "curriculum", "curricula", name, t)(self, **t.params) for name, t in cfg.curricula.items()}
+        self.curricula = {
+            name: bind(CURRICULA, "curriculum", "curricula", name, t)(self, **t.params)
+            for name, t in cfg.curricula.items()
+        }
         for name in self.curricula:
             if name not in levels:
-                raise ConfigError(f"task.curricula.{name}: this task has no level '{name}' to move (levels: {', '.join(levels) or 'none'})")
+                raise ConfigError(
+                    f"task.curricula.{name}: this task has no level '{name}' to move "
+                    f"(levels: {', '.join(levels) or 'none'})"
+                )
 
     def operator_readings(self) -> dict[str, torch.Tensor]:
         """The commands, as the readings the policy observes them by (`command`, `target_pos_w`)."""
@@ -188,7 +200,9 @@ class BatchedEnv(ABC):
     def bias_columns(self, term: str) -> slice:
         """The columns of `sensor_bias` that offset observation term `term` (a per-episode sensor bias)."""
         if term not in self._noisy_cols:
-            raise ConfigError(f"sensor bias on '{term}', which has no sensor noise (noisy terms: {', '.join(self._noisy_cols)})")
+            raise ConfigError(
+                f"sensor bias on '{term}', which has no sensor noise (noisy terms: {', '.join(self._noisy_cols)})"
+            )
         return self._noisy_cols[term]
 
     def param(self, name: str, default: float = 1.0) -> torch.Tensor:
@@ -217,8 +231,8 @@ class BatchedEnv(ABC):
         """Task-specific tensors to save with the env (actuator states, curriculum)."""
         return {}
 
-    def _load_task_state(self, state: dict[str, torch.Tensor]) -> None:
-        pass
+    def _load_task_state(self, state: dict[str, torch.Tensor]) -> None:  # noqa: B027 a hook: most tasks keep no state
+        """Restore what `_task_state` saved."""
 
     def _step_metrics(self) -> dict[str, torch.Tensor]:
         """`(num_envs,)` task measures for evaluation, taken after each step before any reset."""
@@ -243,14 +257,21 @@ class BatchedEnv(ABC):
         needs a reading this robot does not have (a base position on a fixed arm) fails here, named,
         before anything runs."""
         critic = ((fn.__name__, functools.partial(fn, self)) for fn in self.critic_terms)
-        for group, terms in (("rewards", self.reward_terms.items()), ("terminations", self.termination_terms.items()), ("critic", critic)):
+        for group, terms in (
+            ("rewards", self.reward_terms.items()),
+            ("terminations", self.termination_terms.items()),
+            ("critic", critic),
+        ):
             for name, term in terms:
                 try:
                     term()
                 except (KeyError, AttributeError) as e:
                     what = repr(e.args[0] if isinstance(e, KeyError) else e.name)
-                    raise ConfigError(f"task.{group}.{name}: needs {what}, which robot '{self.spec.robot}' in this task does not have "
-                                      f"(readings: {', '.join(sorted(self.readings))})") from None
+                    raise ConfigError(
+                        f"task.{group}.{name}: needs {what}, "
+                        f"which robot '{self.spec.robot}' in this task does not have "
+                        f"(readings: {', '.join(sorted(self.readings))})"
+                    ) from None
 
     def step(self, action: torch.Tensor):
         self.prev_action = self.action
@@ -317,7 +338,9 @@ class BatchedEnv(ABC):
         """New values of the randomized parameters for `env_ids`: a model variant (the startup events'
         values), then each reset event's draw, applied in the config's order."""
         if self.startup_events:
-            variant = torch.randint(len(self.backend.variants), (len(env_ids),), generator=self.generator, device=self.device)
+            variant = torch.randint(
+                len(self.backend.variants), (len(env_ids),), generator=self.generator, device=self.device
+            )
             self.backend.set_env_variant(env_ids, variant)
             for name, table in self._variant_tables.items():
                 self.params[env_ids, self._event_cols[name]] = table[variant]
@@ -349,14 +372,19 @@ class BatchedEnv(ABC):
         columns = [m.float() for m in reasons.values()]
         columns += [truncated.float(), self.episode_step.float() / self.spec.control_hz]
         means = torch.cat((self._episode_sums, torch.stack(columns, dim=-1)), dim=-1)[done_ids].mean(0).tolist()
-        return dict(zip(names, means), count=int(done_ids.numel()))
+        return dict(zip(names, means, strict=True), count=int(done_ids.numel()))
 
     # --- save and restore, so a resumed run continues exactly --------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {
-            "action": self.action, "prev_action": self.prev_action, "latency_steps": self.latency_steps,
-            "command_queue": self._command_queue, "params": self.params, "episode_step": self.episode_step,
-            "nan_resets": torch.tensor(self.nan_resets), "generator": self.generator.get_state(),
+            "action": self.action,
+            "prev_action": self.prev_action,
+            "latency_steps": self.latency_steps,
+            "command_queue": self._command_queue,
+            "params": self.params,
+            "episode_step": self.episode_step,
+            "nan_resets": torch.tensor(self.nan_resets),
+            "generator": self.generator.get_state(),
             "episode_sums": self._episode_sums,
             **{f"curriculum/{n}/{k}": v for n, c in self.curricula.items() for k, v in c.state_dict().items()},
             **{f"command/{n}/value": c.value for n, c in self.commands.items()},
@@ -369,7 +397,7 @@ class BatchedEnv(ABC):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         def sub(prefix):
-            return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
         for name in ("action", "prev_action", "latency_steps", "params", "episode_step"):
             getattr(self, name).copy_(state[name])
@@ -390,7 +418,10 @@ class BatchedEnv(ABC):
     @property
     def obs_dims(self) -> dict[str, int]:
         true, _ = self._signals()
-        return {"policy": self.spec.obs_dim, "critic": self.spec.obs_dim + true.shape[-1] + self._privileged().shape[-1]}
+        return {
+            "policy": self.spec.obs_dim,
+            "critic": self.spec.obs_dim + true.shape[-1] + self._privileged().shape[-1],
+        }
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 a hook: only backends with threads or devices hold anything
+        """Release what the env holds."""

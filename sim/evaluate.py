@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deploy.onnx_policy import CHECKPOINT_KEY, ITERATION_KEY, TASK_CONFIG_KEY, OnnxPolicy
 from config.validate import from_dict
+from deploy.onnx_policy import CHECKPOINT_KEY, ITERATION_KEY, TASK_CONFIG_KEY, OnnxPolicy
 from sim.env import one_torch_thread
 from sim.tasks import default_cfg, make_env, task_entry
 
@@ -111,7 +111,8 @@ def _run_episodes(policy: OnnxPolicy, task: str, cfg, episodes: int, seed: int, 
     return {
         "policy": str(policy_path),
         "policy_sha256": policy.sha256,
-        "checkpoint": policy.metadata.get(CHECKPOINT_KEY), "iteration": policy.metadata.get(ITERATION_KEY),
+        "checkpoint": policy.metadata.get(CHECKPOINT_KEY),
+        "iteration": policy.metadata.get(ITERATION_KEY),
         "task": task,
         "episodes": episodes,
         "seed": seed,

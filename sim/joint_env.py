@@ -63,7 +63,9 @@ class JointPositionEnv(BatchedEnv):
         """`(n, nq)` float32 start states: the default pose with joint offsets `(n, num_joints)` (or
         `(n, 1)` for all joints), kept inside the joint limits (a default pose near a limit plus an offset
         would start beyond it: MuJoCo pushes back, and a robot's safety guard would fault)."""
-        qpos = torch.as_tensor(self.robot.home_qpos, dtype=torch.float32, device=self.device).repeat(len(offsets_rad), 1)
+        qpos = torch.as_tensor(self.robot.home_qpos, dtype=torch.float32, device=self.device).repeat(
+            len(offsets_rad), 1
+        )
         qadr = self.robot.joint_qadr
         joints = qpos[:, qadr] + offsets_rad
         qpos[:, qadr] = torch.minimum(torch.maximum(joints, self.joint_low_t), self.joint_high_t)
@@ -72,7 +74,12 @@ class JointPositionEnv(BatchedEnv):
     def _read_state(self) -> None:
         """The robot's readings (float32) from the backend's state after a step or reset."""
         b, dev = self.backend, self.device
-        r = robot_readings(self.robot, b.qpos.to(dev, torch.float32), b.qvel.to(dev, torch.float32), b.sensordata.to(dev, torch.float32))
+        r = robot_readings(
+            self.robot,
+            b.qpos.to(dev, torch.float32),
+            b.qvel.to(dev, torch.float32),
+            b.sensordata.to(dev, torch.float32),
+        )
         self.readings = {**r, **self.operator_readings()}
 
     def _reset_joint_state(self, env_ids: torch.Tensor) -> None:
@@ -114,8 +121,12 @@ class JointPositionEnv(BatchedEnv):
     def _joint_state(self) -> dict[str, torch.Tensor]:
         """The joint tasks' state to save (sim.env's `_task_state`): what the readings and params do not hold."""
         r = self.readings
-        return {"joint_effort": r["joint_effort"], "prev_joint_vel": self.prev_joint_vel, "feet_air_time_s": self.feet_air_time_s,
-                **({"foot_force_N": r["foot_force_N"]} if "foot_force_N" in r else {})}
+        return {
+            "joint_effort": r["joint_effort"],
+            "prev_joint_vel": self.prev_joint_vel,
+            "feet_air_time_s": self.feet_air_time_s,
+            **({"foot_force_N": r["foot_force_N"]} if "foot_force_N" in r else {}),
+        }
 
     def _load_joint_state(self, state: dict[str, torch.Tensor]) -> None:
         self._read_state()  # then the sensors the saved state holds (the backend keeps no sensor data)

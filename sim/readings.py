@@ -13,7 +13,9 @@ from deploy.rotations import quat_to_rotmat, world_to_body
 from sim.robots import RobotModel
 
 
-def robot_readings(robot: RobotModel, qpos: torch.Tensor, qvel: torch.Tensor, sensordata: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def robot_readings(
+    robot: RobotModel, qpos: torch.Tensor, qvel: torch.Tensor, sensordata: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
     """`(n, nq)`, `(n, nv)`, `(n, nsensordata)` state of n worlds -> {reading: (n, size)} (sensordata
     only for a robot with joints or feet):
 

@@ -23,7 +23,9 @@ def task_problems(cfg) -> list[str]:
         if task not in TASKS:
             problems.append(f"task_overrides.{task}: unknown task (tasks: {', '.join(sorted(TASKS))})")
         elif TASKS[task].kind != cfg.kind:
-            problems.append(f"task_overrides.{task}: that task runs on {TASKS[task].kind} robots; this one is of kind '{cfg.kind}'")
+            problems.append(
+                f"task_overrides.{task}: that task runs on {TASKS[task].kind} robots; this one is of kind '{cfg.kind}'"
+            )
         else:
             try:
                 validate(default_cfg(task, cfg.source), prefix=f"task_overrides.{task}.")
@@ -65,13 +67,20 @@ def check_and_render(name_or_path: str, png: str | None = None, width: int = 640
 
     Image.fromarray(renderer.render()).save(out)
     renderer.close()
-    lines = [f"{cfg.name}: {cfg.kind}, model {cfg.model_path}", f"  mass {robot.mass_kg:.4g} kg; physics {robot.physics_hz:g} Hz, "
-             f"control {cfg.control_hz:g} Hz ({robot.decimation} physics steps per control step)"]
+    lines = [
+        f"{cfg.name}: {cfg.kind}, model {cfg.model_path}",
+        f"  mass {robot.mass_kg:.4g} kg; physics {robot.physics_hz:g} Hz, "
+        f"control {cfg.control_hz:g} Hz ({robot.decimation} physics steps per control step)",
+    ]
     if cfg.joints is not None:
-        for name, q, lo, hi in zip(cfg.joints.names, cfg.joints.default_pos_rad, robot.joint_low, robot.joint_high):
+        for name, q, lo, hi in zip(
+            cfg.joints.names, cfg.joints.default_pos_rad, robot.joint_low, robot.joint_high, strict=True
+        ):
             lines.append(f"  joint {name:24s} default {q:+.3f}  limits [{lo:+.3f}, {hi:+.3f}]")
     if cfg.rotors is not None:
-        lines.append(f"  {len(cfg.rotors.names)} rotors, thrust-to-weight {hover_thrust_to_weight(cfg, robot.mass_kg):.2f}")
+        lines.append(
+            f"  {len(cfg.rotors.names)} rotors, thrust-to-weight {hover_thrust_to_weight(cfg, robot.mass_kg):.2f}"
+        )
     tasks = [t for t, entry in TASKS.items() if entry.kind == cfg.kind]
     lines.append(f"  tasks: {', '.join(tasks)}; picture of the default pose: {out}")
     if not np.isfinite(data.qacc).all():

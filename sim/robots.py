@@ -22,7 +22,13 @@ import numpy as np
 
 from config.robot import BUILTIN_ROBOTS_DIR as ROBOTS_DIR
 from config.robot import (
-    MIN_THRUST_TO_WEIGHT, RobotCfg, RobotConfigError, UnknownRobotError, find_robot, hover_thrust_to_weight, robot_names,
+    MIN_THRUST_TO_WEIGHT,
+    RobotCfg,
+    RobotConfigError,
+    UnknownRobotError,
+    find_robot,
+    hover_thrust_to_weight,
+    robot_names,
 )
 from sim.actuators import PLAIN_ACTUATOR, add_joint_drives
 from sim.backends.mujoco_cpu import ModelError, free_joint, load_model
@@ -53,8 +59,12 @@ def check_robot(cfg: RobotCfg, kind: str | None = None) -> list[str]:
         model = load_model(cfg.model_path)
     except ModelError as e:
         return problems + [f"model: {e}"]
-    has = {"body": (_OBJ.mjOBJ_BODY, model.nbody), "joint": (_OBJ.mjOBJ_JOINT, model.njnt),
-           "site": (_OBJ.mjOBJ_SITE, model.nsite), "geom": (_OBJ.mjOBJ_GEOM, model.ngeom)}
+    has = {
+        "body": (_OBJ.mjOBJ_BODY, model.nbody),
+        "joint": (_OBJ.mjOBJ_JOINT, model.njnt),
+        "site": (_OBJ.mjOBJ_SITE, model.nsite),
+        "geom": (_OBJ.mjOBJ_GEOM, model.ngeom),
+    }
 
     def need(what: str, field: str, name: str) -> int:
         obj, count = has[what]
@@ -74,16 +84,20 @@ def check_robot(cfg: RobotCfg, kind: str | None = None) -> list[str]:
         problems.append(f"mass_kg: config says {cfg.mass_kg} kg, the model weighs {mass_kg:.4g} kg")
     steps = 1.0 / (cfg.control_hz * model.opt.timestep)
     if abs(steps - round(steps)) > 1e-6 or round(steps) < 1:
-        problems.append(f"control_hz: its period {1 / cfg.control_hz:g} s is not a whole number of the model's "
-                        f"physics steps ({model.opt.timestep:g} s, {1 / model.opt.timestep:g} Hz)")
+        problems.append(
+            f"control_hz: its period {1 / cfg.control_hz:g} s is not a whole number of the model's "
+            f"physics steps ({model.opt.timestep:g} s, {1 / model.opt.timestep:g} Hz)"
+        )
     if cfg.rotors is not None:
         for i, site in enumerate(cfg.rotors.sites):
             need("site", f"rotors.sites[{i}]", site)
         if mass_kg > 0:
             ratio = hover_thrust_to_weight(cfg, mass_kg)
             if ratio < MIN_THRUST_TO_WEIGHT:
-                problems.append(f"rotors.max_thrust_N: {len(cfg.rotors.names)} x {cfg.rotors.max_thrust_N} N lifts "
-                                f"{ratio:.2f}x the model's weight ({mass_kg:.4g} kg); it needs at least {MIN_THRUST_TO_WEIGHT}x")
+                problems.append(
+                    f"rotors.max_thrust_N: {len(cfg.rotors.names)} x {cfg.rotors.max_thrust_N} N lifts "
+                    f"{ratio:.2f}x the model's weight ({mass_kg:.4g} kg); it needs at least {MIN_THRUST_TO_WEIGHT}x"
+                )
     if cfg.joints is not None:
         j = cfg.joints
         for i, name in enumerate(j.names):
@@ -95,8 +109,10 @@ def check_robot(cfg: RobotCfg, kind: str | None = None) -> list[str]:
             if i < len(j.default_pos_rad) and model.jnt_limited[jid]:
                 lo, hi = model.jnt_range[jid]
                 if not lo <= j.default_pos_rad[i] <= hi:
-                    problems.append(f"joints.default_pos_rad[{i}]: {name} at {j.default_pos_rad[i]:g} is outside its "
-                                    f"limits [{lo:g}, {hi:g}]")
+                    problems.append(
+                        f"joints.default_pos_rad[{i}]: {name} at {j.default_pos_rad[i]:g} is outside its "
+                        f"limits [{lo:g}, {hi:g}]"
+                    )
     if cfg.feet is not None:
         for i, geom in enumerate(cfg.feet.geoms):
             gid = need("geom", f"feet.geoms[{i}]", geom)
@@ -121,34 +137,64 @@ def edit_spec(cfg: RobotCfg):
     def edit(spec: mujoco.MjSpec) -> None:
         if cfg.rotors is not None:
             r = cfg.rotors
-            for name, site, spin in zip(r.names, r.sites, r.spin):
+            for name, site, spin in zip(r.names, r.sites, r.spin, strict=True):
                 for act in [a for a in spec.actuators if a.trntype == mujoco.mjtTrn.mjTRN_SITE and a.target == site]:
                     spec.delete(act)
                 spec.add_actuator(
-                    name=f"rotor_{name}", target=site, trntype=mujoco.mjtTrn.mjTRN_SITE, gaintype=mujoco.mjtGain.mjGAIN_FIXED,
-                    gainprm=[1] + [0] * 9, **{**PLAIN_ACTUATOR, "gear": [0, 0, 1, 0, 0, spin * r.torque_per_thrust_m]},
+                    name=f"rotor_{name}",
+                    target=site,
+                    trntype=mujoco.mjtTrn.mjTRN_SITE,
+                    gaintype=mujoco.mjtGain.mjGAIN_FIXED,
+                    gainprm=[1] + [0] * 9,
+                    **{**PLAIN_ACTUATOR, "gear": [0, 0, 1, 0, 0, spin * r.torque_per_thrust_m]},
                 )
         if cfg.joints is not None:
             add_joint_drives(spec, cfg.joints.names, cfg.joints.per_joint("effort_limit_Nm"))
         if cfg.feet is not None:
-            for name, geom_name in zip(cfg.feet.names, cfg.feet.geoms):
+            for name, geom_name in zip(cfg.feet.names, cfg.feet.geoms, strict=True):
                 geom = spec.geom(geom_name)
                 body = geom.parent
-                body.add_site(name=f"touch_{name}", pos=geom.pos, size=[geom.size[0] * FOOT_TOUCH_MARGIN, 0, 0],
-                              type=mujoco.mjtGeom.mjGEOM_SPHERE, group=4)
-                spec.add_sensor(name=f"touch_{name}", type=mujoco.mjtSensor.mjSENS_TOUCH, objtype=_OBJ.mjOBJ_SITE,
-                                objname=f"touch_{name}")
+                body.add_site(
+                    name=f"touch_{name}",
+                    pos=geom.pos,
+                    size=[geom.size[0] * FOOT_TOUCH_MARGIN, 0, 0],
+                    type=mujoco.mjtGeom.mjGEOM_SPHERE,
+                    group=4,
+                )
+                spec.add_sensor(
+                    name=f"touch_{name}",
+                    type=mujoco.mjtSensor.mjSENS_TOUCH,
+                    objtype=_OBJ.mjOBJ_SITE,
+                    objname=f"touch_{name}",
+                )
             if not cfg.floor_geom:
-                spec.worldbody.add_geom(name="floor", type=mujoco.mjtGeom.mjGEOM_PLANE, size=[0, 0, 0.05],
-                                        contype=1, conaffinity=1, condim=3)
+                spec.worldbody.add_geom(
+                    name="floor",
+                    type=mujoco.mjtGeom.mjGEOM_PLANE,
+                    size=[0, 0, 0.05],
+                    contype=1,
+                    conaffinity=1,
+                    condim=3,
+                )
         if cfg.end_effector_site:
-            for kind, sensor in (("pos", mujoco.mjtSensor.mjSENS_FRAMEPOS), ("quat", mujoco.mjtSensor.mjSENS_FRAMEQUAT)):
-                spec.add_sensor(name=f"end_effector_{kind}", type=sensor, objtype=_OBJ.mjOBJ_SITE, objname=cfg.end_effector_site)
+            for kind, sensor in (
+                ("pos", mujoco.mjtSensor.mjSENS_FRAMEPOS),
+                ("quat", mujoco.mjtSensor.mjSENS_FRAMEQUAT),
+            ):
+                spec.add_sensor(
+                    name=f"end_effector_{kind}", type=sensor, objtype=_OBJ.mjOBJ_SITE, objname=cfg.end_effector_site
+                )
             if not cfg.payload_body:
                 site = spec.site(cfg.end_effector_site)
                 inertia = 0.4 * PAYLOAD_NOMINAL_KG * PAYLOAD_RADIUS_M**2
-                site.parent.add_body(name="payload", pos=site.pos, mass=PAYLOAD_NOMINAL_KG, ipos=[0, 0, 0],
-                                     inertia=[inertia] * 3, explicitinertial=True)
+                site.parent.add_body(
+                    name="payload",
+                    pos=site.pos,
+                    mass=PAYLOAD_NOMINAL_KG,
+                    ipos=[0, 0, 0],
+                    inertia=[inertia] * 3,
+                    explicitinertial=True,
+                )
 
     return edit
 
@@ -202,7 +248,9 @@ def resolve(cfg: RobotCfg, model: mujoco.MjModel) -> RobotModel:
         limited = model.jnt_limited[jids].astype(bool)
         r.joint_low = np.where(limited, model.jnt_range[jids, 0], -np.inf)
         r.joint_high = np.where(limited, model.jnt_range[jids, 1], np.inf)
-        r.drive_ctrl = np.array([model.actuator(f"drive_{n}{sfx}").id for sfx in ("", "_kq", "_kqd") for n in cfg.joints.names])
+        r.drive_ctrl = np.array(
+            [model.actuator(f"drive_{n}{sfx}").id for sfx in ("", "_kq", "_kqd") for n in cfg.joints.names]
+        )
         r.torque_adr = np.array([model.sensor_adr[model.sensor(f"drive_{n}_torque").id] for n in cfg.joints.names])
     if cfg.rotors is not None:
         r.rotor_ctrl = np.array([model.actuator(f"rotor_{n}").id for n in cfg.rotors.names])

@@ -26,14 +26,20 @@ def noise_free(cfg):
     (the training noise lives in the env's observation pipeline), so `s2r eval` under this config is
     the reference a sim-in-the-loop run is compared with."""
     noise = cfg.noise
-    noise = dataclasses.replace(noise, **{f.name: 0.0 for f in dataclasses.fields(noise) if isinstance(getattr(noise, f.name), float)})
-    events = {name: dataclasses.replace(e, params={**e.params, "bias": 0.0}) if e.func == "sensor_bias" else e
-              for name, e in cfg.events.items()}
+    noise = dataclasses.replace(
+        noise, **{f.name: 0.0 for f in dataclasses.fields(noise) if isinstance(getattr(noise, f.name), float)}
+    )
+    events = {
+        name: dataclasses.replace(e, params={**e.params, "bias": 0.0}) if e.func == "sensor_bias" else e
+        for name, e in cfg.events.items()
+    }
     return dataclasses.replace(cfg, noise=noise, events=events)
 
 
 class SimRobot:
-    def __init__(self, task: str, cfg=None, seed: int = 0, gap: dict[str, float] | None = None, robot: str | None = None):
+    def __init__(
+        self, task: str, cfg=None, seed: int = 0, gap: dict[str, float] | None = None, robot: str | None = None
+    ):
         """`cfg`: the task config (default: the task's, on `robot`, a name or YAML path)."""
         self.task = task
         self.env = env = make_env(task, 1, cfg if cfg is not None else default_cfg(task, robot), seed=seed)
@@ -44,9 +50,13 @@ class SimRobot:
         fixed = {c for e in env.startup_events.values() for c in e.columns}
         for name in self.gap:
             if name not in env.param_names:
-                raise ConfigError(f"reality gap: '{name}' is not a randomized parameter of {task} (have {list(env.param_names)})")
+                raise ConfigError(
+                    f"reality gap: '{name}' is not a randomized parameter of {task} (have {list(env.param_names)})"
+                )
             if name in fixed:
-                raise ConfigError(f"reality gap: '{name}' is baked into the model variants and cannot be pinned per robot")
+                raise ConfigError(
+                    f"reality gap: '{name}' is baked into the model variants and cannot be pinned per robot"
+                )
         self._gap_cols = [(env.param_names.index(k), float(v)) for k, v in self.gap.items()]
         self.has_base = env.robot.base_qadr >= 0
         self.joint_names: tuple[str, ...] = getattr(env, "joint_names", ())
@@ -83,7 +93,9 @@ class SimRobot:
         def apply(cmd, kp_scale, kd):
             if pd is not None:
                 pd.kp.copy_(nominal[0] * kp_scale)
-                pd.kd.copy_(nominal[1] if kd is None else torch.as_tensor(np.asarray(kd), dtype=pd.kd.dtype).expand_as(pd.kd))
+                pd.kd.copy_(
+                    nominal[1] if kd is None else torch.as_tensor(np.asarray(kd), dtype=pd.kd.dtype).expand_as(pd.kd)
+                )
             return torch.as_tensor(np.asarray(cmd, dtype=np.float32).reshape(1, -1), device=env.device)
 
         first = apply(command, kp_scale, kd)
@@ -116,4 +128,3 @@ class SimRobot:
 
     def close(self) -> None:
         self.env.close()
-

@@ -66,8 +66,15 @@ def write_video(frames: list[np.ndarray], out: Path, fps: float) -> None:
             container.mux(packet)
 
 
-def record_video(policy_path: str | Path, out: str | Path, seconds: float = 10.0, seed: int = 1,
-                 max_fps: float = 25.0, width: int = 640, height: int = 480) -> dict:
+def record_video(
+    policy_path: str | Path,
+    out: str | Path,
+    seconds: float = 10.0,
+    seed: int = 1,
+    max_fps: float = 25.0,
+    width: int = 640,
+    height: int = 480,
+) -> dict:
     out = Path(out)
     if out.suffix.lower() not in (".mp4", ".gif"):
         raise VideoError(f"--video {out}: use a .mp4 or .gif file name")

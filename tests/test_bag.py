@@ -34,8 +34,13 @@ JS, ARRAY, ODOM = "sensor_msgs/msg/JointState", "std_msgs/msg/Float64MultiArray"
 
 
 def joint_state(i: int) -> dict:
-    return {"header": {"stamp": {"sec": i, "nanosec": 7 * i}, "frame_id": "base"}, "name": ["hip", "knee"],
-            "position": [0.1 * i, -0.2 * i], "velocity": [1.5, -2.5 + i], "effort": []}
+    return {
+        "header": {"stamp": {"sec": i, "nanosec": 7 * i}, "frame_id": "base"},
+        "name": ["hip", "knee"],
+        "position": [0.1 * i, -0.2 * i],
+        "velocity": [1.5, -2.5 + i],
+        "effort": [],
+    }
 
 
 def policy_io(i: int) -> dict:
@@ -49,11 +54,21 @@ def policy_io(i: int) -> dict:
 
 def odometry(i: int) -> dict:
     cov = [float(k) for k in range(36)]
-    return {"header": {"stamp": {"sec": 100 + i, "nanosec": 0}, "frame_id": "world"}, "child_frame_id": "base",
-            "pose": {"pose": {"position": {"x": 1.0 * i, "y": 2.0, "z": 0.3},
-                              "orientation": {"x": 0.0, "y": 0.0, "z": 0.6, "w": 0.8}}, "covariance": cov},
-            "twist": {"twist": {"linear": {"x": 0.5, "y": -0.5, "z": 0.0}, "angular": {"x": 0.0, "y": 0.1, "z": i / 10}},
-                      "covariance": cov}}
+    return {
+        "header": {"stamp": {"sec": 100 + i, "nanosec": 0}, "frame_id": "world"},
+        "child_frame_id": "base",
+        "pose": {
+            "pose": {
+                "position": {"x": 1.0 * i, "y": 2.0, "z": 0.3},
+                "orientation": {"x": 0.0, "y": 0.0, "z": 0.6, "w": 0.8},
+            },
+            "covariance": cov,
+        },
+        "twist": {
+            "twist": {"linear": {"x": 0.5, "y": -0.5, "z": 0.0}, "angular": {"x": 0.0, "y": 0.1, "z": i / 10}},
+            "covariance": cov,
+        },
+    }
 
 
 MAKERS = {"/joint_states": (JS, joint_state), "/policy_io": (ARRAY, policy_io), "/odom": (ODOM, odometry)}
@@ -92,7 +107,7 @@ def subset_equal(written, read) -> bool:
     if isinstance(written, dict):
         return all(subset_equal(v, read[k]) for k, v in written.items())
     if isinstance(written, list):
-        return len(written) == len(read) and all(subset_equal(a, b) for a, b in zip(written, read))
+        return len(written) == len(read) and all(subset_equal(a, b) for a, b in zip(written, read, strict=True))
     return written == read
 
 
@@ -105,7 +120,7 @@ def test_round_trip_values_order_topics_and_metadata(tmp_path):
         assert reader.topics == {t: (MAKERS[t][0], 20) for t in MAKERS}
         got = list(reader.messages())
         assert [(m.topic, m.log_time_ns) for m in got] == [(t, ns) for t, ns, _ in stream]
-        for m, (topic, _, msg) in zip(got, stream):
+        for m, (topic, _, msg) in zip(got, stream, strict=True):
             assert m.msgtype == MAKERS[topic][0]
             assert subset_equal(msg, as_plain(m.msg)), topic
     # one topic, named with or without its leading slash; policy_io's segments by label
@@ -124,7 +139,7 @@ def test_raw_cdr_write_and_log_time_order(tmp_path):
     with open(tmp_path / "src" / "src_0.mcap", "rb") as f:
         cdr = [msg.data for _, _, msg in SeekingReader(f).iter_messages()]
     with BagWriter(tmp_path / "dst", {}) as dst:
-        for t, data in zip([5, 3, 4, 1, 2], cdr):
+        for t, data in zip([5, 3, 4, 1, 2], cdr, strict=True):
             dst.write("/a", JS, data, t)
     got = list(BagReader(tmp_path / "dst").messages())
     assert [m.log_time_ns for m in got] == [1, 2, 3, 4, 5]
@@ -143,7 +158,9 @@ def test_metadata_yaml_is_rosbag2_and_rosbags_reads_our_bag(tmp_path):
     assert info["duration"]["nanoseconds"] == stream[-1][1] - stream[0][1]
     topics = {t["topic_metadata"]["name"]: t for t in info["topics_with_message_count"]}
     assert topics["/joint_states"]["topic_metadata"]["type_description_hash"].startswith("RIHS01_")
-    assert all(t["topic_metadata"]["serialization_format"] == "cdr" and t["message_count"] == 20 for t in topics.values())
+    assert all(
+        t["topic_metadata"]["serialization_format"] == "cdr" and t["message_count"] == 20 for t in topics.values()
+    )
 
     store = get_typestore(Stores.ROS2_JAZZY)
     with Reader(tmp_path / "bag") as reader:
@@ -151,10 +168,11 @@ def test_metadata_yaml_is_rosbag2_and_rosbags_reads_our_bag(tmp_path):
         assert reader.storage.metadata.custom == META
         assert {c.topic: c.msgtype for c in reader.connections} == {t: MAKERS[t][0] for t in MAKERS}
         assert {c.digest for c in reader.connections if c.topic == "/joint_states"} == {
-            topics["/joint_states"]["topic_metadata"]["type_description_hash"]}
+            topics["/joint_states"]["topic_metadata"]["type_description_hash"]
+        }
         got = [(c.topic, t, store.deserialize_cdr(raw, c.msgtype)) for c, t, raw in reader.messages()]
     assert [(topic, t) for topic, t, _ in got] == [(topic, t) for topic, t, _ in stream]
-    for (_, _, theirs), (topic, _, msg) in zip(got, stream):
+    for (_, _, theirs), (topic, _, msg) in zip(got, stream, strict=True):
         assert subset_equal(msg, as_plain(theirs)), topic
 
 
@@ -164,7 +182,11 @@ def test_bag_written_by_rosbags_reads(tmp_path):
     from rosbags.typesys import Stores, get_typestore
     from rosbags.typesys.stores.ros2_jazzy import (
         builtin_interfaces__msg__Time as Time,
+    )
+    from rosbags.typesys.stores.ros2_jazzy import (
         sensor_msgs__msg__JointState as JointState,
+    )
+    from rosbags.typesys.stores.ros2_jazzy import (
         std_msgs__msg__Header as Header,
     )
 
@@ -173,9 +195,13 @@ def test_bag_written_by_rosbags_reads(tmp_path):
         writer.set_custom_data("policy_sha256", "cd" * 32)
         conn = writer.add_connection("/joint_states", JS, typestore=store)
         for i in range(30):
-            msg = JointState(header=Header(stamp=Time(sec=i, nanosec=1), frame_id="base"), name=["a", "b"],
-                             position=np.array([i, -i], dtype=np.float64), velocity=np.array([0.5, 1.5]),
-                             effort=np.array([], dtype=np.float64))
+            msg = JointState(
+                header=Header(stamp=Time(sec=i, nanosec=1), frame_id="base"),
+                name=["a", "b"],
+                position=np.array([i, -i], dtype=np.float64),
+                velocity=np.array([0.5, 1.5]),
+                effort=np.array([], dtype=np.float64),
+            )
             writer.write(conn, 1000 + i, store.serialize_cdr(msg, JS))
     reader = BagReader(tmp_path / "theirs")
     assert reader.topics == {"/joint_states": (JS, 30)} and reader.metadata == {"policy_sha256": "cd" * 32}
@@ -196,11 +222,27 @@ def test_bag_cut_short_reads_its_complete_chunks(tmp_path):
     assert len(chunks) > 5
     data = full.read_bytes()
     data_end = chunks[-1].chunk_start_offset + chunks[-1].chunk_length
-    stale = yaml.safe_dump({"rosbag2_bagfile_information": {
-        "version": 9, "storage_identifier": "mcap", "relative_file_paths": ["cut_0.mcap"], "message_count": 0,
-        "topics_with_message_count": [], "custom_data": META}})
+    stale = yaml.safe_dump(
+        {
+            "rosbag2_bagfile_information": {
+                "version": 9,
+                "storage_identifier": "mcap",
+                "relative_file_paths": ["cut_0.mcap"],
+                "message_count": 0,
+                "topics_with_message_count": [],
+                "custom_data": META,
+            }
+        }
+    )
     rng = random.Random(0)
-    cuts = [40, chunks[0].chunk_start_offset + 10, chunks[2].chunk_start_offset, data_end - 3, data_end + 5, len(data) - 1]
+    cuts = [
+        40,
+        chunks[0].chunk_start_offset + 10,
+        chunks[2].chunk_start_offset,
+        data_end - 3,
+        data_end + 5,
+        len(data) - 1,
+    ]
     cuts += [rng.randrange(chunks[0].chunk_start_offset, data_end) for _ in range(6)]
     for cut in cuts:
         folder = tmp_path / f"cut{cut}"
@@ -291,7 +333,9 @@ def test_index_reads_only_wanted_chunks_in_log_time_order(tmp_path):
         mcap = SeekingReader(f)
         assert len(mcap.get_summary().chunk_indexes) > 20
         for topics in (None, ["/policy_io"], ["/odom", "/joint_states"]):
-            theirs = [(c.topic, m.log_time, m.data) for _, c, m in mcap.iter_messages(topics=topics, log_time_order=True)]
+            theirs = [
+                (c.topic, m.log_time, m.data) for _, c, m in mcap.iter_messages(topics=topics, log_time_order=True)
+            ]
             got = list(reader.messages(topics))
             assert [(m.topic, m.log_time_ns) for m in got] == [(t, ns) for t, ns, _ in theirs], topics
             assert [m.log_time_ns for m in got] == sorted(m.log_time_ns for m in got)
@@ -338,7 +382,9 @@ def test_writer_refusals(tmp_path):
         message_definition("my_msgs/msg/Thing")
     with BagWriter(tmp_path / "b3", {}) as bag:
         bag.write_msg("/x", ARRAY, {"data": [1.0]}, 1)
-        with pytest.raises(BagError, match="topic /x is std_msgs/msg/Float64MultiArray in this bag, not sensor_msgs/msg/JointState"):
+        with pytest.raises(
+            BagError, match="topic /x is std_msgs/msg/Float64MultiArray in this bag, not sensor_msgs/msg/JointState"
+        ):
             bag.write_msg("/x", JS, joint_state(0), 2)
 
 
@@ -347,8 +393,12 @@ def test_message_definition_concatenates_dependencies_once():
     sections = text.split("\n" + "=" * 80 + "\n")
     headers = [s.splitlines()[0] for s in sections[1:]]
     assert sections[0].startswith("# This represents an estimate")
-    assert len(headers) == len(set(headers)) and {"MSG: std_msgs/Header", "MSG: builtin_interfaces/Time",
-                                                   "MSG: geometry_msgs/Point", "MSG: geometry_msgs/Quaternion"} <= set(headers)
+    assert len(headers) == len(set(headers)) and {
+        "MSG: std_msgs/Header",
+        "MSG: builtin_interfaces/Time",
+        "MSG: geometry_msgs/Point",
+        "MSG: geometry_msgs/Quaternion",
+    } <= set(headers)
 
 
 def test_stream_health_counts_jumps_and_gaps():
@@ -388,19 +438,36 @@ def test_recorder_node_records_over_dds_and_survives_kill(tmp_path):
     os.environ.update({k: v for k, v in ros_env(domain).items() if k.startswith(("ROS_", "RMW_"))})
     rclpy.init()
     node = Node("test_publisher")
-    pubs = {"joint_states": node.create_publisher(JointState, "joint_states", 100),
-            "policy_io": node.create_publisher(Float64MultiArray, "policy_io", 100),
-            "estop": node.create_publisher(Bool, "estop", 10)}
+    pubs = {
+        "joint_states": node.create_publisher(JointState, "joint_states", 100),
+        "policy_io": node.create_publisher(Float64MultiArray, "policy_io", 100),
+        "estop": node.create_publisher(Bool, "estop", 10),
+    }
 
     def record(bag: Path, n: int):
-        proc = start_node("recorder_node", "arm", tmp_path, domain, {
-            "bag": str(bag), "policy": str(policy), "topics": list(pubs),
-            "discovery_period_s": 0.1, "flush_period_s": 0.1})
-        wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs.values()) or proc.poll() is not None, 30,
-                 what="the recorder's subscriptions")
+        proc = start_node(
+            "recorder_node",
+            "arm",
+            tmp_path,
+            domain,
+            {
+                "bag": str(bag),
+                "policy": str(policy),
+                "topics": list(pubs),
+                "discovery_period_s": 0.1,
+                "flush_period_s": 0.1,
+            },
+        )
+        wait_for(
+            lambda: all(p.get_subscription_count() > 0 for p in pubs.values()) or proc.poll() is not None,
+            30,
+            what="the recorder's subscriptions",
+        )
         assert proc.poll() is None, (tmp_path / "recorder_node.log").read_text()
         for i in range(n):
-            pubs["joint_states"].publish(JointState(name=["j0", "j1"], position=[0.01 * i, -0.01 * i], velocity=[1.0, 2.0]))
+            pubs["joint_states"].publish(
+                JointState(name=["j0", "j1"], position=[0.01 * i, -0.01 * i], velocity=[1.0, 2.0])
+            )
             pubs["policy_io"].publish(policy_io_msg(np.arange(4) + i, [0.5 * i], [i, -i], [i / 100, 1.0, 2.0, 3]))
             time.sleep(0.005)
         pubs["estop"].publish(Bool(data=True))

@@ -86,8 +86,11 @@ def test_commands_move_the_plant_and_state_reflects_it(emu):
     with link_for(emu.port) as link:
         assert link.is_up and emu.counters.configs_accepted >= 1  # a retry if noise from before open() hid the echo
         targets = (0.5, -0.25, 1.0)
-        state = pump(link, lambda s: s is not None and max(abs(p - t) for p, t in zip(s.position_rad, targets)) < 1e-3,
-                     command=position(targets))
+        state = pump(
+            link,
+            lambda s: s is not None and max(abs(p - t) for p, t in zip(s.position_rad, targets, strict=True)) < 1e-3,
+            command=position(targets),
+        )
         assert state.status == DeviceStatus.ACTIVE and state.flags & StateFlags.MOTOR_POWER
         assert state.imu is not None and state.imu.accel_m_s2[2] == pytest.approx(9.81)
         assert state.bus_voltage_mv == 24_000

@@ -53,14 +53,34 @@ def test_config_fields_are_listed_and_set_by_name(tmp_path):
     r = s2r("train", "--task", "quadruped-walk", "--fields")
     assert r.returncode == 0 and "--ppo.num_steps" in r.stdout and "--task.rewards.track_lin_vel.weight" in r.stdout
     run = tmp_path / "r"
-    r = s2r("train", "--task", "arm-reach", "--run-dir", str(run), "--num-envs", "8", "--max-iterations", "1", "--no-progress",
-            "--no-export", "--ppo.num_steps", "4", "--task.rewards.joint_vel.weight", "-0.5", "--task.events.payload.params.mass_kg", "0.2", "0.3")
+    r = s2r(
+        "train",
+        "--task",
+        "arm-reach",
+        "--run-dir",
+        str(run),
+        "--num-envs",
+        "8",
+        "--max-iterations",
+        "1",
+        "--no-progress",
+        "--no-export",
+        "--ppo.num_steps",
+        "4",
+        "--task.rewards.joint_vel.weight",
+        "-0.5",
+        "--task.events.payload.params.mass_kg",
+        "0.2",
+        "0.3",
+    )
     assert r.returncode == 0, r.stderr
     from policies.checkpoint import load_checkpoint
 
     saved = json.loads(load_checkpoint(run / "model_last.pt")["config"])
     assert saved["train"]["num_envs"] == 8 and saved["train"]["ppo"]["num_steps"] == 4
-    assert saved["task"]["rewards"]["joint_vel"]["weight"] == -0.5 and saved["task"]["events"]["payload"]["params"]["mass_kg"] == [0.2, 0.3]
+    assert saved["task"]["rewards"]["joint_vel"]["weight"] == -0.5 and saved["task"]["events"]["payload"]["params"][
+        "mass_kg"
+    ] == [0.2, 0.3]
 
 
 def test_bad_num_envs_names_the_field(tmp_path):
@@ -121,9 +141,24 @@ def test_ctrl_c_saves_a_checkpoint(tmp_path):
 
     run = tmp_path / "run"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "s2r.cli", "train", "--run-dir", str(run), "--num-envs", "64",
-         "--max-iterations", "100000", "--no-progress", "--no-export"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "s2r.cli",
+            "train",
+            "--run-dir",
+            str(run),
+            "--num-envs",
+            "64",
+            "--max-iterations",
+            "100000",
+            "--no-progress",
+            "--no-export",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.time() + 120
     while time.time() < deadline:

@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from replay.dynamics_gap import Plant, dynamics_gap
-from replay.mapping import RIGID, MappingError, clock_report, get_field, import_log, load_mapping, make_log, parse_mapping
+from replay.mapping import (
+    RIGID,
+    MappingError,
+    clock_report,
+    get_field,
+    import_log,
+    load_mapping,
+    make_log,
+    parse_mapping,
+)
 from replay.sysid import STOCK_MJCF, fit_crazyflie, in_flight, stock_plant, stock_thrust_N
 from sim.actuators import RotorModel
 from sim.backends.mujoco_cpu import MujocoCpuBackend, physics_substeps
@@ -62,10 +71,14 @@ def test_missing_column_names_it(mapping, tmp_path):
 
 def test_bad_mapping_key_names_it():
     good = {
-        "format": "csv", "rate_hz": 100, "time": {"fields": ["t"]},
+        "format": "csv",
+        "rate_hz": 100,
+        "time": {"fields": ["t"]},
         "quantities": {
-            "pos_w_m": {"fields": ["x", "y", "z"]}, "quat_wxyz": {"fields": ["qw", "qx", "qy", "qz"]},
-            "lin_vel_w_mps": {"fields": ["vx", "vy", "vz"]}, "ang_vel_b_radps": {"fields": ["p", "q", "r"], "unit": "deg"},
+            "pos_w_m": {"fields": ["x", "y", "z"]},
+            "quat_wxyz": {"fields": ["qw", "qx", "qy", "qz"]},
+            "lin_vel_w_mps": {"fields": ["vx", "vy", "vz"]},
+            "ang_vel_b_radps": {"fields": ["p", "q", "r"], "unit": "deg"},
             "motor_cmd": {"fields": ["m1", "m2"]},
         },
     }
@@ -74,7 +87,12 @@ def test_bad_mapping_key_names_it():
     with pytest.raises(MappingError, match=r"quantities.pos_w_m.colums: unknown key"):
         parse_mapping(bad)
     with pytest.raises(MappingError, match=r"quantities.ang_vel_b_radps.unit"):
-        parse_mapping({**good, "quantities": {**good["quantities"], "ang_vel_b_radps": {"fields": ["p", "q", "r"], "unit": "grad"}}})
+        parse_mapping(
+            {
+                **good,
+                "quantities": {**good["quantities"], "ang_vel_b_radps": {"fields": ["p", "q", "r"], "unit": "grad"}},
+            }
+        )
     with pytest.raises(MappingError, match=r"quantities.pos_w_m.fields: needs 3 fields"):
         parse_mapping({**good, "quantities": {**good["quantities"], "pos_w_m": {"fields": ["x", "y"]}}})
     with pytest.raises(MappingError, match=r"rate_hz"):
@@ -83,7 +101,12 @@ def test_bad_mapping_key_names_it():
     with pytest.raises(MappingError, match=r"no quantity 'motor_cmd' \(system identification\)"):
         no_motors.require(RIGID, "system identification")
     with pytest.raises(MappingError, match=r"quantities.pos_w_m.joints: only joint quantities"):
-        parse_mapping({**good, "quantities": {**good["quantities"], "pos_w_m": {"fields": ["x", "y", "z"], "joints": ["a", "b", "c"]}}})
+        parse_mapping(
+            {
+                **good,
+                "quantities": {**good["quantities"], "pos_w_m": {"fields": ["x", "y", "z"], "joints": ["a", "b", "c"]}},
+            }
+        )
 
 
 def test_get_field_paths():
@@ -125,8 +148,13 @@ def _simulated_log(plant: Plant, steps: int = 300, seed: int = 0):
     backend.close()
     t_s = np.arange(steps) * 0.01
     clock, ok = clock_report(t_s, 0.01)
-    values = {"pos_w_m": states[:, :3], "quat_wxyz": states[:, 3:7], "lin_vel_w_mps": states[:, 7:10],
-              "ang_vel_b_radps": states[:, 10:13], "motor_cmd": cmd_N}
+    values = {
+        "pos_w_m": states[:, :3],
+        "quat_wxyz": states[:, 3:7],
+        "lin_vel_w_mps": states[:, 7:10],
+        "ang_vel_b_radps": states[:, 10:13],
+        "motor_cmd": cmd_N,
+    }
     return make_log(t_s, values, clock, ok, "simulated"), cmd_N
 
 
@@ -136,7 +164,11 @@ def test_dynamics_gap_self_consistent():
     gap = dynamics_gap(log, cmd_N, plant, ks=(1, 10, 50), chunk=64)  # several chunks
     assert gap["windows"] == 300 - 50 - plant.warmup_steps(0.01)
     k1, k10 = gap["k"]["1"], gap["k"]["10"]
-    assert k1["pos_m"]["norm"]["p90"] < 1e-7 and k1["vel_mps"]["norm"]["p90"] < 1e-5 and k1["att_rad"]["norm"]["p90"] < 1e-6
+    assert (
+        k1["pos_m"]["norm"]["p90"] < 1e-7
+        and k1["vel_mps"]["norm"]["p90"] < 1e-5
+        and k1["att_rad"]["norm"]["p90"] < 1e-6
+    )
     # the rotor state at a start is rebuilt from 27 steps of commands: within e^-8 of the truth
     assert k10["pos_m"]["norm"]["p90"] < 1e-5 and k10["att_rad"]["norm"]["p90"] < 1e-4
     # a wrong motor lag shows up as a gap
@@ -160,11 +192,17 @@ def test_fitted_model_beats_stock_on_heldout_flight(mapping, tmp_path):
 
 
 BAG_MAPPING = {  # another stack's topics for the same flight, as a bag mapping names them
-    "description": "a foreign Crazyflie stack's bag", "format": "bag", "rate_hz": 100,
+    "description": "a foreign Crazyflie stack's bag",
+    "format": "bag",
+    "rate_hz": 100,
     "time": {"topic": "/cf/odom", "fields": ["header.stamp"]},
     "quantities": {
         "pos_w_m": {"topic": "/cf/odom", "fields": [f"pose.pose.position.{a}" for a in "xyz"]},
-        "quat_wxyz": {"topic": "/cf/odom", "fields": [f"pose.pose.orientation.{a}" for a in "xyzw"], "quat_order": "xyzw"},
+        "quat_wxyz": {
+            "topic": "/cf/odom",
+            "fields": [f"pose.pose.orientation.{a}" for a in "xyzw"],
+            "quat_order": "xyzw",
+        },
         "lin_vel_w_mps": {"topic": "/cf/odom", "fields": [f"twist.twist.linear.{a}" for a in "xyz"]},
         "ang_vel_b_radps": {"topic": "cf/imu", "fields": [f"angular_velocity.{a}" for a in "xyz"]},
         "motor_cmd": {"topic": "/cf/motors", "fields": [f"data[{i}]" for i in range(4)]},
@@ -179,6 +217,7 @@ def test_foreign_bag_imports_through_a_mapping_as_the_csv_does(mapping, tmp_path
     battery on their own topics, the IMU and motors stamped just before the odometry), read through a bag
     mapping: the same log as the CSV import of those rows."""
     from replay.bag import BagWriter
+
     header, rows = _read_rows(FIT, 400)
     _write_rows(tmp_path / "part.csv", header, rows)
     csv_log = import_log(tmp_path / "part.csv", mapping)
@@ -187,20 +226,40 @@ def test_foreign_bag_imports_through_a_mapping_as_the_csv_does(mapping, tmp_path
             t_ns = int(round(csv_log.t_s[i] * 1e9))
             sec, nsec = divmod(t_ns, 10**9)
             w, x, y, z = csv_log.quat_wxyz[i]
-            bag.write_msg("/cf/imu", "sensor_msgs/msg/Imu", {"angular_velocity": dict(zip("xyz", csv_log.ang_vel_b_radps[i]))}, t_ns - 2000)
-            bag.write_msg("/cf/motors", "std_msgs/msg/Float64MultiArray", {"data": csv_log.motor_cmd[i].tolist()}, t_ns - 1000)
+            bag.write_msg(
+                "/cf/imu",
+                "sensor_msgs/msg/Imu",
+                {"angular_velocity": dict(zip("xyz", csv_log.ang_vel_b_radps[i], strict=True))},
+                t_ns - 2000,
+            )
+            bag.write_msg(
+                "/cf/motors", "std_msgs/msg/Float64MultiArray", {"data": csv_log.motor_cmd[i].tolist()}, t_ns - 1000
+            )
             bag.write_msg("/cf/battery", "std_msgs/msg/Float64", {"data": float(csv_log.vbat_V[i, 0])}, t_ns - 500)
-            bag.write_msg("/cf/odom", "nav_msgs/msg/Odometry", {
-                "header": {"stamp": {"sec": sec, "nanosec": nsec}},
-                "pose": {"pose": {"position": dict(zip("xyz", csv_log.pos_w_m[i])), "orientation": {"w": w, "x": x, "y": y, "z": z}}},
-                "twist": {"twist": {"linear": dict(zip("xyz", csv_log.lin_vel_w_mps[i]))}},
-            }, t_ns)
+            bag.write_msg(
+                "/cf/odom",
+                "nav_msgs/msg/Odometry",
+                {
+                    "header": {"stamp": {"sec": sec, "nanosec": nsec}},
+                    "pose": {
+                        "pose": {
+                            "position": dict(zip("xyz", csv_log.pos_w_m[i], strict=True)),
+                            "orientation": {"w": w, "x": x, "y": y, "z": z},
+                        }
+                    },
+                    "twist": {"twist": {"linear": dict(zip("xyz", csv_log.lin_vel_w_mps[i], strict=True))}},
+                },
+                t_ns,
+            )
     bag_mapping = parse_mapping(BAG_MAPPING)
     log = import_log(tmp_path / "bag", bag_mapping)
     assert len(log) == len(csv_log) and log.clock.jumps == 0
     for name in ("t_s", "pos_w_m", "quat_wxyz", "lin_vel_w_mps", "ang_vel_b_radps", "motor_cmd", "vbat_V"):
         np.testing.assert_allclose(getattr(log, name), getattr(csv_log, name), atol=1e-9, err_msg=name)
-    missing = {**BAG_MAPPING, "quantities": {**BAG_MAPPING["quantities"], "vbat_V": {"topic": "/cf/vbat", "fields": ["data"]}}}
+    missing = {
+        **BAG_MAPPING,
+        "quantities": {**BAG_MAPPING["quantities"], "vbat_V": {"topic": "/cf/vbat", "fields": ["data"]}},
+    }
     with pytest.raises(ValueError, match="/cf/vbat"):
         import_log(tmp_path / "bag", parse_mapping(missing))
 
@@ -215,10 +274,29 @@ def test_policy_scored_on_a_real_flight(tmp_path):
     from s2r.cli import main
 
     out = tmp_path / "scored"
-    assert main(["replay", str(HELDOUT), "--mapping", "crazyflie_nanobench", "--policy", str(SHIPPED / "quadrotor.onnx"),
-                 "--out", str(out), "--episodes", "10"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                str(HELDOUT),
+                "--mapping",
+                "crazyflie_nanobench",
+                "--policy",
+                str(SHIPPED / "quadrotor.onnx"),
+                "--out",
+                str(out),
+                "--episodes",
+                "10",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
-    assert m["rows"] == 2674 and m["readings"]["target_pos_w"] == "target_pos_w_m" and m["readings"]["base_lin_vel_b"] == "lin_vel_b_mps"
+    assert (
+        m["rows"] == 2674
+        and m["readings"]["target_pos_w"] == "target_pos_w_m"
+        and m["readings"]["base_lin_vel_b"] == "lin_vel_b_mps"
+    )
     terms = m["shift"]["quadrotor"]["terms"]
     assert set(terms) == {"pos_error_b", "rot_mat", "lin_vel_b", "ang_vel_b", "last_action"}
     assert all(np.isfinite(t["rms_z"]) and t["rms_z"] > 0 for t in terms.values())
@@ -230,27 +308,43 @@ def test_policy_scored_on_a_real_flight(tmp_path):
 def test_policy_readings_missing_or_misordered_are_named(tmp_path):
     from deploy.onnx_policy import read_spec
     from replay.bench import SHIPPED
-    from replay.foreign import control_stride, reading_columns
     from replay.candidates import ReplayError
+    from replay.foreign import control_stride, reading_columns
 
     spec = read_spec(SHIPPED / "quadruped.onnx")
     joints = list(spec.action.names)
-    raw = {"format": "csv", "rate_hz": 200, "time": {"fields": ["t"]}, "quantities": {
-        "quat_wxyz": {"fields": ["qw", "qx", "qy", "qz"]}, "ang_vel_b_radps": {"fields": ["p", "q", "r"]},
-        "command": {"fields": ["vx", "vy", "wz"]},
-        "joint_pos_rad": {"fields": [f"q{i}" for i in range(12)], "joints": joints[::-1]},
-        "joint_vel_radps": {"fields": [f"dq{i}" for i in range(12)]}}}
+    raw = {
+        "format": "csv",
+        "rate_hz": 200,
+        "time": {"fields": ["t"]},
+        "quantities": {
+            "quat_wxyz": {"fields": ["qw", "qx", "qy", "qz"]},
+            "ang_vel_b_radps": {"fields": ["p", "q", "r"]},
+            "command": {"fields": ["vx", "vy", "wz"]},
+            "joint_pos_rad": {"fields": [f"q{i}" for i in range(12)], "joints": joints[::-1]},
+            "joint_vel_radps": {"fields": [f"dq{i}" for i in range(12)]},
+        },
+    }
     cols = reading_columns(parse_mapping(raw), spec)
     assert cols["joint_pos"][1].tolist() == list(range(11, -1, -1)) and cols["joint_vel"][1].tolist() == list(range(12))
     assert control_stride(200, spec.control_hz) == 4
     with pytest.raises(ReplayError, match="not a whole multiple"):
         control_stride(120, spec.control_hz)
-    wrong = {**raw, "quantities": {**raw["quantities"], "joint_pos_rad": {"fields": [f"q{i}" for i in range(12)], "joints": ["hip"] + joints[1:]}}}
+    wrong = {
+        **raw,
+        "quantities": {
+            **raw["quantities"],
+            "joint_pos_rad": {"fields": [f"q{i}" for i in range(12)], "joints": ["hip"] + joints[1:]},
+        },
+    }
     with pytest.raises(MappingError, match=rf"no joints \['{joints[0]}'\]"):
         reading_columns(parse_mapping(wrong), spec)
     short = {**raw, "quantities": {**raw["quantities"], "joint_vel_radps": {"fields": ["dq0", "dq1"]}}}
     with pytest.raises(MappingError, match="has 2 fields; the policy has 12 joints"):
         reading_columns(parse_mapping(short), spec)
     no_cmd = {**raw, "quantities": {k: v for k, v in raw["quantities"].items() if k != "command"}}
-    with pytest.raises(MappingError, match=r"no quantity 'command' \(the policy's reading 'command' for observation term\(s\) \['command'\]\)"):
+    with pytest.raises(
+        MappingError,
+        match=r"no quantity 'command' \(the policy's reading 'command' for observation term\(s\) \['command'\]\)",
+    ):
         reading_columns(parse_mapping(no_cmd), spec)

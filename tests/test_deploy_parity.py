@@ -21,8 +21,14 @@ from sim.tasks import default_cfg
 TASKS = ("quadrotor-hover", "quadruped-walk", "arm-reach")
 ROBOT_YAML = {"quadrotor-hover": "quadrotor", "quadruped-walk": "quadruped", "arm-reach": "arm"}
 # every built-in robot with its task: the three the tasks were written for, and three added as configs only
-ROBOTS = {"crazyflie": "quadrotor-hover", "f450": "quadrotor-hover", "go1": "quadruped-walk", "go2": "quadruped-walk",
-          "ur5e": "arm-reach", "open_manipulator_x": "arm-reach"}
+ROBOTS = {
+    "crazyflie": "quadrotor-hover",
+    "f450": "quadrotor-hover",
+    "go1": "quadruped-walk",
+    "go2": "quadruped-walk",
+    "ur5e": "arm-reach",
+    "open_manipulator_x": "arm-reach",
+}
 
 
 def _train_briefly(tmp_path_factory, task: str, robot: str | None = None):
@@ -59,7 +65,9 @@ def test_deploy_runtime_reproduces_the_training_envs_observations_and_actions(ro
     last_action = np.zeros((1, spec.action_dim), np.float32)
     worst_obs = worst_action = 0.0
     for _ in range(80):
-        frame = {k: v.reshape(1, -1).astype(np.float32) for k, v in signals({**robot.readings(), **robot.operator()}).items()}
+        frame = {
+            k: v.reshape(1, -1).astype(np.float32) for k, v in signals({**robot.readings(), **robot.operator()}).items()
+        }
         obs_dep = builder({**frame, "last_action": last_action})
         a_env, a_dep = policy(obs_env), policy(obs_dep)
         worst_obs = max(worst_obs, float(np.abs(obs_env - obs_dep).max()))
@@ -89,7 +97,9 @@ def test_controller_on_the_sim_robot_runs_and_records_episodes(task, policies):
     from pathlib import Path
 
     policy = OnnxPolicy(policies[task])
-    cfg = load_robot_config(Path(__file__).parents[1] / "ros_ws/src/s2r_ros/config" / f"{ROBOT_YAML[task]}.yaml", policy.spec)
+    cfg = load_robot_config(
+        Path(__file__).parents[1] / "ros_ws/src/s2r_ros/config" / f"{ROBOT_YAML[task]}.yaml", policy.spec
+    )
     cfg = dataclasses.replace(cfg, soft_start_s=0.0)
     robot = SimRobot(task, seed=1)
     ctl = Controller(cfg, policy.spec, policy, make_signals(policy.spec))

@@ -25,7 +25,9 @@ DEFAULT = (0.1, 0.8, -1.5)
 
 def joint_spec(**kw) -> PolicySpec:
     d = dict(
-        robot="toy", task="toy-task", control_hz=50.0,
+        robot="toy",
+        task="toy-task",
+        control_hz=50.0,
         obs=(
             ObsTerm("joint_pos_rel", JOINTS, (1.0,) * 3),
             ObsTerm("last_action", JOINTS, (1.0,) * 3, history=2),
@@ -38,10 +40,19 @@ def joint_spec(**kw) -> PolicySpec:
 
 def joint_cfg(**kw) -> RobotConfig:
     d = dict(
-        robot="toy", control_hz=50.0, command_type="joint_position", actuators=JOINTS,
-        command_low=(-0.5, -1.0, -3.0), command_high=(0.5, 4.0, -0.5),  # hip narrower than the policy's
-        joint_pos_low_rad=(-0.5, -1.0, -3.0), joint_pos_high_rad=(0.5, 4.0, -0.5), joint_pos_margin_rad=0.1,
-        default_pos_rad=DEFAULT, damping_kd_Nms_per_rad=(1.0, 2.0, 3.0), soft_start_s=1.0, sensors=("joint_state",),
+        robot="toy",
+        control_hz=50.0,
+        command_type="joint_position",
+        actuators=JOINTS,
+        command_low=(-0.5, -1.0, -3.0),
+        command_high=(0.5, 4.0, -0.5),  # hip narrower than the policy's
+        joint_pos_low_rad=(-0.5, -1.0, -3.0),
+        joint_pos_high_rad=(0.5, 4.0, -0.5),
+        joint_pos_margin_rad=0.1,
+        default_pos_rad=DEFAULT,
+        damping_kd_Nms_per_rad=(1.0, 2.0, 3.0),
+        soft_start_s=1.0,
+        sensors=("joint_state",),
     )
     d.update(kw)
     return RobotConfig(**d)
@@ -50,7 +61,9 @@ def joint_cfg(**kw) -> RobotConfig:
 def quad_spec() -> PolicySpec:
     m = ("m1", "m2", "m3", "m4")
     return PolicySpec(
-        robot="crazyflie", task="hover", control_hz=100.0,
+        robot="crazyflie",
+        task="hover",
+        control_hz=100.0,
         obs=(ObsTerm("ang_vel_b", ("x", "y", "z"), (1.0,) * 3),),
         action=ActionSpec("motor_thrust", m, (0.08,) * 4, (0.066,) * 4, 1.0, (0.0,) * 4, (0.15,) * 4),
     )
@@ -58,8 +71,14 @@ def quad_spec() -> PolicySpec:
 
 def quad_cfg() -> RobotConfig:
     return RobotConfig(
-        robot="crazyflie", control_hz=100.0, command_type="motor_thrust", actuators=("m1", "m2", "m3", "m4"),
-        command_low=(0.0,) * 4, command_high=(0.15,) * 4, soft_start_s=0.0, sensors=("odometry", "imu"),
+        robot="crazyflie",
+        control_hz=100.0,
+        command_type="motor_thrust",
+        actuators=("m1", "m2", "m3", "m4"),
+        command_low=(0.0,) * 4,
+        command_high=(0.15,) * 4,
+        soft_start_s=0.0,
+        sensors=("odometry", "imu"),
     )
 
 
@@ -96,13 +115,23 @@ def test_config_mismatches_name_what_differs():
     spec = joint_spec()
     check_against_spec(joint_cfg(), spec)
     cases = {
-        "joint order differs at index 1: robot has calf, policy expects thigh":
-            dict(actuators=("hip", "calf", "thigh"), default_pos_rad=(0.1, -1.5, 0.8),
-                 command_low=(-0.5, -3.0, -1.0), command_high=(0.5, -0.5, 4.0),
-                 joint_pos_low_rad=(-0.5, -3.0, -1.0), joint_pos_high_rad=(0.5, -0.5, 4.0)),
+        "joint order differs at index 1: robot has calf, policy expects thigh": dict(
+            actuators=("hip", "calf", "thigh"),
+            default_pos_rad=(0.1, -1.5, 0.8),
+            command_low=(-0.5, -3.0, -1.0),
+            command_high=(0.5, -0.5, 4.0),
+            joint_pos_low_rad=(-0.5, -3.0, -1.0),
+            joint_pos_high_rad=(0.5, -0.5, 4.0),
+        ),
         "joints missing on the robot: ['calf']": dict(
-            actuators=("hip", "thigh"), command_low=(-0.5, -1.0), command_high=(0.5, 4.0), joint_pos_low_rad=(-0.5, -1.0),
-            joint_pos_high_rad=(0.5, 4.0), default_pos_rad=(0.1, 0.8), damping_kd_Nms_per_rad=(1.0, 1.0)),
+            actuators=("hip", "thigh"),
+            command_low=(-0.5, -1.0),
+            command_high=(0.5, 4.0),
+            joint_pos_low_rad=(-0.5, -1.0),
+            joint_pos_high_rad=(0.5, 4.0),
+            default_pos_rad=(0.1, 0.8),
+            damping_kd_Nms_per_rad=(1.0, 1.0),
+        ),
         "control rate: robot runs at 100 Hz, policy expects 50 Hz": dict(control_hz=100.0),
         "spec version: robot config is written for 2, policy has 1": dict(spec_version=2),
         "robot: robot is 'other'": dict(robot="other"),
@@ -114,9 +143,15 @@ def test_config_mismatches_name_what_differs():
         assert expected in str(e.value), str(e.value)
     # action size, and the extra joint named
     four = ("hip", "thigh", "calf", "knee")
-    cfg = joint_cfg(actuators=four, command_low=(-0.5, -1.0, -3.0, -1.0), command_high=(0.5, 4.0, -0.5, 1.0),
-                    joint_pos_low_rad=(-0.5, -1.0, -3.0, -1.0), joint_pos_high_rad=(0.5, 4.0, -0.5, 1.0),
-                    default_pos_rad=DEFAULT + (0.0,), damping_kd_Nms_per_rad=(1.0,) * 4)
+    cfg = joint_cfg(
+        actuators=four,
+        command_low=(-0.5, -1.0, -3.0, -1.0),
+        command_high=(0.5, 4.0, -0.5, 1.0),
+        joint_pos_low_rad=(-0.5, -1.0, -3.0, -1.0),
+        joint_pos_high_rad=(0.5, 4.0, -0.5, 1.0),
+        default_pos_rad=DEFAULT + (0.0,),
+        damping_kd_Nms_per_rad=(1.0,) * 4,
+    )
     with pytest.raises(SpecError) as e:
         check_against_spec(cfg, spec)
     assert "action size: robot has 4 joints, policy outputs 3" in str(e.value)
@@ -124,7 +159,9 @@ def test_config_mismatches_name_what_differs():
     # a policy written for another spec version (bypassing PolicySpec's own check)
     old = joint_spec()
     object.__setattr__(old, "version", SPEC_VERSION + 1)
-    with pytest.raises(SpecError, match=f"spec version: policy has {SPEC_VERSION + 1}, this runtime reads {SPEC_VERSION}"):
+    with pytest.raises(
+        SpecError, match=f"spec version: policy has {SPEC_VERSION + 1}, this runtime reads {SPEC_VERSION}"
+    ):
         check_against_spec(joint_cfg(), old)
     with pytest.raises(SpecError, match="command type: robot takes 'motor_thrust', policy outputs 'joint_position'"):
         check_against_spec(dataclasses.replace(quad_cfg(), robot="toy", control_hz=50.0), spec)
@@ -157,7 +194,9 @@ def test_hardware_yaml_errors_name_the_field(tmp_path):
         load_robot_config(CONFIG_DIR / "arm.yaml", spec).control_hz = 1.0
 
 
-@pytest.mark.parametrize("task,robot", [("quadruped-walk", "quadruped"), ("arm-reach", "arm"), ("quadrotor-hover", "quadrotor")])
+@pytest.mark.parametrize(
+    "task,robot", [("quadruped-walk", "quadruped"), ("arm-reach", "arm"), ("quadrotor-hover", "quadrotor")]
+)
 def test_shipped_robot_configs_match_their_task_spec(task, robot):
     """Names, order, default pose and rate come from the robot config training used; limits from the spec."""
     from sim.tasks import make_env
@@ -180,11 +219,17 @@ def test_a_robot_config_in_another_joint_order_is_refused(tmp_path):
     ur5e = yaml.safe_load((ROBOTS_DIR / "ur5e.yaml").read_text())
     j = ur5e["joints"]
     swapped = [1, 0, 2, 3, 4, 5]
-    ur5e["joints"] = {**j, **{k: [j[k][i] for i in swapped] for k in ("names", "default_pos_rad", "kp", "kd", "effort_limit_Nm")}}
+    ur5e["joints"] = {
+        **j,
+        **{k: [j[k][i] for i in swapped] for k in ("names", "default_pos_rad", "kp", "kd", "effort_limit_Nm")},
+    }
     ur5e["model"] = str(ROBOTS_DIR / "ur5e.xml")
     (tmp_path / "ur5e_swapped.yaml").write_text(yaml.safe_dump(ur5e))
     (tmp_path / "hw.yaml").write_text("robot: ur5e_swapped.yaml\nsensors: [joint_state]\n")
-    with pytest.raises(SpecError, match="joint order differs at index 0: robot has shoulder_lift_joint, policy expects shoulder_pan_joint"):
+    with pytest.raises(
+        SpecError,
+        match="joint order differs at index 0: robot has shoulder_lift_joint, policy expects shoulder_pan_joint",
+    ):
         check_against_spec(load_robot_config(tmp_path / "hw.yaml", spec), spec)
 
 

@@ -199,7 +199,8 @@ def test_overload_is_reported_by_name(sdk_port):
         with pytest.raises(ServoError, match=r"ID 2 \(joint 'knee'\) reports overload \(hardware error 0x20\)"):
             bus(emu.port).open()
         assert "ID 2 reports overload (hardware error 0x20)" in format_scan(
-            scan_link(emu.port, bauds=(BAUD,), expected_ids=(1, 2, 3), usb_latency_s=USB_LATENCY_S))
+            scan_link(emu.port, bauds=(BAUD,), expected_ids=(1, 2, 3), usb_latency_s=USB_LATENCY_S)
+        )
         port, ph = sdk_port(emu.port), PacketHandler(2.0)
         assert ph.reboot(port, 2) == (COMM_SUCCESS, 0x80)  # answered before the reboot, alert still set
         port.closePort()

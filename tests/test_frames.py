@@ -59,7 +59,8 @@ def quadruped_state(seq: int = 0, imu: Imu | None = IMU) -> State:
     return State(
         seq=seq, time_us=1000 * seq, status=DeviceStatus.ACTIVE, flags=StateFlags.MOTOR_POWER,
         command_seq=(seq - 1) % 65536, bus_voltage_mv=24100,
-        position_rad=tuple(0.125 * j - 0.75 for j in range(12)), velocity_rad_s=tuple(-2.0 + 0.5 * j for j in range(12)),
+        position_rad=tuple(0.125 * j - 0.75 for j in range(12)),
+        velocity_rad_s=tuple(-2.0 + 0.5 * j for j in range(12)),
         effort_Nm=tuple(float(seq % 97 + j) for j in range(12)), imu=imu,
     )  # fmt: skip
 
@@ -70,12 +71,22 @@ ALL_MESSAGES = [
     quadruped_state(7),
     quadruped_state(8, imu=None),
     State(
-        seq=3, time_us=5, status=DeviceStatus.TIMED_OUT, flags=StateFlags.FAULT,
-        position_rad=(1.0,) * 4, velocity_rad_s=(900.0,) * 4, effort_Nm=(2.5,) * 4,
+        seq=3,
+        time_us=5,
+        status=DeviceStatus.TIMED_OUT,
+        flags=StateFlags.FAULT,
+        position_rad=(1.0,) * 4,
+        velocity_rad_s=(900.0,) * 4,
+        effort_Nm=(2.5,) * 4,
     ),  # fmt: skip
     Command(
-        seq=1, time_us=2, mode=CommandMode.POSITION, state_seq=9,
-        targets=(0.5,) * 12, kp_Nm_per_rad=(20.0,) * 12, kd_Nms_per_rad=(0.5,) * 12,
+        seq=1,
+        time_us=2,
+        mode=CommandMode.POSITION,
+        state_seq=9,
+        targets=(0.5,) * 12,
+        kp_Nm_per_rad=(20.0,) * 12,
+        kd_Nms_per_rad=(0.5,) * 12,
     ),  # fmt: skip
     Command(seq=2, time_us=3, mode=CommandMode.TORQUE, targets=(-1.5, 2.25)),
     Command(seq=3, time_us=4, mode=CommandMode.THRUST, targets=(0.25, 0.5, 0.75, 1.0)),
@@ -96,14 +107,18 @@ def test_every_message_round_trips_through_a_frame(msg):
 
 
 def test_state_keeps_nan_for_what_the_board_cannot_measure():
-    rotors = State(status=DeviceStatus.ACTIVE, position_rad=(math.nan,) * 4, velocity_rad_s=(800.0,) * 4, effort_Nm=(1.0,) * 4)
+    rotors = State(
+        status=DeviceStatus.ACTIVE, position_rad=(math.nan,) * 4, velocity_rad_s=(800.0,) * 4, effort_Nm=(1.0,) * 4
+    )
     back = decode_message(rotors.encode())
     assert all(math.isnan(x) for x in back.position_rad) and back.velocity_rad_s == (800.0,) * 4
 
 
 def test_largest_message_fits_a_frame():
     n = MAX_ACTUATORS
-    big = State(status=DeviceStatus.IDLE, position_rad=(0.0,) * n, velocity_rad_s=(0.0,) * n, effort_Nm=(0.0,) * n, imu=IMU)
+    big = State(
+        status=DeviceStatus.IDLE, position_rad=(0.0,) * n, velocity_rad_s=(0.0,) * n, effort_Nm=(0.0,) * n, imu=IMU
+    )
     assert len(big.encode()) <= MAX_PAYLOAD_BYTES
     assert len(encode_frame(big.encode())) - 1 <= max_encoded_bytes(MAX_PAYLOAD_BYTES)
 
@@ -166,7 +181,9 @@ def test_encoding_refuses_what_does_not_fit():
     with pytest.raises(ValueError, match=r"HEARTBEAT.seq = 65536 does not fit in u16"):
         Heartbeat(seq=65536).encode()
     with pytest.raises(ValueError, match="velocity_rad_s has 11 values, expected 12"):
-        State(status=DeviceStatus.IDLE, position_rad=(0.0,) * 12, velocity_rad_s=(0.0,) * 11, effort_Nm=(0.0,) * 12).encode()
+        State(
+            status=DeviceStatus.IDLE, position_rad=(0.0,) * 12, velocity_rad_s=(0.0,) * 11, effort_Nm=(0.0,) * 12
+        ).encode()
     with pytest.raises(ValueError, match="needs kp_Nm_per_rad and kd_Nms_per_rad"):
         Command(mode=CommandMode.POSITION, targets=(0.0,)).encode()
     with pytest.raises(ValueError, match="TORQUE mode carries no gains"):
@@ -315,4 +332,3 @@ def test_round_trip_through_a_pseudo_terminal():
 def test_bench_reports_the_quadruped_state_rate():
     result = bench_state_roundtrip(frames=200)
     assert result["frames"] == 200 and result["wire_bytes_per_frame"] == 206 and result["frames_per_s"] > 0
-

@@ -32,14 +32,21 @@ USB_LATENCY_S = 0.05  # DynamixelBus awaits an answer 2 x this + 2 ms beyond its
 
 
 def s2r(*args, timeout_s: float = 600.0):
-    return subprocess.run([sys.executable, "-m", "s2r.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=timeout_s)
+    return subprocess.run(
+        [sys.executable, "-m", "s2r.cli", *args], capture_output=True, text=True, cwd=REPO, timeout=timeout_s
+    )
 
 
 @contextmanager
 def hil(*args):
     """`s2r hil ARGS` running; yields its pty path (its first line of output)."""
-    proc = subprocess.Popen([sys.executable, "-m", "s2r.cli", "hil", "--report-s", "0", *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "s2r.cli", "hil", "--report-s", "0", *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     try:
@@ -107,8 +114,9 @@ def test_motor_board_drives_the_mujoco_quadruped(tmp_path):
     with hil("--robot", "quadruped", "--link", str(link_path)) as port:
         assert link_path.resolve() == Path(port).resolve()
         # the YAML's baud and rate; a command timeout far above its 100 ms, for a loaded test machine
-        link = BoardLink(str(link_path), hw.serial.baud, n, 1000, hw.serial.control_rate_hz, answer_timeout_s=10.0,
-                         board_gone_s=5.0)
+        link = BoardLink(
+            str(link_path), hw.serial.baud, n, 1000, hw.serial.control_rate_hz, answer_timeout_s=10.0, board_gone_s=5.0
+        )
         link.open()
         try:
             state = pump(link, lambda s: s is not None)
@@ -116,18 +124,26 @@ def test_motor_board_drives_the_mujoco_quadruped(tmp_path):
             np.testing.assert_allclose(state.imu.quat_wxyz, (1, 0, 0, 0), atol=1e-6)
             np.testing.assert_allclose(state.imu.accel_m_s2, (0, 0, 9.81), atol=1e-3)  # go1.xml has no accelerometer
             step = np.array([0.0, 0.3, -0.3] * 4)  # crouch: thighs forward, knees bent
-            crouch = Command(mode=CommandMode.POSITION, targets=tuple(default + step), kp_Nm_per_rad=(20.0,) * n,
-                             kd_Nms_per_rad=(0.5,) * n)
+            crouch = Command(
+                mode=CommandMode.POSITION,
+                targets=tuple(default + step),
+                kp_Nm_per_rad=(20.0,) * n,
+                kd_Nms_per_rad=(0.5,) * n,
+            )
             moved = step != 0
 
             def crouched(s):
                 if s is None or s.status != DeviceStatus.ACTIVE:
                     return False
                 delta = np.array(s.position_rad) - default
-                return bool(np.all(np.sign(delta[moved]) == np.sign(step[moved])) and np.all(np.abs(delta[moved]) > 0.15))
+                return bool(
+                    np.all(np.sign(delta[moved]) == np.sign(step[moved])) and np.all(np.abs(delta[moved]) > 0.15)
+                )
 
             state = pump(link, crouched, command=crouch)
-            assert crouched(state), f"joints {np.round(np.array(state.position_rad) - default, 3)} from the default pose"
+            assert crouched(state), (
+                f"joints {np.round(np.array(state.position_rad) - default, 3)} from the default pose"
+            )
             assert np.abs(state.effort_Nm).max() > 1.0  # the drives carry the body: torques from MuJoCo
             w, x, y, z = state.imu.quat_wxyz
             assert w > 0.98  # it crouches on its four feet, about level
@@ -185,8 +201,12 @@ def test_a_serial_section_naming_a_joint_the_robot_lacks_is_refused(tmp_path):
 def test_serial_sections_are_checked_field_by_field(tmp_path):
     text = (CONFIG_DIR / "quadruped.yaml").read_text()
     cases = {
-        "serial.baud: 115200 baud cannot carry STATE for 12 actuators at 200 Hz": text.replace("baud: 1000000", "baud: 115200"),
-        "serial.command_timeout_ms: must be in 1..65535, got 0": text.replace("command_timeout_ms: 100", "command_timeout_ms: 0"),
+        "serial.baud: 115200 baud cannot carry STATE for 12 actuators at 200 Hz": text.replace(
+            "baud: 1000000", "baud: 115200"
+        ),
+        "serial.command_timeout_ms: must be in 1..65535, got 0": text.replace(
+            "command_timeout_ms: 100", "command_timeout_ms: 0"
+        ),
         "serial.bus: 'can' is not one of": text.replace("bus: motor_board", "bus: can"),
         "serial.joints: missing": text.replace("bus: motor_board", "bus: dynamixel"),
     }

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from config.validate import override
 from policies.checkpoint import load_checkpoint
 from policies.export import export_checkpoint
 from policies.runner import Runner, default_train_cfg
-from config.validate import override
 from sim.evaluate import evaluate
-from sim.tasks import default_cfg, make_env
 from sim.robots import find_robot
+from sim.tasks import default_cfg, make_env
 from sim.video import VideoError, record_video
 
 TASKS = ("quadruped-walk", "arm-reach")
@@ -66,7 +66,9 @@ def test_randomization_changes_what_it_claims(task):
         assert torch.allclose(payload, float(b.model.body_mass[body]) + p[:, names.index("payload_kg")], atol=1e-5)
         d = b.model.joint("elbow_joint").dofadr[0]
         damping = torch.tensor([m.dof_damping[d] for m in models], dtype=torch.float32)
-        assert torch.allclose(damping, float(b.model.dof_damping[d]) * p[:, names.index("elbow_joint_damping_scale")], atol=1e-5)
+        assert torch.allclose(
+            damping, float(b.model.dof_damping[d]) * p[:, names.index("elbow_joint_damping_scale")], atol=1e-5
+        )
     assert len(set(b.env_variant.tolist())) > 10
     env.close()
 

@@ -29,7 +29,7 @@ DH_ALPHA = [np.pi / 2, 0, 0, np.pi / 2, -np.pi / 2, 0]
 def dh_fk(q):
     """Tool flange pose (4x4) in the DH base frame."""
     T = np.eye(4)
-    for th, d, a, al in zip(q, DH_D, DH_A, DH_ALPHA):
+    for th, d, a, al in zip(q, DH_D, DH_A, DH_ALPHA, strict=True):
         ct, st, ca, sa = np.cos(th), np.sin(th), np.cos(al), np.sin(al)
         T = T @ np.array(
             [[ct, -st * ca, st * sa, a * ct], [st, ct * ca, -ct * sa, a * st], [0, sa, ca, d], [0, 0, 0, 1]]

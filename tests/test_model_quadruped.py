@@ -59,7 +59,9 @@ def test_home_pose(model):
     np.testing.assert_allclose(data.qpos[7:], [-0.1, 0.8, -1.5, 0.1, 0.8, -1.5, -0.1, 1.0, -1.5, 0.1, 1.0, -1.5])
     assert np.all(data.qpos[7:] >= model.jnt_range[1:, 0]) and np.all(data.qpos[7:] <= model.jnt_range[1:, 1])
     # feet just touch: the lowest foot sphere sits on the floor, none penetrates
-    feet_z = np.array([data.geom_xpos[model.geom(f).id, 2] for f in FEET]) - np.array([model.geom(f).size[0] for f in FEET])
+    feet_z = np.array([data.geom_xpos[model.geom(f).id, 2] for f in FEET]) - np.array(
+        [model.geom(f).size[0] for f in FEET]
+    )
     assert feet_z.min() == pytest.approx(0.0, abs=1e-3) and np.all(feet_z > -1e-4)
 
 

@@ -23,14 +23,44 @@ from replay.gap_pass import dynamics_pass, nominal_cfg
 from replay.io_pass import policy_io_pass
 from s2r.cli import main
 
-NOMINAL = ["mass_scale=1.0", "thrust_scale=1.0", "motor_tau_s=0.05", "latency_steps=0",
-           "disturbance_x_N=0.0", "disturbance_y_N=0.0", "disturbance_z_N=0.0"]
-GAPPED = ["mass_scale=1.15", "thrust_scale=0.85", "motor_tau_s=0.08", "latency_steps=0",
-          "disturbance_x_N=0.0", "disturbance_y_N=0.0", "disturbance_z_N=0.0"]
-NO_DR = ["--task.events.mass.params.scale", "1.0", "1.0", "--task.events.rotors.params.thrust_scale", "1.0", "1.0",
-         "--task.events.rotors.params.motor_tau_s", "0.05", "0.05", "--task.events.latency.params.steps", "0", "0",
-         "--task.events.position_bias.params.bias", "0.0", "--task.events.gyro_bias.params.bias", "0.0",
-         "--task.events.disturbance.params.force_N", "0.0"]
+NOMINAL = [
+    "mass_scale=1.0",
+    "thrust_scale=1.0",
+    "motor_tau_s=0.05",
+    "latency_steps=0",
+    "disturbance_x_N=0.0",
+    "disturbance_y_N=0.0",
+    "disturbance_z_N=0.0",
+]
+GAPPED = [
+    "mass_scale=1.15",
+    "thrust_scale=0.85",
+    "motor_tau_s=0.08",
+    "latency_steps=0",
+    "disturbance_x_N=0.0",
+    "disturbance_y_N=0.0",
+    "disturbance_z_N=0.0",
+]
+NO_DR = [
+    "--task.events.mass.params.scale",
+    "1.0",
+    "1.0",
+    "--task.events.rotors.params.thrust_scale",
+    "1.0",
+    "1.0",
+    "--task.events.rotors.params.motor_tau_s",
+    "0.05",
+    "0.05",
+    "--task.events.latency.params.steps",
+    "0",
+    "0",
+    "--task.events.position_bias.params.bias",
+    "0.0",
+    "--task.events.gyro_bias.params.bias",
+    "0.0",
+    "--task.events.disturbance.params.force_N",
+    "0.0",
+]
 RECORD_S = 6.0
 
 
@@ -38,7 +68,7 @@ RECORD_S = 6.0
 def bags(tmp_path_factory):
     """{'nominal': bag, 'gapped': bag, 'policy': shipped quadrotor.onnx}, recorded concurrently."""
     pytest.importorskip("rclpy")
-    from s2r_ros.processes import SHIPPED_POLICIES, policy_params, start_node, stop, wait_for
+    from s2r_ros.processes import SHIPPED_POLICIES, policy_params, start_node, stop
 
     policy = SHIPPED_POLICIES / "quadrotor.onnx"
     procs, out = [], {"policy": policy}
@@ -46,28 +76,41 @@ def bags(tmp_path_factory):
         for name, gap in (("nominal", NOMINAL), ("gapped", GAPPED)):
             tmp = tmp_path_factory.mktemp(name)
             domain = random.randint(1, 200)
-            procs.append((tmp, domain, gap, {"sim": start_node("sim_robot_node", "quadrotor", tmp, domain, {"gap": gap})}))
+            procs.append((tmp, domain, {"sim": start_node("sim_robot_node", "quadrotor", tmp, domain, {"gap": gap})}))
         # the sim robot publishes first, so the recorder subscribes with its publishers' QoS
-        for tmp, domain, gap, p in procs:
-            wait_for(lambda: "simulated" in _log(tmp, "sim_robot_node") or p["sim"].poll() is not None, 60, what="the sim robot")
+        for tmp, domain, p in procs:
+            _wait_for_log(tmp, "sim_robot_node", "simulated", p["sim"], "the sim robot")
             out[tmp.name.rstrip("0123456789")] = tmp / "bag"
-            p["rec"] = start_node("recorder_node", "quadrotor", tmp, domain, {
-                "bag": str(tmp / "bag"), "policy": str(policy), "discovery_period_s": 0.1, "flush_period_s": 0.2})
-        for tmp, domain, gap, p in procs:
-            wait_for(lambda: "recording /odom" in _log(tmp, "recorder_node") or p["rec"].poll() is not None, 60, what="the recorder")
+            p["rec"] = start_node(
+                "recorder_node",
+                "quadrotor",
+                tmp,
+                domain,
+                {"bag": str(tmp / "bag"), "policy": str(policy), "discovery_period_s": 0.1, "flush_period_s": 0.2},
+            )
+        for tmp, domain, p in procs:
+            _wait_for_log(tmp, "recorder_node", "recording /odom", p["rec"], "the recorder")
             p["ctl"] = start_node("policy_node", "quadrotor", tmp, domain, policy_params("quadrotor", policy))
-        for tmp, domain, gap, p in procs:
-            wait_for(lambda: "mode running" in _log(tmp, "policy_node") or p["ctl"].poll() is not None, 60, what="the controller")
+        for tmp, _, p in procs:
+            _wait_for_log(tmp, "policy_node", "mode running", p["ctl"], "the controller")
             # the recorder finds policy_io by polling the graph: record from when it has
-            wait_for(lambda: "recording /policy_io" in _log(tmp, "recorder_node") or p["rec"].poll() is not None, 60,
-                     what="the recorder subscribing to policy_io")
+            _wait_for_log(
+                tmp, "recorder_node", "recording /policy_io", p["rec"], "the recorder subscribing to policy_io"
+            )
         time.sleep(RECORD_S)
     finally:
-        for tmp, domain, gap, p in procs:
+        for _, _, p in procs:
             stop(*[p[k] for k in ("ctl", "sim", "rec") if k in p])
-    for tmp, domain, gap, p in procs:
+    for tmp, _, p in procs:
         assert p["rec"].returncode == 0, _log(tmp, "recorder_node")
     return out
+
+
+def _wait_for_log(tmp: Path, node: str, text: str, proc, what: str) -> None:
+    """Until the node's log says `text`, or the node exits."""
+    from s2r_ros.processes import wait_for
+
+    wait_for(lambda: text in _log(tmp, node) or proc.poll() is not None, 60, what=what)
 
 
 def _log(tmp: Path, node: str) -> str:
@@ -90,11 +133,20 @@ def test_replay_agreement_gap_and_ranking(bags, no_dr_policy, tmp_path):
     shipped = bags["policy"]
     nominal = replay_bag(bags["nominal"], [shipped], tmp_path / "nominal", sim_episodes=20)
     gapped = replay_bag(bags["gapped"], [shipped, no_dr_policy], tmp_path / "gapped", sim_episodes=40)
-    print(json.dumps({"nominal_rows": nominal["rows"], "agreement": nominal["action_agreement"]["quadrotor"]["max_abs_diff"],
-                      "gap_nominal": {k: v["pos_m"]["norm"]["mean"] for k, v in nominal["dynamics_gap"]["k"].items()},
-                      "gap_gapped": {k: v["pos_m"]["norm"]["mean"] for k, v in gapped["dynamics_gap"]["k"].items()},
-                      "ranking": [(r["policy"], r["score"], r["sim_score"], r["shift"]) for r in gapped["ranking"]["order"]],
-                      "task": nominal["task_metrics"]}, indent=1, default=str))
+    print(
+        json.dumps(
+            {
+                "nominal_rows": nominal["rows"],
+                "agreement": nominal["action_agreement"]["quadrotor"]["max_abs_diff"],
+                "gap_nominal": {k: v["pos_m"]["norm"]["mean"] for k, v in nominal["dynamics_gap"]["k"].items()},
+                "gap_gapped": {k: v["pos_m"]["norm"]["mean"] for k, v in gapped["dynamics_gap"]["k"].items()},
+                "ranking": [(r["policy"], r["score"], r["sim_score"], r["shift"]) for r in gapped["ranking"]["order"]],
+                "task": nominal["task_metrics"],
+            },
+            indent=1,
+            default=str,
+        )
+    )
     assert nominal["rows"] > 200 and nominal["candidates"]["quadrotor"]["flew"]
     for m in (nominal, gapped):  # the policy that flew: its actions again, exactly
         assert m["action_agreement"]["quadrotor"]["max_abs_diff"] <= 1e-5
@@ -136,8 +188,24 @@ def test_truncated_bag_replays_to_its_last_complete_record(bags, tmp_path):
 @pytest.mark.slow
 def test_cli_end_to_end(bags, tmp_path, capsys):
     out = tmp_path / "report"
-    assert main(["replay", str(bags["gapped"]), "--policy", str(bags["policy"]), "--out", str(out), "--k", "1", "10",
-                 "--episodes", "10"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                str(bags["gapped"]),
+                "--policy",
+                str(bags["policy"]),
+                "--out",
+                str(out),
+                "--k",
+                "1",
+                "10",
+                "--episodes",
+                "10",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "report.html" in printed and "action agreement" in printed and "dynamics gap k= 10" in printed
     metrics = json.loads((out / "metrics.json").read_text())
@@ -145,18 +213,28 @@ def test_cli_end_to_end(bags, tmp_path, capsys):
 
 
 def _small_bag(path: Path, topics: tuple[str, ...]) -> None:
-    from deploy.onnx_policy import read_spec
     from s2r_ros.processes import SHIPPED_POLICIES
+
+    from deploy.onnx_policy import read_spec
 
     spec = read_spec(SHIPPED_POLICIES / "quadrotor.onnx")
     with BagWriter(path, {"policy_spec": spec.to_json()}) as bag:
         for i in range(5):
             if "/odom" in topics:
-                bag.write_msg("/odom", "nav_msgs/msg/Odometry", {"pose": {"pose": {"orientation": {"w": 1.0}}}}, 10**7 * i)
+                bag.write_msg(
+                    "/odom", "nav_msgs/msg/Odometry", {"pose": {"pose": {"orientation": {"w": 1.0}}}}, 10**7 * i
+                )
             if "/policy_io" in topics:
-                dims = [{"label": "obs", "size": spec.obs_dim, "stride": 0}, {"label": "action", "size": 4, "stride": spec.obs_dim}]
-                bag.write_msg("/policy_io", "std_msgs/msg/Float64MultiArray",
-                              {"layout": {"dim": dims}, "data": [0.0] * (spec.obs_dim + 4)}, 10**7 * i + 1)
+                dims = [
+                    {"label": "obs", "size": spec.obs_dim, "stride": 0},
+                    {"label": "action", "size": 4, "stride": spec.obs_dim},
+                ]
+                bag.write_msg(
+                    "/policy_io",
+                    "std_msgs/msg/Float64MultiArray",
+                    {"layout": {"dim": dims}, "data": [0.0] * (spec.obs_dim + 4)},
+                    10**7 * i + 1,
+                )
 
 
 def test_missing_topic_and_field_are_named_errors(tmp_path, capsys):
@@ -178,8 +256,8 @@ def test_policy_io_pass_in_blocks_matches_per_row_inference(tmp_path, monkeypatc
     inference reproduces each row within 1e-6, and the block size changes no figure."""
     import numpy as np
 
-    from deploy.onnx_policy import OnnxPolicy
     import replay.io_pass as io_pass
+    from deploy.onnx_policy import OnnxPolicy
     from replay.bag import BagReader, policy_io_fields, stream_health
     from replay.bench import SHIPPED, record_rollout_bag
     from sim.evaluate import load_policy
@@ -193,7 +271,9 @@ def test_policy_io_pass_in_blocks_matches_per_row_inference(tmp_path, monkeypatc
     assert whole["rows"] == len(msgs) == 150 and whole["action_agreement"][cand.name]["max_abs_diff"] <= 1e-6
     per_row = np.concatenate([cand.policy(policy_io_fields(m.msg)["obs"][None]) for m in msgs])
     np.testing.assert_allclose(whole["_plot"][cand.name], per_row, rtol=0, atol=1e-6)
-    assert whole["health"]["policy_io_receive"] == dataclasses.asdict(stream_health([m.log_time_ns for m in msgs], 1 / spec.control_hz))
+    assert whole["health"]["policy_io_receive"] == dataclasses.asdict(
+        stream_health([m.log_time_ns for m in msgs], 1 / spec.control_hz)
+    )
     monkeypatch.setattr(io_pass, "CHUNK_ROWS", 7)
     blocks = policy_io_pass(BagReader(tmp_path / "bag"), spec, [cand], cfg)
     assert blocks["health"] == whole["health"]
@@ -213,7 +293,9 @@ def test_nominal_cfg_pins_every_range():
 
     cfg = nominal_cfg(default_cfg("arm-reach"))
     e = {name: t.params for name, t in cfg.events.items()}
-    assert e["joints"]["damping_scale"] == (1.0, 1.0) and e["payload"]["mass_kg"] == (0.0, 0.0) and cfg.model_variants == 1
+    assert (
+        e["joints"]["damping_scale"] == (1.0, 1.0) and e["payload"]["mass_kg"] == (0.0, 0.0) and cfg.model_variants == 1
+    )
     assert e["gains"]["kp_scale"] == (1.0, 1.0) and e["latency"]["steps"] == (0, 0) and e["encoder_bias"]["bias"] == 0.0
     assert e["encoder_bias"]["term"] == "joint_pos_rel" and cfg.noise.joint_pos_rad == 0.0
     walk = nominal_cfg(default_cfg("quadruped-walk")).events["push"].params
@@ -233,7 +315,9 @@ def _quadruped_gap(tmp_path: Path, name: str, actuators: dict | None = None) -> 
     rec = nominal_cfg(cfg)
     if actuators:
         gains = rec.events["gains"]
-        rec = dataclasses.replace(rec, events={**rec.events, "gains": dataclasses.replace(gains, params={**gains.params, **actuators})})
+        rec = dataclasses.replace(
+            rec, events={**rec.events, "gains": dataclasses.replace(gains, params={**gains.params, **actuators})}
+        )
     record_rollout_bag(policy, tmp_path / name, 4.0, rec)
     return dynamics_pass(BagReader(tmp_path / name), OnnxPolicy(policy).spec, cfg, (1, 10))
 
@@ -244,12 +328,19 @@ def test_quadruped_dynamics_gap_with_floating_base(tmp_path):
     are float32, hence ~1e-7 rad); motors at 80 % strength make every error grow by orders of magnitude."""
     nominal = _quadruped_gap(tmp_path, "nominal")
     gapped = _quadruped_gap(tmp_path, "gapped", {"motor_strength": (0.8, 0.8)})
-    mean = {name: {k: {q: v["norm"]["mean"] for q, v in d.items() if q != "horizon_s"} for k, d in g["k"].items()}
-            for name, g in (("nominal", nominal), ("gapped", gapped))}
+    mean = {
+        name: {k: {q: v["norm"]["mean"] for q, v in d.items() if q != "horizon_s"} for k, d in g["k"].items()}
+        for name, g in (("nominal", nominal), ("gapped", gapped))
+    }
     print(json.dumps(mean, indent=1))
     assert nominal["windows"] == 200 - 10  # every row paired with its odom, no reset in 4 s
     assert nominal["base_axes"] == ["x", "y", "z"] and set(mean["nominal"]["1"]) == {
-        "joint_pos_rad", "joint_vel_radps", "base_pos_m", "base_vel_mps", "base_att_rad"}
+        "joint_pos_rad",
+        "joint_vel_radps",
+        "base_pos_m",
+        "base_vel_mps",
+        "base_att_rad",
+    }
     g0, g1 = mean["nominal"], mean["gapped"]
     assert g0["1"]["base_pos_m"] < 1e-7 and g0["10"]["base_pos_m"] < 1e-6 and g0["1"]["base_att_rad"] < 1e-6
     assert g0["1"]["joint_pos_rad"] < 1e-6 and g0["10"]["joint_pos_rad"] < 1e-6
@@ -288,12 +379,17 @@ def test_base_state_matcher_pairs_the_nearest_odometry_within_tolerance():
 
 
 FOREIGN_MAPPING = {  # this stack's own sensor topics, read as another stack's bag is: no policy_io
-    "description": "s2r's sim robot topics through a bag mapping", "format": "bag", "rate_hz": 100,
+    "description": "s2r's sim robot topics through a bag mapping",
+    "format": "bag",
+    "rate_hz": 100,
     "time": {"topic": "/odom", "fields": ["header.stamp"]},
     "quantities": {
         "pos_w_m": {"topic": "/odom", "fields": [f"pose.pose.position.{a}" for a in "xyz"]},
         "quat_wxyz": {"topic": "/odom", "fields": [f"pose.pose.orientation.{a}" for a in "wxyz"]},
-        "lin_vel_b_mps": {"topic": "/odom", "fields": [f"twist.twist.linear.{a}" for a in "xyz"]},  # REP 105: body frame
+        "lin_vel_b_mps": {
+            "topic": "/odom",
+            "fields": [f"twist.twist.linear.{a}" for a in "xyz"],
+        },  # REP 105: body frame
         "ang_vel_b_radps": {"topic": "/imu", "fields": [f"angular_velocity.{a}" for a in "xyz"]},
         "target_pos_w_m": {"topic": "/target", "fields": [f"point.{a}" for a in "xyz"]},
     },
@@ -319,10 +415,21 @@ def test_foreign_bag_mapping_scores_as_policy_io_does(bags, no_dr_policy, tmp_pa
     io_s = [m.log_time_ns / 1e9 for m in reader.messages(["/policy_io"])]
     t0 = t_odom.sec + 1e-9 * t_odom.nanosec
     window = (io_s[0] - t0, io_s[-1] - t0)  # while the controller ran: the sim robot publishes from its start
-    foreign = score_foreign_log(bags["gapped"], mapping, policies, tmp_path / "foreign", sim_episodes=20, window_s=window)
-    shifts = {c: {t: [round(native["shift"][c]["terms"][t]["rms_z"], 3), round(foreign["shift"][c]["terms"][t]["rms_z"], 3)]
-                  for t in native["shift"][c]["terms"]} for c in native["shift"]}
-    print(json.dumps({"rms_z native, foreign": shifts, "rows": [native["rows"], foreign["rows"]], "starts": foreign["starts"]}))
+    foreign = score_foreign_log(
+        bags["gapped"], mapping, policies, tmp_path / "foreign", sim_episodes=20, window_s=window
+    )
+    shifts = {
+        c: {
+            t: [round(native["shift"][c]["terms"][t]["rms_z"], 3), round(foreign["shift"][c]["terms"][t]["rms_z"], 3)]
+            for t in native["shift"][c]["terms"]
+        }
+        for c in native["shift"]
+    }
+    print(
+        json.dumps(
+            {"rms_z native, foreign": shifts, "rows": [native["rows"], foreign["rows"]], "starts": foreign["starts"]}
+        )
+    )
     assert abs(foreign["rows"] - native["rows"]) < 0.1 * native["rows"]
     for c, terms in shifts.items():
         for t, (a, b) in terms.items():
@@ -337,11 +444,11 @@ def test_foreign_bag_mapping_scores_as_policy_io_does(bags, no_dr_policy, tmp_pa
 def test_quadruped_tracking_from_odometry_and_cmd_vel(tmp_path):
     """The walking robot's linear-velocity tracking computed from the log (/cmd_vel against /odom's
     body twist, settled steps, while the controller ran) is the env's own `s2r eval` measure."""
+    from deploy.onnx_policy import OnnxPolicy
     from replay.bag import BagReader
     from replay.bench import SHIPPED, record_rollout_bag
     from replay.io_pass import base_tracking_pass
     from replay.task_metrics import TaskMetrics
-    from deploy.onnx_policy import OnnxPolicy
     from sim.evaluate import load_policy
 
     policy = SHIPPED / "quadruped.onnx"

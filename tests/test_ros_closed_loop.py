@@ -39,12 +39,17 @@ def test_shipped_policy_does_its_task_through_ros(robot, tmp_path):
         pytest.fail(f"no shipped policy {policy}: train it with the README's command and copy policy.onnx there")
     domain = random.randint(1, 200)
     summary_path = tmp_path / "summary.json"
-    sim = start_node("sim_robot_node", robot, tmp_path, domain, {"episodes": episodes, "summary_path": str(summary_path)})
+    sim = start_node(
+        "sim_robot_node", robot, tmp_path, domain, {"episodes": episodes, "summary_path": str(summary_path)}
+    )
     ctl = start_node("policy_node", robot, tmp_path, domain, policy_params(robot, policy))
     try:
         episode_s = load_policy(policy)[1].episode_s
-        wait_for(lambda: summary_path.exists() or sim.poll() is not None or ctl.poll() is not None,
-                 (episodes + 2) * episode_s * 2 + 60, what=f"{episodes} episodes")
+        wait_for(
+            lambda: summary_path.exists() or sim.poll() is not None or ctl.poll() is not None,
+            (episodes + 2) * episode_s * 2 + 60,
+            what=f"{episodes} episodes",
+        )
         logs = "\n".join((tmp_path / f"{n}.log").read_text() for n in ("sim_robot_node", "policy_node"))
         assert summary_path.exists(), logs
     finally:
@@ -54,7 +59,10 @@ def test_shipped_policy_does_its_task_through_ros(robot, tmp_path):
     reference = evaluate(policy, episodes=100, task_cfg=noise_free(load_policy(policy)[1]))
     got, want = through_ros[metric], reference[metric]
     other = {k: round(v, 4) for k, v in through_ros.items() if isinstance(v, float)}
-    print(f"{robot}: through ROS {metric} {got:.4f} over {episodes} episodes; s2r eval {want:.4f} over 100 (noise-free); {other}")
+    print(
+        f"{robot}: through ROS {metric} {got:.4f} over {episodes} episodes; "
+        f"s2r eval {want:.4f} over 100 (noise-free); {other}"
+    )
     if metric.endswith("_rate"):
         assert abs(got - want) <= tolerance + 1 / episodes, (through_ros, reference)
     else:  # an error: the stack must not make it worse than the spread of 3 episodes' commands explains

@@ -57,7 +57,9 @@ def test_launch_file_names_nodes_and_parameters_that_exist():
         assert set(keys) <= set(declared), (exe, set(keys) - set(declared))
         for robot in robots:
             find_robot(yaml.safe_load((CONFIG / f"{robot}.yaml").read_text())["robot"])  # names a robot config
-            params = yaml.safe_load((CONFIG / f"{robot}_nodes.yaml").read_text()).get(exe, {}).get("ros__parameters", {})
+            params = (
+                yaml.safe_load((CONFIG / f"{robot}_nodes.yaml").read_text()).get(exe, {}).get("ros__parameters", {})
+            )
             assert set(params) <= set(declared), (robot, exe, set(params) - set(declared))
 
 
@@ -99,7 +101,12 @@ class Driver:
         self.commands: list[tuple[float, np.ndarray]] = []
         self.modes: list[str] = []
         self._subs = [
-            node.create_subscription(Float64MultiArray, "joint_commands", lambda m: self.commands.append((time.monotonic(), np.array(m.data))), qos),
+            node.create_subscription(
+                Float64MultiArray,
+                "joint_commands",
+                lambda m: self.commands.append((time.monotonic(), np.array(m.data))),
+                qos,
+            ),
             node.create_subscription(String, "policy_node/mode", lambda m: self.modes.append(m.data), 10),
         ]
         self.q = np.asarray(ARM.default_pos_rad)
@@ -150,7 +157,12 @@ def running(ros, tmp_path, arm_policy):
     driver = Driver(node)
     proc = start_node("policy_node", "arm", tmp_path, domain, policy_params("arm", arm_policy, trigger="timer"))
     try:
-        wait_for(lambda: "running" in driver.modes or proc.poll() is not None, 30, spin=lambda: driver.run(0.05), what="mode running")
+        wait_for(
+            lambda: "running" in driver.modes or proc.poll() is not None,
+            30,
+            spin=lambda: driver.run(0.05),
+            what="mode running",
+        )
         assert proc.poll() is None, (tmp_path / "policy_node.log").read_text()
         yield driver
     finally:
@@ -166,7 +178,12 @@ def test_sensor_silence_damps_within_the_watchdog_and_estop_latches(running):
     # the driver goes silent: damping (kp 0, kd from the config) within the watchdog time
     t_silent = time.monotonic()
     driver.commands.clear()
-    wait_for(lambda: any(driver.kp_scale(c) == 0.0 for _, c in driver.commands), 2.0, spin=lambda: driver.spin(0.01), what="damping")
+    wait_for(
+        lambda: any(driver.kp_scale(c) == 0.0 for _, c in driver.commands),
+        2.0,
+        spin=lambda: driver.spin(0.01),
+        what="damping",
+    )
     t_damp = next(t for t, c in driver.commands if driver.kp_scale(c) == 0.0)
     watchdog_s = ARM.watchdog_periods / ARM.control_hz
     assert t_damp - t_silent <= watchdog_s + 2 / ARM.control_hz + 0.02, t_damp - t_silent

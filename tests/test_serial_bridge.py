@@ -32,7 +32,16 @@ from geometry_msgs.msg import PointStamped  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSPresetProfiles  # noqa: E402
 from s2r_ros.processes import (  # noqa: E402
-    CONFIG, SHIPPED_POLICIES, bridge_params, policy_params, ros_env, start_hil, start_node, stop, wait_for)
+    CONFIG,
+    SHIPPED_POLICIES,
+    bridge_params,
+    policy_params,
+    ros_env,
+    start_hil,
+    start_node,
+    stop,
+    wait_for,
+)
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
@@ -53,7 +62,9 @@ ARM_WATCHDOG_PERIODS = 10
 # Opt-in: these closed loops pass on a quiet machine most of the time, not always (1 run in 2 of the arm
 # loop missed its success margin; under load the emulator's MuJoCo thread stalls 60-250 ms, past
 # policy_node's 60 ms watchdog), and a test that needs a quiet machine is not a test (issue 13).
-LOOPS = pytest.mark.skipif(not os.environ.get("S2R_SERIAL_LOOPS"), reason="closed loops over the emulated serial link: set S2R_SERIAL_LOOPS=1")
+LOOPS = pytest.mark.skipif(
+    not os.environ.get("S2R_SERIAL_LOOPS"), reason="closed loops over the emulated serial link: set S2R_SERIAL_LOOPS=1"
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +93,9 @@ class Operator:
         self._subs = [
             node.create_subscription(JointState, "joint_states", self._on_joint_state, qos),
             node.create_subscription(Float64MultiArray, "joint_commands", self._on_command, qos),
-            node.create_subscription(String, "policy_node/mode", lambda m: self.modes.append((time.monotonic(), m.data)), 10),
+            node.create_subscription(
+                String, "policy_node/mode", lambda m: self.modes.append((time.monotonic(), m.data)), 10
+            ),
             node.create_subscription(DiagnosticArray, "diagnostics", self._on_diagnostics, 10),
         ]
 
@@ -140,9 +153,13 @@ def bring_up(operator: Operator, procs: dict, tmp_path, tries: int = 3) -> int:
     """Wait for policy_node (autostart) to run. A sensor gap during the soft start (a busy machine: the
     watchdog is 3 control periods) damps it; the operator then resets, arms and starts it again, as on the
     robot, up to `tries` times. Returns how many re-arms it took."""
-    for rearms in range(tries + 1):
-        wait_for(lambda: operator.mode in ("running", "damping") or any(p.poll() is not None for p in procs.values()),
-                 NODE_START_S, spin=lambda: operator.spin(0.05), what="policy_node running")
+    for rearms in range(tries + 1):  # noqa: B007 the count is returned after the loop
+        wait_for(
+            lambda: operator.mode in ("running", "damping") or any(p.poll() is not None for p in procs.values()),
+            NODE_START_S,
+            spin=lambda: operator.spin(0.05),
+            what="policy_node running",
+        )
         if operator.mode != "damping" or any(p.poll() is not None for p in procs.values()):
             break
         print(f"start-up damped ({operator.mode}); the operator re-arms", flush=True)
@@ -171,7 +188,11 @@ def test_launch_starts_the_bridge_with_parameters_it_declares():
     keys = {k.value for k in bridge[0].value.keys}
     assert keys == {"robot_config", "port", "baud"} and keys <= set(serial_bridge_node.PARAMETERS)
     assert set(bridge_params(ARM, "/dev/x")) <= set(serial_bridge_node.PARAMETERS)
-    args = {c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call) and getattr(c.func, "id", None) == "DeclareLaunchArgument"}
+    args = {
+        c.args[0].value
+        for c in ast.walk(tree)
+        if isinstance(c, ast.Call) and getattr(c.func, "id", None) == "DeclareLaunchArgument"
+    }
     assert {"hardware", "port", "baud"} <= args
 
 
@@ -179,8 +200,12 @@ def test_a_port_that_does_not_exist_is_named_and_retried(operator, tmp_path):
     port = tmp_path / "no-such-tty"
     proc = start_node("serial_bridge_node", ARM, tmp_path, operator.domain, bridge_params(ARM, port))
     try:
-        wait_for(lambda: operator.bridge("port", port) == str(port) or proc.poll() is not None, NODE_START_S,
-                 spin=lambda: operator.spin(0.05), what="the bridge's diagnostics")
+        wait_for(
+            lambda: operator.bridge("port", port) == str(port) or proc.poll() is not None,
+            NODE_START_S,
+            spin=lambda: operator.spin(0.05),
+            what="the bridge's diagnostics",
+        )
         operator.spin(2.0)
         assert proc.poll() is None, logs(tmp_path)  # no crash
         assert operator.bridge("link", port) == "down"
@@ -224,9 +249,12 @@ def test_quadruped_walks_over_the_motor_board(operator, tmp_path):
     procs = {"hil": start_hil(QUADRUPED, link, tmp_path)}
     try:
         wait_hil(procs["hil"], link, tmp_path)
-        procs["bridge"] = start_node("serial_bridge_node", QUADRUPED, tmp_path, operator.domain, bridge_params(QUADRUPED, link))
-        procs["policy"] = start_node("policy_node", QUADRUPED, tmp_path, operator.domain,
-                                     policy_params(QUADRUPED, policy, autostart=True))
+        procs["bridge"] = start_node(
+            "serial_bridge_node", QUADRUPED, tmp_path, operator.domain, bridge_params(QUADRUPED, link)
+        )
+        procs["policy"] = start_node(
+            "policy_node", QUADRUPED, tmp_path, operator.domain, policy_params(QUADRUPED, policy, autostart=True)
+        )
         operator.modes.clear()
         bring_up(operator, procs, tmp_path)
         rng = np.random.default_rng(3)
@@ -245,9 +273,12 @@ def test_quadruped_walks_over_the_motor_board(operator, tmp_path):
             lowest_up = min([lowest_up] + [up for _, _, up in window])
         got = float(np.mean(errors))
         reference = evaluate(policy, episodes=20, task_cfg=noise_free(cfg))
-        print(f"{QUADRUPED} over the motor board: mean yaw-rate error {got:.3f} rad/s over {COMMANDS} commands, lowest "
-              f"up-cos {lowest_up:.3f}; s2r eval (noise-free, 20 episodes): {reference['mean_yaw_rate_error_radps']:.3f} "
-              f"rad/s, fall rate {reference['fall_rate']:.2f}; bridge {operator.diagnostics.get(('s2r/serial_bridge_node', str(link)))}")
+        print(
+            f"{QUADRUPED} over the motor board: mean yaw-rate error {got:.3f} rad/s over {COMMANDS} commands, lowest "
+            f"up-cos {lowest_up:.3f}; s2r eval (noise-free, 20 episodes): {reference['mean_yaw_rate_error_radps']:.3f} "
+            f"rad/s, fall rate {reference['fall_rate']:.2f}; "
+            f"bridge {operator.diagnostics.get(('s2r/serial_bridge_node', str(link)))}"
+        )
         assert lowest_up > min_up_cos  # never tilted as far as the task's fall
         assert got <= 1.5 * reference["mean_yaw_rate_error_radps"] + 0.05, (got, reference)
     finally:
@@ -271,10 +302,20 @@ def arm_loop(operator, tmp_path_factory):
     operator.modes.clear()
     try:
         wait_hil(procs["hil"], link, tmp)
-        procs["bridge"] = start_node("serial_bridge_node", ARM, tmp, operator.domain,
-                                     bridge_params(ARM, link, usb_latency_s=USB_LATENCY_S, robot_config=str(robot_config)))
-        procs["policy"] = start_node("policy_node", ARM, tmp, operator.domain,
-                                     policy_params(ARM, policy, autostart=True, robot_config=str(robot_config)))
+        procs["bridge"] = start_node(
+            "serial_bridge_node",
+            ARM,
+            tmp,
+            operator.domain,
+            bridge_params(ARM, link, usb_latency_s=USB_LATENCY_S, robot_config=str(robot_config)),
+        )
+        procs["policy"] = start_node(
+            "policy_node",
+            ARM,
+            tmp,
+            operator.domain,
+            policy_params(ARM, policy, autostart=True, robot_config=str(robot_config)),
+        )
         bring_up(operator, procs, tmp)
         yield procs, link, tmp, policy, robot_config
     finally:
@@ -327,10 +368,14 @@ def test_arm_reaches_its_targets_over_the_dynamixel_bus(arm_loop, operator):
     radius = cfg.success_radius_m
     got = {"success_rate": float((final <= radius).mean()), "mean_final_distance_m": float(final.mean())}
     reference = evaluate(policy, episodes=100, task_cfg=noise_free(load_policy(policy)[1]))
-    counters = {k: operator.bridge(k, link) for k in ("frames_in", "timeouts", "crc_errors", "rtt_p50_ms", "rtt_p99_ms")}
-    print(f"{ARM} over the serial bridge: {got} over {TARGETS} targets (final distances {np.round(final, 4)}); "
-          f"s2r eval (noise-free, 100 episodes): success_rate {reference['success_rate']:.3f}, mean_final_distance_m "
-          f"{reference['mean_final_distance_m']:.4f}; bridge {counters}")
+    counters = {
+        k: operator.bridge(k, link) for k in ("frames_in", "timeouts", "crc_errors", "rtt_p50_ms", "rtt_p99_ms")
+    }
+    print(
+        f"{ARM} over the serial bridge: {got} over {TARGETS} targets (final distances {np.round(final, 4)}); "
+        f"s2r eval (noise-free, 100 episodes): success_rate {reference['success_rate']:.3f}, mean_final_distance_m "
+        f"{reference['mean_final_distance_m']:.4f}; bridge {counters}"
+    )
     # the success rate within 10 percentage points of s2r eval, plus one target of granularity
     assert got["success_rate"] >= reference["success_rate"] - 0.1 - 1 / TARGETS, (got, reference, logs(tmp))
     # the mean error: each target here starts from the last one, not from a reset, and the plant is the nominal
@@ -352,14 +397,20 @@ def test_lost_link_damps_and_control_resumes_when_it_is_back(arm_loop, operator)
     # the electronics die (s2r hil stopped: its pty closes, its link goes). SIGKILL would leave the link dangling
     # at a pty number the system may hand to another program: the bridge then runs DynamixelBus.open()'s link
     # diagnosis on that one (seconds) before it finds the new emulator
-    t_kill = time.monotonic()  # its shutdown takes a while: the time to damping is measured from the signal, an upper bound
+    t_kill = (
+        time.monotonic()
+    )  # its shutdown takes a while: the time to damping is measured from the signal, an upper bound
     procs["hil"].terminate()
     procs["hil"].wait()
     wait_for(lambda: operator.mode == "damping", 10, spin=lambda: operator.spin(0.01), what="policy_node damping")
     t_damp = next(t for t, mode in operator.modes if mode == "damping" and t >= t_kill)
     assert any(kp == 0.0 for t, kp in operator.commands if t >= t_damp - 0.05)  # the safe command: no position gain
-    wait_for(lambda: int(operator.bridge("link_losses", link) or 0) > losses and operator.bridge("link", link) == "down", 20,
-             spin=lambda: operator.spin(0.05), what="the bridge counting the link down")
+    wait_for(
+        lambda: int(operator.bridge("link_losses", link) or 0) > losses and operator.bridge("link", link) == "down",
+        20,
+        spin=lambda: operator.spin(0.05),
+        what="the bridge counting the link down",
+    )
     n_states = len(operator.joint_states)
     operator.spin(1.0)
     assert len(operator.joint_states) == n_states  # no sensor topics while the link is down
@@ -369,23 +420,35 @@ def test_lost_link_damps_and_control_resumes_when_it_is_back(arm_loop, operator)
     procs["hil"] = start_hil(ARM, link, tmp)
     wait_hil(procs["hil"], link, tmp)
     t_back = time.monotonic()
-    wait_for(lambda: operator.joint_states[-1][0] > t_back, 30, spin=lambda: operator.spin(0.005), what="joint states again")
+    wait_for(
+        lambda: operator.joint_states[-1][0] > t_back, 30, spin=lambda: operator.spin(0.005), what="joint states again"
+    )
     t_sensors = next(t for t, _ in operator.joint_states if t > t_back)
     operator.spin(0.1)
     # the operator's usual start sequence, as soon as sensors are fresh
     assert operator.call("reset").success
     assert operator.call("arm").success
     assert operator.call("start").success
-    wait_for(lambda: any(kp == 1.0 and t > t_back for t, kp in operator.commands), 10, spin=lambda: operator.spin(0.005),
-             what="position commands again")
+    wait_for(
+        lambda: any(kp == 1.0 and t > t_back for t, kp in operator.commands),
+        10,
+        spin=lambda: operator.spin(0.005),
+        what="position commands again",
+    )
     t_control = next(t for t, kp in operator.commands if kp == 1.0 and t > t_back)
     wait_for(lambda: operator.mode == "running", 30, spin=lambda: operator.spin(0.05), what="running again")
-    wait_for(lambda: int(operator.bridge("reconnects", link) or 0) > reconnects, 10, spin=lambda: operator.spin(0.05),
-             what="the bridge counting the reconnect")
-    print(f"link lost -> damping in {1e3 * (t_damp - t_kill):.0f} ms (watchdog {1e3 * watchdog_s:.0f} ms); link back -> "
-          f"joint states in {1e3 * (t_sensors - t_back):.0f} ms, -> position commands (reset, arm, start) in "
-          f"{1e3 * (t_control - t_back):.0f} ms; bridge: {operator.diagnostics.get(('s2r/serial_bridge_node', str(link)))}")
+    wait_for(
+        lambda: int(operator.bridge("reconnects", link) or 0) > reconnects,
+        10,
+        spin=lambda: operator.spin(0.05),
+        what="the bridge counting the reconnect",
+    )
+    print(
+        f"link lost -> damping in {1e3 * (t_damp - t_kill):.0f} ms (watchdog {1e3 * watchdog_s:.0f} ms); link back -> "
+        f"joint states in {1e3 * (t_sensors - t_back):.0f} ms, -> position commands (reset, arm, start) in "
+        f"{1e3 * (t_control - t_back):.0f} ms; "
+        f"bridge: {operator.diagnostics.get(('s2r/serial_bridge_node', str(link)))}"
+    )
     # generous bounds for a loaded machine; the figures printed are what counts
     assert t_damp - t_kill <= watchdog_s + 1.0
     assert t_control - t_back <= 3.0
-

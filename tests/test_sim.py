@@ -8,8 +8,8 @@ import torch
 
 from sim.backends import physics_substeps
 from sim.backends.mujoco_cpu import ModelError, MujocoCpuBackend
-from sim.tasks import default_cfg, make_env
 from sim.robots import ROBOTS_DIR
+from sim.tasks import default_cfg, make_env
 
 MODEL = ROBOTS_DIR / "crazyflie.xml"
 
@@ -80,14 +80,23 @@ def test_randomization_changes_parameters_and_critic_sees_them():
     assert names[:4] == ("mass_scale", "thrust_scale", "motor_tau_s", "latency_steps")
     assert names[-3:] == ("disturbance_x_N", "disturbance_y_N", "disturbance_z_N")
     events = env.cfg.events
-    ranges = {"mass_scale": events["mass"].params["scale"], **dict(zip(("thrust_scale", "motor_tau_s"), (events["rotors"].params["thrust_scale"], events["rotors"].params["motor_tau_s"])))}
+    ranges = {
+        "mass_scale": events["mass"].params["scale"],
+        **dict(
+            zip(
+                ("thrust_scale", "motor_tau_s"),
+                (events["rotors"].params["thrust_scale"], events["rotors"].params["motor_tau_s"]),
+                strict=True,
+            )
+        ),
+    }
     for name, (lo, hi) in ranges.items():
         col = params[:, names.index(name)]
         assert col.min() >= lo and col.max() <= hi
         assert col.std() > 0.1 * (hi - lo) / np.sqrt(12)
     assert set(params[:, names.index("latency_steps")].unique().tolist()) == {0.0, 1.0, 2.0}
     # the critic's last columns are exactly the parameters
-    assert torch.equal(obs["critic"][:, -len(names):], params)
+    assert torch.equal(obs["critic"][:, -len(names) :], params)
     env._reset(env.env_ids)
     assert not torch.equal(env.params, params)
     env.close()
@@ -177,14 +186,37 @@ def test_unknown_terms_and_parameters_are_named():
 
     cfg = default_cfg("quadrotor-hover")
     bad = [
-        (dataclasses.replace(cfg, rewards={**cfg.rewards, "flips": RewardTerm("backflips", 2.0)}), "task.rewards.flips.func: no reward 'backflips'"),
-        (dataclasses.replace(cfg, rewards={**cfg.rewards, "prec": RewardTerm("base_pos_precision", 1.0)}), "task.rewards.prec.params: reward 'base_pos_precision' needs radius_m"),
-        (dataclasses.replace(cfg, rewards={**cfg.rewards, "tilt": RewardTerm("upright_error", 1.0, {"gain": 2.0})}), "task.rewards.tilt.params.gain: reward 'upright_error' takes no parameter"),
-        (dataclasses.replace(cfg, events={**cfg.events, "wind": EventTerm("wind")}), "task.events.wind.func: no event 'wind'"),
-        (dataclasses.replace(cfg, events={**cfg.events, "bias": EventTerm("sensor_bias", {"term": "joint_pos_rel", "bias": 0.1})}), "sensor_bias: the policy has no observation term 'joint_pos_rel'"),
-        (dataclasses.replace(cfg, events={**cfg.events, "mass2": EventTerm("mass_scale")}), r"two events randomize \['mass_scale'\]"),
+        (
+            dataclasses.replace(cfg, rewards={**cfg.rewards, "flips": RewardTerm("backflips", 2.0)}),
+            "task.rewards.flips.func: no reward 'backflips'",
+        ),
+        (
+            dataclasses.replace(cfg, rewards={**cfg.rewards, "prec": RewardTerm("base_pos_precision", 1.0)}),
+            "task.rewards.prec.params: reward 'base_pos_precision' needs radius_m",
+        ),
+        (
+            dataclasses.replace(cfg, rewards={**cfg.rewards, "tilt": RewardTerm("upright_error", 1.0, {"gain": 2.0})}),
+            "task.rewards.tilt.params.gain: reward 'upright_error' takes no parameter",
+        ),
+        (
+            dataclasses.replace(cfg, events={**cfg.events, "wind": EventTerm("wind")}),
+            "task.events.wind.func: no event 'wind'",
+        ),
+        (
+            dataclasses.replace(
+                cfg, events={**cfg.events, "bias": EventTerm("sensor_bias", {"term": "joint_pos_rel", "bias": 0.1})}
+            ),
+            "sensor_bias: the policy has no observation term 'joint_pos_rel'",
+        ),
+        (
+            dataclasses.replace(cfg, events={**cfg.events, "mass2": EventTerm("mass_scale")}),
+            r"two events randomize \['mass_scale'\]",
+        ),
         (dataclasses.replace(cfg, critic=("rotor_thrust", "x_ray")), "task.critic: no critic term 'x_ray'"),
-        (dataclasses.replace(cfg, curricula={"command_range": cfg.curricula["init_state"]}), "task.curricula.command_range: this task has no level"),
+        (
+            dataclasses.replace(cfg, curricula={"command_range": cfg.curricula["init_state"]}),
+            "task.curricula.command_range: this task has no level",
+        ),
     ]
     for c, message in bad:
         with pytest.raises(ConfigError, match=message):

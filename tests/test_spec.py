@@ -11,7 +11,9 @@ from deploy.spec import ActionSpec, ObsTerm, PolicySpec, SpecError
 
 def small_spec(**kw) -> PolicySpec:
     args = dict(
-        robot="bot", task="t", control_hz=50.0,
+        robot="bot",
+        task="t",
+        control_hz=50.0,
         obs=(ObsTerm("gyro", ("x", "y"), (2.0, 2.0), clip=3.0), ObsTerm("last_action", ("a",), (1.0,), history=3)),
         action=ActionSpec("joint_position", ("a",), (0.5,), (1.0,), 1.0, (0.0,), (1.2,)),
     )

@@ -18,7 +18,8 @@ def test_a_task_variant_is_a_config():
     events = {k: v for k, v in cfg.events.items() if k != "push"}
     events["wind"] = EventTerm("base_force", {"force_N": 5.0})
     cfg = dataclasses.replace(
-        cfg, model_variants=1,
+        cfg,
+        model_variants=1,
         rewards={**cfg.rewards, "stay_low": RewardTerm("base_lin_vel_l2", -0.1, {"cap": 1.0})},
         terminations={"fall": cfg.terminations["fall"]},
         events=events,
@@ -29,7 +30,7 @@ def test_a_task_variant_is_a_config():
     obs = env.reset()
     assert list(env.termination_terms) == ["fall"] and "stay_low" in env.reward_terms and not env.interval_events
     assert env.param_names[-3:] == ("disturbance_x_N", "disturbance_y_N", "disturbance_z_N")
-    assert torch.equal(obs["critic"][:, -len(env.param_names):], env.params)
+    assert torch.equal(obs["critic"][:, -len(env.param_names) :], env.params)
     force = env.backend.xfrc_applied[:, env.robot.base_body, :3]
     assert torch.allclose(force.float(), env.params[:, -3:]) and force.abs().max() > 1.0
     assert (env.readings["command"] == 0).all()  # every command stands still
@@ -49,13 +50,17 @@ def test_a_term_needing_a_reading_the_robot_lacks_is_named_before_anything_runs(
     cfg = dataclasses.replace(cfg, rewards={**cfg.rewards, "hover": RewardTerm("base_pos_error", -1.0)})
     with pytest.raises(ConfigError, match="task.rewards.hover: needs 'base_pos_w', which robot 'ur5e'"):
         make_env("arm-reach", 2, cfg).reset()
-    cfg = dataclasses.replace(default_cfg("arm-reach"), terminations={"fell": TerminationTerm("base_tilted", {"min_up_cos": 0.5})})
+    cfg = dataclasses.replace(
+        default_cfg("arm-reach"), terminations={"fell": TerminationTerm("base_tilted", {"min_up_cos": 0.5})}
+    )
     with pytest.raises(ConfigError, match="task.terminations.fell: needs 'base_rotmat'"):
         make_env("arm-reach", 2, cfg).reset()
     cfg = dataclasses.replace(default_cfg("quadruped-walk"), events={"mass": EventTerm("mass_scale")})
     with pytest.raises(ConfigError, match="mass_scale: .* not a legged robot; use base_payload"):
         make_env("quadruped-walk", 2, cfg)
-    cfg = dataclasses.replace(default_cfg("quadruped-walk"), curricula={"command_range": CurriculumTerm("reward_share", {"reward": "speed"})})
+    cfg = dataclasses.replace(
+        default_cfg("quadruped-walk"), curricula={"command_range": CurriculumTerm("reward_share", {"reward": "speed"})}
+    )
     with pytest.raises(ConfigError, match="reward_share: no reward term 'speed'"):
         make_env("quadruped-walk", 2, cfg)
 
@@ -82,7 +87,9 @@ def test_curriculum_moves_and_evaluation_runs_without_it():
 def test_sensor_bias_event_offsets_what_the_policy_sees_not_the_critic():
     cfg = default_cfg("arm-reach")
     noise = dataclasses.replace(cfg.noise, joint_pos_rad=0.0, joint_vel_radps=0.0)
-    cfg = dataclasses.replace(cfg, noise=noise, events={"encoder_bias": EventTerm("sensor_bias", {"term": "joint_pos_rel", "bias": 0.05})})
+    cfg = dataclasses.replace(
+        cfg, noise=noise, events={"encoder_bias": EventTerm("sensor_bias", {"term": "joint_pos_rel", "bias": 0.05})}
+    )
     env = make_env("arm-reach", 32, cfg)
     obs = env.reset()
     n_j = len(env.joint_names)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from config.validate import override
 from deploy.onnx_policy import OnnxPolicy, PolicyLoadError, read_spec
 from deploy.spec import SpecError
 from policies.checkpoint import CheckpointError, load_checkpoint
 from policies.export import ExportError, export_checkpoint, export_onnx, model_from_checkpoint
 from policies.runner import Runner, TrainCfg
-from config.validate import override
 from sim.evaluate import evaluate
 from sim.tasks import default_cfg
 
@@ -45,7 +45,12 @@ def test_run_dir_has_everything(tmp_path):
 def test_resume_continues_exactly(tmp_path):
     straight = small_run(tmp_path, "straight")
     straight.learn(progress=False)
-    resumed = Runner(straight.cfg, straight.task_cfg, tmp_path / "resumed", resume=load_checkpoint(tmp_path / "straight" / "model_2.pt"))
+    resumed = Runner(
+        straight.cfg,
+        straight.task_cfg,
+        tmp_path / "resumed",
+        resume=load_checkpoint(tmp_path / "straight" / "model_2.pt"),
+    )
     assert resumed.iteration == 2
     resumed.learn(progress=False)
     a, b = straight.model.state_dict(), resumed.model.state_dict()
@@ -83,8 +88,11 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path):
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"format": "s2r-checkpoint-v1", "x": Evil()}))
     torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
     for name, message in [
-        ("truncated.pt", "not a loadable"), ("garbage.pt", "not a loadable"),
-        ("evil.pt", "not a loadable"), ("foreign.pt", "not an s2r checkpoint"), ("missing.pt", "not found"),
+        ("truncated.pt", "not a loadable"),
+        ("garbage.pt", "not a loadable"),
+        ("evil.pt", "not a loadable"),
+        ("foreign.pt", "not an s2r checkpoint"),
+        ("missing.pt", "not found"),
     ]:
         with pytest.raises(CheckpointError, match=message):
             load_checkpoint(tmp_path / name)
@@ -139,7 +147,9 @@ def test_export_refuses_a_broken_parity(tmp_path, monkeypatch):
     model, spec, _ = model_from_checkpoint(load_checkpoint(ckpt))
     import deploy.onnx_policy as op
 
-    monkeypatch.setattr(op.OnnxPolicy, "__call__", lambda self, obs: np.zeros((len(obs), spec.action_dim), np.float32) + 1)
+    monkeypatch.setattr(
+        op.OnnxPolicy, "__call__", lambda self, obs: np.zeros((len(obs), spec.action_dim), np.float32) + 1
+    )
     with pytest.raises(ExportError, match="parity failed"):
         export_onnx(model, spec, tmp_path / "p.onnx")
 

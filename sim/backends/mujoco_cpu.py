@@ -1,7 +1,8 @@
 """CPU backend: native MuJoCo, all envs stepped by `mujoco.rollout` on a persistent thread pool.
 
 Measured by `s2r bench sim` (sim/bench.py): one `rollout` call over all envs runs 2.5-3.5x faster
-than a Python thread pool calling `mj_step` per env, which is bound by the GIL and per-call overhead. Per-env model copies passed to `rollout` cost ~3x for the tiny quadrotor at one step per call (every
+than a Python thread pool calling `mj_step` per env, which is bound by the GIL and per-call overhead.
+Per-env model copies passed to `rollout` cost ~3x for the tiny quadrotor at one step per call (every
 env reads its own model from memory), so by default envs share one MjModel and per-env physical
 parameters enter through per-env inputs (controls, applied forces) computed by the task; tasks that
 randomize model fields (friction, masses) ask for per-env models.
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import mujoco
 import numpy as np
@@ -54,8 +55,7 @@ def physics_substeps(model: mujoco.MjModel, control_dt_s: float | None) -> int:
     steps = round(control_dt_s / model.opt.timestep)
     if steps < 1 or abs(steps * model.opt.timestep - control_dt_s) > 1e-9:
         raise ModelError(
-            f"control period {control_dt_s} s is not a whole multiple of the model timestep "
-            f"{model.opt.timestep} s"
+            f"control period {control_dt_s} s is not a whole multiple of the model timestep {model.opt.timestep} s"
         )
     return steps
 
@@ -68,7 +68,11 @@ class MujocoCpuBackend:
     """
 
     def __init__(
-        self, model: str | Path | mujoco.MjModel, num_envs: int, nthread: int = 0, model_variants: int = 1,
+        self,
+        model: str | Path | mujoco.MjModel,
+        num_envs: int,
+        nthread: int = 0,
+        model_variants: int = 1,
     ):
         """`model`: a compiled model (a robot's, sim.robots.robot_model) or an MJCF path."""
         if num_envs < 1:
@@ -123,14 +127,22 @@ class MujocoCpuBackend:
         """
         if nstep not in self._buffers:
             n = self.num_envs
-            self._buffers[nstep] = tuple(np.zeros((n, nstep, a.shape[-1])) for a in (self._state, self._sensordata, self._control))
+            self._buffers[nstep] = tuple(
+                np.zeros((n, nstep, a.shape[-1])) for a in (self._state, self._sensordata, self._control)
+            )
         state_out, sensor_out, control = self._buffers[nstep]
         if nstep > 1:
             control[:] = self._control  # rollout takes one control vector per physics step
         self._pool.rollout(
-            self._models, self._datas, self._state, control,
-            control_spec=CONTROL_SPEC, skip_checks=True, nstep=nstep,
-            state=state_out, sensordata=sensor_out if self.model.nsensordata else None,
+            self._models,
+            self._datas,
+            self._state,
+            control,
+            control_spec=CONTROL_SPEC,
+            skip_checks=True,
+            nstep=nstep,
+            state=state_out,
+            sensordata=sensor_out if self.model.nsensordata else None,
         )
         if nstep > 1:
             self._state[:] = state_out[:, -1]
@@ -140,12 +152,13 @@ class MujocoCpuBackend:
     def set_env_variant(self, env_ids: torch.Tensor, variant_ids: torch.Tensor) -> None:
         """From the next step on, env `env_ids[k]` steps model variant `variant_ids[k]`."""
         self.env_variant[env_ids.cpu()] = variant_ids.cpu()
-        for i, v in zip(env_ids.tolist(), variant_ids.tolist()):
+        for i, v in zip(env_ids.tolist(), variant_ids.tolist(), strict=True):
             self._models[i] = self.variants[v]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {
-            "state": self._state_tensor.clone(), "control": torch.from_numpy(self._control).clone(),
+            "state": self._state_tensor.clone(),
+            "control": torch.from_numpy(self._control).clone(),
             "env_variant": self.env_variant.clone(),
         }
 

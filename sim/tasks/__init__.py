@@ -3,9 +3,8 @@ its measures from a logged rollout."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import dataclasses
+from typing import NamedTuple
 
 from config.validate import ConfigError, override, validate
 from sim.robots import find_robot
@@ -25,27 +24,53 @@ class Task(NamedTuple):
 
 
 TASKS = {
-    "quadrotor-hover": Task(QuadrotorHoverCfg, QuadrotorHoverEnv, "multirotor", {"ppo": {"critic_hidden": (32, 32)}}, HoverLogMetrics),
+    "quadrotor-hover": Task(
+        QuadrotorHoverCfg, QuadrotorHoverEnv, "multirotor", {"ppo": {"critic_hidden": (32, 32)}}, HoverLogMetrics
+    ),
     "quadruped-walk": Task(
-        QuadrupedWalkCfg, QuadrupedWalkEnv, "legged",
+        QuadrupedWalkCfg,
+        QuadrupedWalkEnv,
+        "legged",
         {
-            "num_envs": 1024, "max_iterations": 1500, "save_interval": 100,
+            "num_envs": 1024,
+            "max_iterations": 1500,
+            "save_interval": 100,
             "ppo": {
-                "num_steps": 24, "num_epochs": 5, "num_minibatches": 4, "gamma": 0.99, "lam": 0.95,
-                "desired_kl": 0.01, "entropy_coef": 0.01, "actor_hidden": (128, 128, 128),
-                "critic_hidden": (256, 128, 128), "activation": "elu", "init_std": 1.0,
+                "num_steps": 24,
+                "num_epochs": 5,
+                "num_minibatches": 4,
+                "gamma": 0.99,
+                "lam": 0.95,
+                "desired_kl": 0.01,
+                "entropy_coef": 0.01,
+                "actor_hidden": (128, 128, 128),
+                "critic_hidden": (256, 128, 128),
+                "activation": "elu",
+                "init_std": 1.0,
             },
         },
         WalkLogMetrics,
     ),
     "arm-reach": Task(
-        ArmReachCfg, ArmReachEnv, "arm",
+        ArmReachCfg,
+        ArmReachEnv,
+        "arm",
         {
-            "num_envs": 1024, "max_iterations": 300, "save_interval": 50,
+            "num_envs": 1024,
+            "max_iterations": 300,
+            "save_interval": 50,
             "ppo": {
-                "num_steps": 24, "num_epochs": 5, "num_minibatches": 4, "gamma": 0.98, "lam": 0.95,
-                "desired_kl": 0.01, "entropy_coef": 0.005, "actor_hidden": (128, 128),
-                "critic_hidden": (256, 128), "activation": "elu", "init_std": 0.5,
+                "num_steps": 24,
+                "num_epochs": 5,
+                "num_minibatches": 4,
+                "gamma": 0.98,
+                "lam": 0.95,
+                "desired_kl": 0.01,
+                "entropy_coef": 0.005,
+                "actor_hidden": (128, 128),
+                "critic_hidden": (256, 128),
+                "activation": "elu",
+                "init_std": 0.5,
             },
         },
         ReachLogMetrics,

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from deploy.spec import ActionSpec, ObsTerm, PolicySpec, SpecExtra
 from config.validate import SensorNoiseCfg, nonnegative, positive
+from deploy.spec import ActionSpec, ObsTerm, PolicySpec, SpecExtra
 from sim.joint_env import JointPositionEnv
 from sim.robots import RobotModel
 from sim.terms import CommandTerm, CurriculumTerm, EventTerm, RewardTerm, TerminationTerm
@@ -38,7 +38,11 @@ class ArmReachCfg:
     noise: NoiseCfg = NoiseCfg()
     # one target per episode, uniform in a box (base frame)
     commands: dict[str, CommandTerm] = field(
-        default_factory=lambda: {"target": CommandTerm("position_target", {"center_m": (-0.45, -0.13, 0.35), "half_extent_m": (0.2, 0.25, 0.15)})}
+        default_factory=lambda: {
+            "target": CommandTerm(
+                "position_target", {"center_m": (-0.45, -0.13, 0.35), "half_extent_m": (0.2, 0.25, 0.15)}
+            )
+        }
     )
     rewards: dict[str, RewardTerm] = field(
         default_factory=lambda: {
@@ -51,9 +55,14 @@ class ArmReachCfg:
     terminations: dict[str, TerminationTerm] = field(default_factory=dict)
     events: dict[str, EventTerm] = field(
         default_factory=lambda: {
-            "joints": EventTerm("joint_dynamics", {"damping_scale": (0.5, 2.0), "frictionloss_Nm": (0.0, 0.5), "armature_scale": (0.9, 1.1)}),
+            "joints": EventTerm(
+                "joint_dynamics",
+                {"damping_scale": (0.5, 2.0), "frictionloss_Nm": (0.0, 0.5), "armature_scale": (0.9, 1.1)},
+            ),
             "payload": EventTerm("payload_mass", {"mass_kg": (0.0, 1.0)}),
-            "gains": EventTerm("joint_gains", {"kp_scale": (0.9, 1.1), "kd_scale": (0.9, 1.1), "motor_strength": (0.95, 1.05)}),
+            "gains": EventTerm(
+                "joint_gains", {"kp_scale": (0.9, 1.1), "kd_scale": (0.9, 1.1), "motor_strength": (0.95, 1.05)}
+            ),
             "latency": EventTerm("action_latency", {"steps": (0, 1)}),
             "encoder_bias": EventTerm("sensor_bias", {"term": "joint_pos_rel", "bias": 0.002}),
         }
@@ -85,8 +94,12 @@ def make_spec(cfg: ArmReachCfg, robot: RobotModel) -> PolicySpec:
             high=tuple(float(x) for x in robot.joint_high),
             unit="rad",
         ),
-        extra=SpecExtra(physics_hz=robot.physics_hz, kp=joints.kp, kd=joints.kd,
-                        success=f"end effector within {cfg.success_radius_m} m of the target at the end of the episode"),
+        extra=SpecExtra(
+            physics_hz=robot.physics_hz,
+            kp=joints.kp,
+            kd=joints.kd,
+            success=f"end effector within {cfg.success_radius_m} m of the target at the end of the episode",
+        ),
     )
 
 
@@ -156,7 +169,7 @@ class ReachLogMetrics:
 
     def add(self, frames: dict[str, np.ndarray]) -> None:
         dist = self._ee_distance(frames["joint_pos_rel"] + self.default_pos, frames["target_pos"])
-        for d, target in zip(dist, frames["target_pos"]):
+        for d, target in zip(dist, frames["target_pos"], strict=True):
             if self._prev_target is not None and np.abs(target - self._prev_target).max() > 1e-6:
                 self._final.append(self._last_dist)
             self._prev_target, self._last_dist = target, d
@@ -184,12 +197,15 @@ class ReachLogMetrics:
     def summary(self) -> dict:
         final = np.asarray(self._final + ([self._last_dist] if self._prev_target is not None else []))
         radius = self.cfg.success_radius_m
-        return {"mean_ee_distance_m": self.dist.summary(("e",))["e"]["mean"], "targets": len(final),
-                "mean_final_distance_m": float(final.mean()) if len(final) else float("nan"),
-                "median_final_distance_m": float(np.median(final)) if len(final) else float("nan"),
-                "success_rate": float((final <= radius).mean()) if len(final) else float("nan"),
-                "definition": "reach error: end-effector distance to the target (forward kinematics of the logged joints) "
-                f"on the last step before each target change; success within {radius} m"}
+        return {
+            "mean_ee_distance_m": self.dist.summary(("e",))["e"]["mean"],
+            "targets": len(final),
+            "mean_final_distance_m": float(final.mean()) if len(final) else float("nan"),
+            "median_final_distance_m": float(np.median(final)) if len(final) else float("nan"),
+            "success_rate": float((final <= radius).mean()) if len(final) else float("nan"),
+            "definition": "reach error: end-effector distance to the target (forward kinematics of the logged joints) "
+            f"on the last step before each target change; success within {radius} m",
+        }
 
     @staticmethod
     def score(result: dict) -> float:

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from deploy.spec import ActionSpec, ObsTerm, PolicySpec, SpecExtra
-from sim.actuators import RotorModel
 from config.robot import GRAVITY_MPS2
 from config.validate import SensorNoiseCfg, noise_distribution, nonnegative, positive
+from deploy.rotations import tilt_quat
+from deploy.spec import ActionSpec, ObsTerm, PolicySpec, SpecExtra
+from sim.actuators import RotorModel
 from sim.backends import make_backend
 from sim.env import BatchedEnv
-from deploy.rotations import tilt_quat
 from sim.readings import robot_readings
 from sim.robots import RobotModel, find_robot, robot_model
 from sim.terms import CommandTerm, CurriculumTerm, EventTerm, RewardTerm, TerminationTerm, term_param
@@ -96,7 +96,9 @@ class QuadrotorHoverCfg:
     curricula: dict[str, CurriculumTerm] = field(
         default_factory=lambda: {"init_state": CurriculumTerm("timeout_rate", {"start_level": 0.3, "step": 0.1})}
     )
-    commands: dict[str, CommandTerm] = field(default_factory=dict)  # none: the target is fixed (target_pos_m, in the PolicySpec)
+    commands: dict[str, CommandTerm] = field(
+        default_factory=dict
+    )  # none: the target is fixed (target_pos_m, in the PolicySpec)
     critic: tuple[str, ...] = ("rotor_thrust",)  # privileged terms (sim/terms/observations.py), then every parameter
 
 
@@ -132,13 +134,17 @@ def make_spec(cfg: QuadrotorHoverCfg, robot: RobotModel) -> PolicySpec:
             unit="N",
         ),
         extra=SpecExtra(
-            physics_hz=robot.physics_hz, target_pos_m=tuple(cfg.target_pos_m),
-            success=f"within {cfg.success_radius_m} m of the target from {cfg.success_after_s} s after start until the episode ends",
+            physics_hz=robot.physics_hz,
+            target_pos_m=tuple(cfg.target_pos_m),
+            success=f"within {cfg.success_radius_m} m of the target from {cfg.success_after_s} s after start "
+            "until the episode ends",
         ),
     )
 
 
-def hover_summary(cfg: QuadrotorHoverCfg, control_hz: float, pos_error_m: np.ndarray, alive: np.ndarray, crashed: np.ndarray) -> dict:
+def hover_summary(
+    cfg: QuadrotorHoverCfg, control_hz: float, pos_error_m: np.ndarray, alive: np.ndarray, crashed: np.ndarray
+) -> dict:
     """pos_error_m, alive: (steps, episodes). Success: no termination, and within `success_radius_m`
     of the target at every step from `success_after_s` until the episode ends."""
     settle = int(round(cfg.success_after_s * control_hz))
@@ -153,7 +159,9 @@ def hover_summary(cfg: QuadrotorHoverCfg, control_hz: float, pos_error_m: np.nda
         "success_rate": float(success.mean()),
         "crash_rate": float(crashed.mean()),
         "mean_pos_error_m": mean_err,
-        "final_pos_error_m": float(np.nanmean(np.where(survived, pos_error_m[-1], np.nan))) if survived.any() else float("nan"),
+        "final_pos_error_m": float(np.nanmean(np.where(survived, pos_error_m[-1], np.nan)))
+        if survived.any()
+        else float("nan"),
         "success_definition": f"within {cfg.success_radius_m} m of the target at every step from "
         f"{cfg.success_after_s} s after start until the {cfg.episode_s} s episode ends, without a crash",
     }
@@ -171,12 +179,16 @@ class QuadrotorHoverEnv(BatchedEnv):
         self.num_rotors = len(robot.cfg.rotors.names)
         self.spec = make_spec(cfg, robot)
         self.max_episode_steps = round(cfg.episode_s * robot.cfg.control_hz)
-        self.rotors = RotorModel(num_envs, self.num_rotors, 1.0 / robot.cfg.control_hz, robot.cfg.rotors.max_thrust_N, device)
+        self.rotors = RotorModel(
+            num_envs, self.num_rotors, 1.0 / robot.cfg.control_hz, robot.cfg.rotors.max_thrust_N, device
+        )
         self.target_pos_m = torch.tensor(cfg.target_pos_m, device=device)
         super().__init__(num_envs, device, seed)
         # the rotors' ctrl columns: all of them (one copy) unless the model has actuators of its own
         nu = robot.model.nu
-        self._rotor_ctrl = None if np.array_equal(robot.rotor_ctrl, np.arange(nu)) else torch.as_tensor(robot.rotor_ctrl)
+        self._rotor_ctrl = (
+            None if np.array_equal(robot.rotor_ctrl, np.arange(nu)) else torch.as_tensor(robot.rotor_ctrl)
+        )
         self._update_state()
         init = cfg.init
         self._init_half_range = torch.tensor(
@@ -192,11 +204,15 @@ class QuadrotorHoverEnv(BatchedEnv):
         """The robot's readings (float32) from the backend: all envs, or just `env_ids` after their reset."""
         qpos, qvel = self.backend.qpos, self.backend.qvel
         if env_ids is None:
-            r = robot_readings(self.robot, qpos.to(self.device, torch.float32), qvel.to(self.device, torch.float32), None)
+            r = robot_readings(
+                self.robot, qpos.to(self.device, torch.float32), qvel.to(self.device, torch.float32), None
+            )
             self.readings = {**r, "target_pos_w": self.target_pos_m.expand(self.num_envs, 3)}
             return
         cpu_ids = env_ids.to(qpos.device)
-        r = robot_readings(self.robot, qpos[cpu_ids].to(self.device, torch.float32), qvel[cpu_ids].to(self.device, torch.float32), None)
+        r = robot_readings(
+            self.robot, qpos[cpu_ids].to(self.device, torch.float32), qvel[cpu_ids].to(self.device, torch.float32), None
+        )
         for k, v in r.items():
             self.readings[k][env_ids] = v
 
@@ -213,7 +229,11 @@ class QuadrotorHoverEnv(BatchedEnv):
         state = (u[:, :9] * 2 - 1) * (self._init_half_range * level)
         qpos = torch.cat((self.target_pos_m + state[:, :3], tilt_quat(u[:, 9:12], self.cfg.init.tilt_rad * level)), -1)
         self.backend.reset(env_ids, qpos, state[:, 3:9])
-        hover_N = hover_thrust_N(self.mass_kg, self.num_rotors) * self.param("mass_scale")[env_ids] / self.param("thrust_scale")[env_ids]
+        hover_N = (
+            hover_thrust_N(self.mass_kg, self.num_rotors)
+            * self.param("mass_scale")[env_ids]
+            / self.param("thrust_scale")[env_ids]
+        )
         self.rotors.reset(env_ids, hover_N[:, None].expand(n, self.num_rotors))
         self._update_state(env_ids)
 
@@ -286,9 +306,13 @@ class HoverLogMetrics:
 
     def summary(self) -> dict:
         s = self.err.summary(("e",))["e"]
-        return {"mean_pos_error_m": s["mean"], "p90_pos_error_m": s["p90"], "crashes": self.crashes,
-                "frac_within_success_radius": self.within / max(self.err.n, 1),
-                "definition": f"position error |pos - target| every running step; crash: below {self.crash_height_m} m"}
+        return {
+            "mean_pos_error_m": s["mean"],
+            "p90_pos_error_m": s["p90"],
+            "crashes": self.crashes,
+            "frac_within_success_radius": self.within / max(self.err.n, 1),
+            "definition": f"position error |pos - target| every running step; crash: below {self.crash_height_m} m",
+        }
 
     @staticmethod
     def score(result: dict) -> float:

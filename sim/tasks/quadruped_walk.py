@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from deploy.spec import ActionSpec, ObsTerm, PolicySpec, SpecExtra
 from config.validate import ConfigError, SensorNoiseCfg, nonnegative, positive
+from deploy.spec import ActionSpec, ObsTerm, PolicySpec, SpecExtra
 from sim.joint_env import JointPositionEnv
 from sim.robots import RobotModel
 from sim.terms import CommandTerm, CurriculumTerm, EventTerm, RewardTerm, TerminationTerm, term_param
@@ -43,9 +43,18 @@ class QuadrupedWalkCfg:
     noise: NoiseCfg = NoiseCfg()
     # (lin_vel_x, lin_vel_y, yaw_rate) at full curriculum level, resampled every 5 s, 10 % standing still
     commands: dict[str, CommandTerm] = field(
-        default_factory=lambda: {"base_velocity": CommandTerm("velocity_command", {
-            "lin_vel_x_mps": (-1.0, 1.0), "lin_vel_y_mps": (-0.6, 0.6), "yaw_rate_radps": (-1.0, 1.0),
-            "standing_fraction": 0.1, "resample_s": 5.0})}
+        default_factory=lambda: {
+            "base_velocity": CommandTerm(
+                "velocity_command",
+                {
+                    "lin_vel_x_mps": (-1.0, 1.0),
+                    "lin_vel_y_mps": (-0.6, 0.6),
+                    "yaw_rate_radps": (-1.0, 1.0),
+                    "standing_fraction": 0.1,
+                    "resample_s": 5.0,
+                },
+            )
+        }
     )
     rewards: dict[str, RewardTerm] = field(
         default_factory=lambda: {
@@ -73,7 +82,9 @@ class QuadrupedWalkCfg:
             "friction": EventTerm("foot_friction", {"friction": (0.4, 1.25)}),
             "payload": EventTerm("base_payload", {"mass_kg": (-1.0, 2.0), "com_m": 0.05}),
             "gyro_bias": EventTerm("sensor_bias", {"term": "ang_vel_b", "bias": 0.02}),
-            "gains": EventTerm("joint_gains", {"kp_scale": (0.8, 1.2), "kd_scale": (0.8, 1.2), "motor_strength": (0.9, 1.1)}),
+            "gains": EventTerm(
+                "joint_gains", {"kp_scale": (0.8, 1.2), "kd_scale": (0.8, 1.2), "motor_strength": (0.9, 1.1)}
+            ),
             "latency": EventTerm("action_latency", {"steps": (0, 1)}),
             "encoder_bias": EventTerm("sensor_bias", {"term": "joint_pos_rel", "bias": 0.01}),
             "push": EventTerm("push_base", {"vel_mps": 0.5, "interval_s": 8.0}),
@@ -81,7 +92,9 @@ class QuadrupedWalkCfg:
     )
     # the command ranges widen while the robot tracks well (track_lin_vel over its maximum) and stays up
     curricula: dict[str, CurriculumTerm] = field(
-        default_factory=lambda: {"command_range": CurriculumTerm("reward_share", {"reward": "track_lin_vel", "start_level": 0.4})}
+        default_factory=lambda: {
+            "command_range": CurriculumTerm("reward_share", {"reward": "track_lin_vel", "start_level": 0.4})
+        }
     )
     critic: tuple[str, ...] = ("base_lin_vel_b", "base_height", "foot_force")
 
@@ -131,8 +144,12 @@ class QuadrupedWalkEnv(JointPositionEnv):
 
     def _noise_std_by_term(self) -> dict[str, float]:
         n = self.cfg.noise
-        return {"ang_vel_b": n.ang_vel_radps, "projected_gravity": n.gravity, "joint_pos_rel": n.joint_pos_rad,
-                "joint_vel": n.joint_vel_radps}
+        return {
+            "ang_vel_b": n.ang_vel_radps,
+            "projected_gravity": n.gravity,
+            "joint_pos_rel": n.joint_pos_rad,
+            "joint_vel": n.joint_vel_radps,
+        }
 
     def _reset_envs(self, env_ids: torch.Tensor) -> None:
         """The default pose with the joints a little perturbed, a random heading."""
@@ -213,10 +230,16 @@ class WalkLogMetrics:
 
     def summary(self) -> dict:
         cfg = self.cfg
-        out = {"mean_yaw_rate_error_radps": self.yaw.summary(("e",))["e"]["mean"], "falls": self.falls, "mean_lin_vel_error_mps": None,
-               "definition": f"|yaw-rate command - gyro z| every running step; fall: trunk tilted beyond acos({self.fall_tilt_cos}); "
-               f"linear tracking |cmd_vel xy - odometry twist xy| from {cfg.eval_settle_s} s after each command change, when "
-               "the bag has /odom and /cmd_vel (the policy does not observe its base velocity)"}
+        out = {
+            "mean_yaw_rate_error_radps": self.yaw.summary(("e",))["e"]["mean"],
+            "falls": self.falls,
+            "mean_lin_vel_error_mps": None,
+            "definition": "|yaw-rate command - gyro z| every running step; "
+            f"fall: trunk tilted beyond acos({self.fall_tilt_cos}); "
+            f"linear tracking |cmd_vel xy - odometry twist xy| from {cfg.eval_settle_s} s after each command change, "
+            "when "
+            "the bag has /odom and /cmd_vel (the policy does not observe its base velocity)",
+        }
         if self.lin.n:
             s = self.lin.summary(("e",))["e"]
             out.update(mean_lin_vel_error_mps=s["mean"], p90_lin_vel_error_mps=s["p90"], lin_vel_samples=self.lin.n)

@@ -16,12 +16,14 @@ function or parameter is a ConfigError naming the term.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from config.validate import ConfigError
 
-Param = float | str | tuple[float, ...]  # a number, a name (an observation term, a reward), a (low, high) range or a vector
+Param = (
+    float | str | tuple[float, ...]
+)  # a number, a name (an observation term, a reward), a (low, high) range or a vector
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,9 @@ def lookup(registry: dict[str, Callable], kind: str, where: str, func: str, para
     names = [p for p in sig.parameters if p not in ("self", "env")]
     for p, v in params.items():
         if p not in names:
-            raise ConfigError(f"{where}.params.{p}: {kind} '{func}' takes no parameter '{p}' (takes: {', '.join(names) or 'none'})")
+            raise ConfigError(
+                f"{where}.params.{p}: {kind} '{func}' takes no parameter '{p}' (takes: {', '.join(names) or 'none'})"
+            )
         if isinstance(v, tuple) and len(v) == 2 and v[0] > v[1]:
             raise ConfigError(f"{where}.params.{p}: a range is (low, high) with low <= high, got {v!r}")
     missing = [p for p in names if sig.parameters[p].default is inspect.Parameter.empty and p not in params]

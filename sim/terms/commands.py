@@ -35,8 +35,15 @@ class velocity_command(Command):
     reading = "command"
     level = "command_range"
 
-    def __init__(self, env, lin_vel_x_mps=(-1.0, 1.0), lin_vel_y_mps=(-0.6, 0.6), yaw_rate_radps=(-1.0, 1.0),
-                 standing_fraction: float = 0.1, resample_s: float = 5.0):
+    def __init__(
+        self,
+        env,
+        lin_vel_x_mps=(-1.0, 1.0),
+        lin_vel_y_mps=(-0.6, 0.6),
+        yaw_rate_radps=(-1.0, 1.0),
+        standing_fraction: float = 0.1,
+        resample_s: float = 5.0,
+    ):
         super().__init__(env, 3, resample_s)
         self.low = torch.tensor((lin_vel_x_mps[0], lin_vel_y_mps[0], yaw_rate_radps[0]), device=env.device)
         self.high = torch.tensor((lin_vel_x_mps[1], lin_vel_y_mps[1], yaw_rate_radps[1]), device=env.device)

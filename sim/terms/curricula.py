@@ -32,8 +32,15 @@ class timeout_rate(Curriculum):
     (not below the start) while fewer than `demote_timeout_rate` do, over `window_fraction * num_envs`
     episodes."""
 
-    def __init__(self, env, start_level: float = 0.3, step: float = 0.1, promote_timeout_rate: float = 0.8,
-                 demote_timeout_rate: float = 0.4, window_fraction: float = 0.5):
+    def __init__(
+        self,
+        env,
+        start_level: float = 0.3,
+        step: float = 0.1,
+        promote_timeout_rate: float = 0.8,
+        demote_timeout_rate: float = 0.4,
+        window_fraction: float = 0.5,
+    ):
         super().__init__(env, start_level, step)
         self.promote, self.demote, self.window_fraction = promote_timeout_rate, demote_timeout_rate, window_fraction
         self.window = torch.zeros(2, dtype=torch.float64)  # (timeouts, episodes) since the last move
@@ -55,8 +62,15 @@ class reward_share(Curriculum):
     reward term `reward`'s maximum (its weight times the episode length) and at least
     `promote_timeout_rate` of them ran to the time limit."""
 
-    def __init__(self, env, reward: str, start_level: float = 0.4, step: float = 0.1, promote_share: float = 0.7,
-                 promote_timeout_rate: float = 0.8):
+    def __init__(
+        self,
+        env,
+        reward: str,
+        start_level: float = 0.4,
+        step: float = 0.1,
+        promote_share: float = 0.7,
+        promote_timeout_rate: float = 0.8,
+    ):
         super().__init__(env, start_level, step)
         if reward not in env.reward_weights:
             raise ConfigError(f"reward_share: no reward term '{reward}' (terms: {', '.join(env.reward_weights)})")
@@ -66,7 +80,9 @@ class reward_share(Curriculum):
     def update(self, stats: dict) -> None:
         n = stats["count"]
         best = self.env.reward_weights[self.reward] * stats["length_s"] * n
-        self.window += torch.tensor([stats[f"reward/{self.reward}"] * n, best, stats["end/timeout"] * n, n], dtype=torch.float64)
+        self.window += torch.tensor(
+            [stats[f"reward/{self.reward}"] * n, best, stats["end/timeout"] * n, n], dtype=torch.float64
+        )
         earned, best, timeouts, count = self.window.tolist()
         if count >= self.env.num_envs:
             if best > 0 and earned / best >= self.promote_share and timeouts / count >= self.promote_timeout_rate:

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sim.robots import PAYLOAD_RADIUS_M
 from config.validate import ConfigError
+from sim.robots import PAYLOAD_RADIUS_M
 from sim.terms import registry
 
 XYZ = ("x", "y", "z")
@@ -66,7 +66,7 @@ class StartupEvent(Event):
             table = torch.as_tensor(np.asarray(self.nominal(), dtype=np.float32))[None]
         else:
             table = self._uniform(len(variants), self.low, self.high).cpu()
-        for model, row in zip(variants, table.double().numpy()):
+        for model, row in zip(variants, table.double().numpy(), strict=True):
             self.write(model, row)
         return table.to(self.env.device)
 
@@ -102,7 +102,7 @@ class joint_gains(ResetEvent):
 
     def __init__(self, env, kp_scale=(0.8, 1.2), kd_scale=(0.8, 1.2), motor_strength=(0.9, 1.1)):
         super().__init__(env)
-        self.low, self.high = zip(kp_scale, kd_scale, motor_strength)
+        self.low, self.high = zip(kp_scale, kd_scale, motor_strength, strict=True)
 
     def apply(self, env_ids, values):
         self.env.pd.set_params(env_ids, values[:, 0], values[:, 1], values[:, 2])
@@ -115,7 +115,7 @@ class rotor_params(ResetEvent):
 
     def __init__(self, env, thrust_scale=(0.9, 1.1), motor_tau_s=(0.02, 0.08)):
         super().__init__(env)
-        self.low, self.high = zip(thrust_scale, motor_tau_s)
+        self.low, self.high = zip(thrust_scale, motor_tau_s, strict=True)
 
     def apply(self, env_ids, values):
         self.env.rotors.set_params(env_ids, tau_s=values[:, 1], thrust_scale=values[:, 0])
@@ -150,8 +150,10 @@ class mass_scale(ResetEvent):
     def __init__(self, env, scale=(0.85, 1.15)):
         super().__init__(env)
         if env.robot.cfg.kind != "multirotor":
-            raise ConfigError(f"mass_scale: scaling the applied forces is a heavier body only for a free flyer that "
-                              f"only applied forces drive (a multirotor), not a {env.robot.cfg.kind} robot; use base_payload")
+            raise ConfigError(
+                f"mass_scale: scaling the applied forces is a heavier body only for a free flyer that "
+                f"only applied forces drive (a multirotor), not a {env.robot.cfg.kind} robot; use base_payload"
+            )
         self.low, self.high = (scale[0],), (scale[1],)
 
     def apply(self, env_ids, values):
@@ -237,7 +239,9 @@ class joint_dynamics(StartupEvent):
         joints = env.robot.cfg.joints.names
         n = len(joints)
         self.dofs = env.robot.joint_dadr
-        self.columns = tuple(f"{j}_{what}" for what in ("damping_scale", "frictionloss_Nm", "armature_scale") for j in joints)
+        self.columns = tuple(
+            f"{j}_{what}" for what in ("damping_scale", "frictionloss_Nm", "armature_scale") for j in joints
+        )
         self.low = (damping_scale[0],) * n + (frictionloss_Nm[0],) * n + (armature_scale[0],) * n
         self.high = (damping_scale[1],) * n + (frictionloss_Nm[1],) * n + (armature_scale[1],) * n
 
@@ -274,6 +278,15 @@ class push_base(Event):
 
 
 EVENTS = registry(
-    action_latency, joint_gains, rotor_params, sensor_bias, mass_scale, base_force,
-    foot_friction, base_payload, payload_mass, joint_dynamics, push_base,
+    action_latency,
+    joint_gains,
+    rotor_params,
+    sensor_bias,
+    mass_scale,
+    base_force,
+    foot_friction,
+    base_payload,
+    payload_mass,
+    joint_dynamics,
+    push_base,
 )

@@ -1,7 +1,8 @@
 """ros2 launch s2r_ros deploy.launch.py robot:=quadruped policy:=/path/policy.onnx hardware:=sim
 
 Starts policy_node for `robot` (config/<robot>.yaml is its hardware config, naming the robot config
-whose joints, default pose and rate it runs with; config/<robot>_nodes.yaml its node parameters) and, with hardware:=sim, sim_robot_node as the robot; with hardware:=real, the
+whose joints, default pose and rate it runs with; config/<robot>_nodes.yaml its node parameters) and, with
+hardware:=sim, sim_robot_node as the robot; with hardware:=real, the
 robot's own driver must serve the topics (see the README); with hardware:=serial port:=/dev/ttyUSB0
 [baud:=N], serial_bridge_node serves them from the robot's serial link (the `serial:` section of
 config/<robot>.yaml says the bus; baud:=0, the default, keeps its baud rate). Simulated robots autostart; a real one
@@ -48,39 +49,69 @@ def _nodes(context):
     node_params = os.path.join(config, f"{robot}_nodes.yaml")
     params = {"robot_config": os.path.join(config, f"{robot}.yaml"), "policy": policy, "autostart": hardware == "sim"}
     nodes = [
-        Node(package="s2r_ros", executable="policy_node", name="policy_node", output="screen",
-             parameters=[node_params, params],
-             # Fast DDS sends from the publishing thread instead of handing off to its own: lower latency
-             additional_env={"RMW_FASTRTPS_PUBLICATION_MODE": "SYNCHRONOUS"})
+        Node(
+            package="s2r_ros",
+            executable="policy_node",
+            name="policy_node",
+            output="screen",
+            parameters=[node_params, params],
+            # Fast DDS sends from the publishing thread instead of handing off to its own: lower latency
+            additional_env={"RMW_FASTRTPS_PUBLICATION_MODE": "SYNCHRONOUS"},
+        )
     ]
     if hardware == "sim":
         nodes.append(
-            Node(package="s2r_ros", executable="sim_robot_node", name="sim_robot_node", output="screen",
-                 parameters=[node_params])
+            Node(
+                package="s2r_ros",
+                executable="sim_robot_node",
+                name="sim_robot_node",
+                output="screen",
+                parameters=[node_params],
+            )
         )
     if hardware == "serial":
         bridge = {"robot_config": params["robot_config"], "port": port, "baud": int(baud)}
         nodes.append(
-            Node(package="s2r_ros", executable="serial_bridge_node", name="serial_bridge_node", output="screen",
-                 parameters=[node_params, bridge])
+            Node(
+                package="s2r_ros",
+                executable="serial_bridge_node",
+                name="serial_bridge_node",
+                output="screen",
+                parameters=[node_params, bridge],
+            )
         )
     if record == "true":
         bag = LaunchConfiguration("bag").perform(context)
         nodes.append(
-            Node(package="s2r_ros", executable="recorder_node", name="recorder", output="screen",
-                 parameters=[{"bag": bag, "policy": policy}])
+            Node(
+                package="s2r_ros",
+                executable="recorder_node",
+                name="recorder",
+                output="screen",
+                parameters=[{"bag": bag, "policy": policy}],
+            )
         )
     return nodes
 
 
 def generate_launch_description():
-    return LaunchDescription([
-        DeclareLaunchArgument("robot", description="a robot with configs in this package's config/ (quadrotor, quadruped, arm, f450, go2, open_manipulator_x)"),
-        DeclareLaunchArgument("policy", description="path to the exported policy.onnx"),
-        DeclareLaunchArgument("hardware", default_value="sim", description=f"one of {HARDWARE}"),
-        DeclareLaunchArgument("port", default_value="", description="hardware:=serial: the robot's serial port"),
-        DeclareLaunchArgument("baud", default_value="0", description="hardware:=serial: baud rate (0: the hardware config's serial.baud)"),
-        DeclareLaunchArgument("record", default_value="false", description="true: record the rollout into a bag"),
-        DeclareLaunchArgument("bag", default_value="", description="bag folder to create (record:=true)"),
-        OpaqueFunction(function=_nodes),
-    ])
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument(
+                "robot",
+                description="a robot with configs in this package's config/ "
+                "(quadrotor, quadruped, arm, f450, go2, open_manipulator_x)",
+            ),
+            DeclareLaunchArgument("policy", description="path to the exported policy.onnx"),
+            DeclareLaunchArgument("hardware", default_value="sim", description=f"one of {HARDWARE}"),
+            DeclareLaunchArgument("port", default_value="", description="hardware:=serial: the robot's serial port"),
+            DeclareLaunchArgument(
+                "baud",
+                default_value="0",
+                description="hardware:=serial: baud rate (0: the hardware config's serial.baud)",
+            ),
+            DeclareLaunchArgument("record", default_value="false", description="true: record the rollout into a bag"),
+            DeclareLaunchArgument("bag", default_value="", description="bag folder to create (record:=true)"),
+            OpaqueFunction(function=_nodes),
+        ]
+    )

@@ -9,8 +9,8 @@ wake-up is not counted), and until the node published it (the command's source t
 from __future__ import annotations
 
 import random
-import threading
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,7 +69,9 @@ def bench_dds_latency(policy: Path, robot: str = "arm", seconds: float = 10.0) -
             pub.publish(msg)
             spin_until(time.perf_counter_ns() + round(period_s * 1e9))
 
-        wait_for(lambda: "running" in modes or proc.poll() is not None, 60, spin=publish_once, what="policy_node running")
+        wait_for(
+            lambda: "running" in modes or proc.poll() is not None, 60, spin=publish_once, what="policy_node running"
+        )
         if proc.poll() is not None:
             raise RuntimeError(f"policy_node exited: {(tmp / 'policy_node.log').read_text()}")
         latencies, node_latencies = [], []
@@ -90,9 +92,16 @@ def bench_dds_latency(policy: Path, robot: str = "arm", seconds: float = 10.0) -
             next_ns += round(period_s * 1e9)
         x = np.asarray(latencies, dtype=np.float64) / 1e3
         y = np.asarray(node_latencies, dtype=np.float64) / 1e3
-        return {"robot": robot, "messages": len(latencies), "lost": sent - len(latencies),
-                "p50_us": float(np.percentile(x, 50)), "p99_us": float(np.percentile(x, 99)), "max_us": float(x.max()),
-                "to_command_published_p50_us": float(np.percentile(y, 50)), "to_command_published_p99_us": float(np.percentile(y, 99))}
+        return {
+            "robot": robot,
+            "messages": len(latencies),
+            "lost": sent - len(latencies),
+            "p50_us": float(np.percentile(x, 50)),
+            "p99_us": float(np.percentile(x, 99)),
+            "max_us": float(x.max()),
+            "to_command_published_p50_us": float(np.percentile(y, 50)),
+            "to_command_published_p99_us": float(np.percentile(y, 99)),
+        }
     finally:
         executor.shutdown()
         node.destroy_node()

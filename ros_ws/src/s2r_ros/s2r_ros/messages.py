@@ -126,7 +126,9 @@ def read_command(msg, n: int, joint_robot: bool) -> tuple[np.ndarray, float, np.
     data = np.asarray(msg.data, dtype=np.float64)
     want = 3 * n if joint_robot else n
     if data.size != want:
-        raise MessageError(f"command has {data.size} values, expected {want} ({'3 x ' if joint_robot else ''}{n} actuators)")
+        raise MessageError(
+            f"command has {data.size} values, expected {want} ({'3 x ' if joint_robot else ''}{n} actuators)"
+        )
     if not joint_robot:
         return data, 1.0, None
     pos, kp, kd = data[:n], data[n : 2 * n], data[2 * n :]
@@ -136,7 +138,7 @@ def read_command(msg, n: int, joint_robot: bool) -> tuple[np.ndarray, float, np.
 def policy_io_msg(obs, action, command, timing) -> Float64MultiArray:
     parts = [np.asarray(x, dtype=np.float64).reshape(-1) for x in (obs, action, command, timing)]
     msg = Float64MultiArray()
-    msg.layout.dim = _dims([(label, p.size) for label, p in zip(POLICY_IO_SEGMENTS, parts)])
+    msg.layout.dim = _dims([(label, p.size) for label, p in zip(POLICY_IO_SEGMENTS, parts, strict=True)])
     msg.data = np.concatenate(parts).tolist()
     return msg
 

@@ -182,7 +182,11 @@ class PolicyNode(Node):
         with self._lock:
             readings = dict(self.readings)
             stamps = dict(self.stamps)
-        if "command" in self.needed and self._command_stamp_ns is not None and now_ns - self._command_stamp_ns > self.command_timeout_ns:
+        if (
+            "command" in self.needed
+            and self._command_stamp_ns is not None
+            and now_ns - self._command_stamp_ns > self.command_timeout_ns
+        ):
             readings["command"] = np.zeros(3)  # an operator who went silent asks for standing still
         ctl = self.controller
         if self.autostart:
@@ -192,7 +196,11 @@ class PolicyNode(Node):
         self.command_pub.publish(m.command_msg(cmd.command, cmd.kp_scale, cmd.kd, self.cfg.is_joint_robot))
         compute_us = (time.perf_counter_ns() - t0) / 1e3
         if cmd.obs is not None:
-            jitter_us = (now_ns - self.loop.last_deadline_ns) / 1e3 if self.trigger == "timer" and self.loop.last_deadline_ns else 0.0
+            jitter_us = (
+                (now_ns - self.loop.last_deadline_ns) / 1e3
+                if self.trigger == "timer" and self.loop.last_deadline_ns
+                else 0.0
+            )
             timing = (now_ns / 1e9, jitter_us, compute_us, MODES.index(cmd.mode.value))
             self.io_pub.publish(m.policy_io_msg(cmd.obs, cmd.action, cmd.command, timing))
         if cmd.mode is not self._last_mode:
@@ -208,7 +216,9 @@ class PolicyNode(Node):
         ctl = self.controller
         if ctl.mode is Mode.IDLE and all(k in readings for k in self.needed):
             ctl.guard.observe(readings, stamps)
-            if not ctl.guard.stale_reasons(now_ns) and (not self.cfg.is_joint_robot or ctl.guard.last_joint_pos is not None):
+            if not ctl.guard.stale_reasons(now_ns) and (
+                not self.cfg.is_joint_robot or ctl.guard.last_joint_pos is not None
+            ):
                 ctl.arm(now_ns)
                 ctl.start()
                 self.autostart = False
@@ -238,13 +248,22 @@ class PolicyNode(Node):
         fault = ctl.guard.last_fault
         level = DiagnosticStatus.OK if ctl.mode in (Mode.RUNNING, Mode.STANDBY, Mode.IDLE) else DiagnosticStatus.ERROR
         values = {
-            "mode": ctl.mode.value, "fault": ctl.fault_reason or "", "last_fault": fault.reason if fault else "",
-            "loops": st.loops, "overruns": st.overruns, "missed_periods": st.missed_periods,
-            "jitter_p50_us": f"{st.jitter_p50_us:.1f}", "jitter_p99_us": f"{st.jitter_p99_us:.1f}",
-            "jitter_max_us": f"{st.jitter_max_us:.1f}", "compute_p99_us": f"{st.compute_p99_us:.1f}",
-            "clipped_steps": ctl.guard.clipped_steps, "policy_sha256": self.policy.sha256,
+            "mode": ctl.mode.value,
+            "fault": ctl.fault_reason or "",
+            "last_fault": fault.reason if fault else "",
+            "loops": st.loops,
+            "overruns": st.overruns,
+            "missed_periods": st.missed_periods,
+            "jitter_p50_us": f"{st.jitter_p50_us:.1f}",
+            "jitter_p99_us": f"{st.jitter_p99_us:.1f}",
+            "jitter_max_us": f"{st.jitter_max_us:.1f}",
+            "compute_p99_us": f"{st.compute_p99_us:.1f}",
+            "clipped_steps": ctl.guard.clipped_steps,
+            "policy_sha256": self.policy.sha256,
         }
-        status = DiagnosticStatus(level=level, name="s2r/policy_node", message=ctl.mode.value, hardware_id=self.cfg.robot)
+        status = DiagnosticStatus(
+            level=level, name="s2r/policy_node", message=ctl.mode.value, hardware_id=self.cfg.robot
+        )
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()

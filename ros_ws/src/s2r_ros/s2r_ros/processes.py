@@ -37,9 +37,19 @@ def launch_params(tmp_dir: Path, name: str, params: dict) -> Path:
     return path
 
 
-def start_node(executable: str, robot: str, tmp_dir: Path, domain_id: int, params: dict | None = None) -> subprocess.Popen:
-    args = [sys.executable, "-m", f"s2r_ros.{executable}", "--ros-args", "-r", f"__node:={executable}",
-            "--params-file", str(CONFIG / f"{robot}_nodes.yaml")]
+def start_node(
+    executable: str, robot: str, tmp_dir: Path, domain_id: int, params: dict | None = None
+) -> subprocess.Popen:
+    args = [
+        sys.executable,
+        "-m",
+        f"s2r_ros.{executable}",
+        "--ros-args",
+        "-r",
+        f"__node:={executable}",
+        "--params-file",
+        str(CONFIG / f"{robot}_nodes.yaml"),
+    ]
     if params:
         args += ["--params-file", str(launch_params(tmp_dir, executable, params))]
     log = open(tmp_dir / f"{executable}.log", "w")
@@ -48,7 +58,11 @@ def start_node(executable: str, robot: str, tmp_dir: Path, domain_id: int, param
 
 def policy_params(robot: str, policy: Path, hardware: str = "sim", **extra) -> dict:
     """The dict deploy.launch.py gives policy_node."""
-    params = {"robot_config": str(CONFIG / f"{robot}.yaml"), "policy": str(Path(policy).resolve()), "autostart": hardware == "sim"}
+    params = {
+        "robot_config": str(CONFIG / f"{robot}.yaml"),
+        "policy": str(Path(policy).resolve()),
+        "autostart": hardware == "sim",
+    }
     return {**params, **extra}
 
 
@@ -57,7 +71,9 @@ def bridge_params(robot: str, port: str | Path, baud: int = 0, **extra) -> dict:
     return {"robot_config": str(CONFIG / f"{robot}.yaml"), "port": str(port), "baud": baud, **extra}
 
 
-def start_hil(robot: str, link: Path, tmp_dir: Path, baud: int | None = None, log_name: str = "hil") -> subprocess.Popen:
+def start_hil(
+    robot: str, link: Path, tmp_dir: Path, baud: int | None = None, log_name: str = "hil"
+) -> subprocess.Popen:
     """`s2r hil --robot ROBOT --link LINK`: the MuJoCo robot behind its electronics on a pty, `link` pointing at
     it once it serves (its output in tmp_dir/<log_name>.log)."""
     args = [sys.executable, "-m", "s2r.cli", "hil", "--robot", robot, "--link", str(link), "--report-s", "0"]

@@ -22,9 +22,16 @@ from replay.bag import BagWriter
 from s2r_ros.run import run
 
 TOPICS = [  # relative names, resolved in the node's namespace as policy_node resolves them
-    "joint_states", "imu", "odom",  # sensors
-    "joint_commands", "motor_thrust",  # commands (a robot has one of the two)
-    "policy_io", "diagnostics", "estop", "cmd_vel", "target",
+    "joint_states",
+    "imu",
+    "odom",  # sensors
+    "joint_commands",
+    "motor_thrust",  # commands (a robot has one of the two)
+    "policy_io",
+    "diagnostics",
+    "estop",
+    "cmd_vel",
+    "target",
 ]
 PARAMETERS = {  # name: default
     "bag": "",  # output folder; must not exist. Empty: rosbag2_<date>-<time> in the working directory
@@ -55,12 +62,19 @@ def offered_qos(node: Node, topic: str) -> tuple[list[dict], ReliabilityPolicy]:
         q = info.qos_profile
         reliable &= q.reliability == ReliabilityPolicy.RELIABLE
         duration = lambda d: {"sec": d.nanoseconds // 10**9, "nsec": d.nanoseconds % 10**9}  # noqa: E731
-        profiles.append({
-            "history": q.history.name.lower(), "depth": q.depth, "reliability": q.reliability.name.lower(),
-            "durability": q.durability.name.lower(), "deadline": duration(q.deadline), "lifespan": duration(q.lifespan),
-            "liveliness": q.liveliness.name.lower(), "liveliness_lease_duration": duration(q.liveliness_lease_duration),
-            "avoid_ros_namespace_conventions": q.avoid_ros_namespace_conventions,
-        })
+        profiles.append(
+            {
+                "history": q.history.name.lower(),
+                "depth": q.depth,
+                "reliability": q.reliability.name.lower(),
+                "durability": q.durability.name.lower(),
+                "deadline": duration(q.deadline),
+                "lifespan": duration(q.lifespan),
+                "liveliness": q.liveliness.name.lower(),
+                "liveliness_lease_duration": duration(q.liveliness_lease_duration),
+                "avoid_ros_namespace_conventions": q.avoid_ros_namespace_conventions,
+            }
+        )
     return profiles, ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
 
 
@@ -87,7 +101,9 @@ class RecorderNode(Node):
         for topic, types in self.get_topic_names_and_types():
             if topic not in self.wanted or topic in self.subscribed or topic in self._skipped:
                 continue
-            if not self.get_publishers_info_by_topic(topic):  # only subscribers so far: their QoS is not the publishers'
+            if not self.get_publishers_info_by_topic(
+                topic
+            ):  # only subscribers so far: their QoS is not the publishers'
                 continue
             msgtype = types[0]
             if len(types) > 1:
@@ -100,8 +116,12 @@ class RecorderNode(Node):
                 continue
             qos_profiles, reliability = offered_qos(self, topic)
             self.bag.add_topic(topic, msgtype, qos_profiles)
-            qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=self.depth, reliability=reliability,
-                             durability=DurabilityPolicy.VOLATILE)
+            qos = QoSProfile(
+                history=HistoryPolicy.KEEP_LAST,
+                depth=self.depth,
+                reliability=reliability,
+                durability=DurabilityPolicy.VOLATILE,
+            )
             self.create_subscription(cls, topic, self._writer(topic, msgtype), qos, raw=True)
             self.subscribed[topic] = msgtype
             self.get_logger().info(f"recording {topic} ({msgtype}, {reliability.name.lower()})")

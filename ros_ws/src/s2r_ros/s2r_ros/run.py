@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import rclpy
 from rclpy.signals import SignalHandlerOptions
@@ -21,8 +21,9 @@ except ImportError:  # Humble
     from rclpy.executors import SingleThreadedExecutor as Executor
 
 
-def run(name: str, make_node: Callable, start: Callable = lambda node: None, stop: Callable = lambda node: None,
-        args=None) -> int:
+def run(
+    name: str, make_node: Callable, start: Callable = lambda node: None, stop: Callable = lambda node: None, args=None
+) -> int:
     """Exit code 2, with the reason on stderr, when `make_node()` refuses to start; else 0 after a signal."""
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     try:

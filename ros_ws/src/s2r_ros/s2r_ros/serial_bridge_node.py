@@ -115,7 +115,9 @@ class _DynamixelLink:
 
     def _drop(self, why: str) -> None:
         self.counts["link_losses"] += 1
-        self.node.get_logger().error(f"serial link on {self.node.port} lost: {why}; reopening every {self.node.reconnect_period_s:g} s")
+        self.node.get_logger().error(
+            f"serial link on {self.node.port} lost: {why}; reopening every {self.node.reconnect_period_s:g} s"
+        )
         try:
             self.bus.close()
         except Exception:  # noqa: BLE001 - the port is gone already
@@ -156,11 +158,17 @@ class _DynamixelLink:
         self._account(before)
         self.rtt_s.append(time.perf_counter() - start_s)
         self._fails_in_row = 0
-        return {"joint_pos": state.position_rad, "joint_vel": state.velocity_radps, "joint_effort": state.current_A * self.nm_per_A}
+        return {
+            "joint_pos": state.position_rad,
+            "joint_vel": state.velocity_radps,
+            "joint_effort": state.current_A * self.nm_per_A,
+        }
 
     def _account(self, before) -> None:
         s = self.bus.stats
-        ok, corrupt, timeouts, failures, writes = (a - b for a, b in zip((s.ok, s.corrupt, s.timeouts, s.failures, s.writes), before))
+        ok, corrupt, timeouts, failures, writes = (
+            a - b for a, b in zip((s.ok, s.corrupt, s.timeouts, s.failures, s.writes), before, strict=True)
+        )
         c = self.counts
         c["frames_in"] += ok
         c["crc_errors"] += corrupt
@@ -170,7 +178,12 @@ class _DynamixelLink:
 
     def counters(self) -> dict:
         rtt = list(self.rtt_s)
-        return {**self.counts, "rtt_samples": len(rtt), "rtt_p50_ms": _quantile_ms(rtt, 0.5), "rtt_p99_ms": _quantile_ms(rtt, 0.99)}
+        return {
+            **self.counts,
+            "rtt_samples": len(rtt),
+            "rtt_p50_ms": _quantile_ms(rtt, 0.5),
+            "rtt_p99_ms": _quantile_ms(rtt, 0.99),
+        }
 
     def close(self) -> None:
         if self.bus is not None:
@@ -222,8 +235,10 @@ class _BoardLink:
         up = link.is_up
         if self._was_up and not up:
             self.link_losses += 1
-            self.node.get_logger().error(f"serial link on {self.node.port} lost: no STATE for {link.board_gone_s:g} s"
-                                         f"{'; ' + link.last_port_error if link.last_port_error else ''}; reconnecting")
+            self.node.get_logger().error(
+                f"serial link on {self.node.port} lost: no STATE for {link.board_gone_s:g} s"
+                f"{'; ' + link.last_port_error if link.last_port_error else ''}; reconnecting"
+            )
         elif not up and link.last_port_error:
             self.node.link_error(link.last_port_error)
         elif up and not self._was_up:
@@ -232,12 +247,21 @@ class _BoardLink:
         if command is not None and new_command and up:
             pos, kp_scale, kd = command
             kd = self.kd if kd is None else kd
-            link.send_command(Command(mode=CommandMode.POSITION, targets=tuple(map(float, pos)),
-                                      kp_Nm_per_rad=tuple(map(float, kp_scale * self.kp)), kd_Nms_per_rad=tuple(map(float, kd))))
+            link.send_command(
+                Command(
+                    mode=CommandMode.POSITION,
+                    targets=tuple(map(float, pos)),
+                    kp_Nm_per_rad=tuple(map(float, kp_scale * self.kp)),
+                    kd_Nms_per_rad=tuple(map(float, kd)),
+                )
+            )
         if state is None:
             return None
-        r = {"joint_pos": np.asarray(state.position_rad), "joint_vel": np.asarray(state.velocity_rad_s),
-             "joint_effort": np.asarray(state.effort_Nm)}
+        r = {
+            "joint_pos": np.asarray(state.position_rad),
+            "joint_vel": np.asarray(state.velocity_rad_s),
+            "joint_effort": np.asarray(state.effort_Nm),
+        }
         if state.imu is not None:
             r["imu"] = state.imu
         return r
@@ -246,10 +270,21 @@ class _BoardLink:
         if self.link is None:
             return {"link_losses": self.link_losses}
         c = self.link.counters
-        return {"frames_in": c.frames_in, "frames_out": c.frames_out, "crc_errors": c.crc_errors,
-                "framing_errors": c.framing_errors, "lost": c.lost, "timeouts": c.timeouts, "link_losses": self.link_losses,
-                "reconnects": c.reconnects, "board_resets": c.board_resets, "board_errors": c.board_errors,
-                "rtt_samples": c.rtt_samples, "rtt_p50_ms": c.rtt_p50_ms, "rtt_p99_ms": c.rtt_p99_ms}
+        return {
+            "frames_in": c.frames_in,
+            "frames_out": c.frames_out,
+            "crc_errors": c.crc_errors,
+            "framing_errors": c.framing_errors,
+            "lost": c.lost,
+            "timeouts": c.timeouts,
+            "link_losses": self.link_losses,
+            "reconnects": c.reconnects,
+            "board_resets": c.board_resets,
+            "board_errors": c.board_errors,
+            "rtt_samples": c.rtt_samples,
+            "rtt_p50_ms": c.rtt_p50_ms,
+            "rtt_p99_ms": c.rtt_p99_ms,
+        }
 
     def close(self) -> None:
         if self.link is not None:
@@ -338,7 +373,9 @@ class SerialBridgeNode(Node):
         imu = r.get("imu")
         if imu is not None and self.imu_pub is not None:
             msg = m.imu_msg(Imu(), imu.quat_wxyz, imu.gyro_rad_s)
-            msg.linear_acceleration.x, msg.linear_acceleration.y, msg.linear_acceleration.z = (float(v) for v in imu.accel_m_s2)
+            msg.linear_acceleration.x, msg.linear_acceleration.y, msg.linear_acceleration.z = (
+                float(v) for v in imu.accel_m_s2
+            )
             msg.linear_acceleration_covariance[0] = 0.0  # the board does report its accelerometer
             msg.header.stamp, msg.header.frame_id = stamp, self.frame_id
             self.imu_pub.publish(msg)
@@ -355,12 +392,23 @@ class SerialBridgeNode(Node):
 
     def _diagnostics(self) -> None:
         up = self.link.is_up
-        values = {"bus": self.bus, "port": self.port, "baud": self.baud, "link": "up" if up else "down",
-                  "rate_hz": f"{self.rate_hz:g}", "published": self.published, "last_error": self._last_error}
+        values = {
+            "bus": self.bus,
+            "port": self.port,
+            "baud": self.baud,
+            "link": "up" if up else "down",
+            "rate_hz": f"{self.rate_hz:g}",
+            "published": self.published,
+            "last_error": self._last_error,
+        }
         for k, v in self.link.counters().items():
             values[k] = f"{v:.3f}" if isinstance(v, float) else v
-        status = DiagnosticStatus(level=DiagnosticStatus.OK if up else DiagnosticStatus.ERROR, name="s2r/serial_bridge_node",
-                                  message="link up" if up else "link down", hardware_id=self.port)
+        status = DiagnosticStatus(
+            level=DiagnosticStatus.OK if up else DiagnosticStatus.ERROR,
+            name="s2r/serial_bridge_node",
+            message="link up" if up else "link down",
+            hardware_id=self.port,
+        )
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()
@@ -417,7 +465,9 @@ class SerialBridgeNode(Node):
 
 
 def main(args=None) -> int:
-    return run("serial_bridge_node", SerialBridgeNode, lambda node: node._thread.start(), lambda node: node.close(), args)
+    return run(
+        "serial_bridge_node", SerialBridgeNode, lambda node: node._thread.start(), lambda node: node.close(), args
+    )
 
 
 if __name__ == "__main__":

@@ -91,10 +91,14 @@ class SimRobotNode(Node):
         self.imu_pub = self.create_publisher(Imu, "imu", qos) if self.robot.has_base else None
         self.odom_pub = self.create_publisher(Odometry, "odom", qos) if self.robot.has_base else None
         self.cmd_pub = self.create_publisher(Twist, "cmd_vel", 10) if self.operator and "command" in ops else None
-        self.target_pub = self.create_publisher(PointStamped, "target", 10) if self.operator and "target_pos_w" in ops else None
+        self.target_pub = (
+            self.create_publisher(PointStamped, "target", 10) if self.operator and "target_pos_w" in ops else None
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._simulate, name="simulation", daemon=True)
-        self.get_logger().info(f"simulated {self.robot.spec.robot} ({task}) at {self.robot.control_hz:g} Hz; gap {gap or 'none'}")
+        self.get_logger().info(
+            f"simulated {self.robot.spec.robot} ({task}) at {self.robot.control_hz:g} Hz; gap {gap or 'none'}"
+        )
 
     def _on_command(self, msg) -> None:
         try:
@@ -172,11 +176,15 @@ class SimRobotNode(Node):
             msg = m.imu_msg(Imu(), r["base_quat_wxyz"], r["base_ang_vel_b"])
             msg.header.stamp, msg.header.frame_id = stamp, self.frame_id
             self.imu_pub.publish(msg)
-            msg = m.odometry_msg(Odometry(), r["base_pos_w"], r["base_quat_wxyz"], r["base_lin_vel_b"], r["base_ang_vel_b"])
+            msg = m.odometry_msg(
+                Odometry(), r["base_pos_w"], r["base_quat_wxyz"], r["base_lin_vel_b"], r["base_ang_vel_b"]
+            )
             msg.header.stamp, msg.header.frame_id, msg.child_frame_id = stamp, "world", self.frame_id
             self.odom_pub.publish(msg)
         if self.joint_pub is not None:
-            msg = m.joint_state_msg(JointState(), self.robot.joint_names, r["joint_pos"], r["joint_vel"], r["joint_effort"])
+            msg = m.joint_state_msg(
+                JointState(), self.robot.joint_names, r["joint_pos"], r["joint_vel"], r["joint_effort"]
+            )
             msg.header.stamp = stamp
             self.joint_pub.publish(msg)
 
