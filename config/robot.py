@@ -249,6 +249,8 @@ def load_robot_cfg(path: str | Path) -> RobotCfg:
 
 
 def hover_thrust_to_weight(cfg: RobotCfg, mass_kg: float) -> float:
+    if cfg.rotors is None:
+        raise ValueError(f"robot {cfg.name} has no rotors")
     return len(cfg.rotors.names) * cfg.rotors.max_thrust_N / (mass_kg * GRAVITY_MPS2)
 
 

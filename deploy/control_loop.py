@@ -60,7 +60,8 @@ class _Samples:
     def percentiles_us(self) -> tuple[float, float, float]:
         x = self.buf[: min(self.count, self.buf.size)]
         if x.size == 0:
-            return (float("nan"),) * 3
+            nan = float("nan")
+            return nan, nan, nan
         p50, p99 = np.percentile(x, (50, 99))
         return float(p50) / 1e3, float(p99) / 1e3, float(x.max()) / 1e3
 
@@ -105,16 +106,18 @@ class RateLoop:
         """Sleep until the next deadline; returns the wake-up time (ns)."""
         if self.t0_ns is None:
             self.start()
+        t0_ns = self.t0_ns
+        assert t0_ns is not None
         now = self.clock()
         if self._woke_ns is not None:
             self._compute.add(now - self._woke_ns)
-        deadline = self.t0_ns + self.k * self.period_ns
+        deadline = t0_ns + self.k * self.period_ns
         if now > deadline:
             self.overruns += 1
-            k_next = (now - self.t0_ns) // self.period_ns + 1  # first deadline still ahead
+            k_next = (now - t0_ns) // self.period_ns + 1  # first deadline still ahead
             self.missed_periods += k_next - self.k
             self.k = k_next
-            deadline = self.t0_ns + self.k * self.period_ns
+            deadline = t0_ns + self.k * self.period_ns
         remaining = deadline - self.clock()
         if remaining > self.spin_ns:
             self.sleep((remaining - self.spin_ns) / 1e9)
@@ -133,11 +136,13 @@ class RateLoop:
     ) -> LoopStats:
         """Call `step(wake_ns)` each period until `duration_s` of deadlines, `max_loops` or `stop()`."""
         self.start()
+        t0_ns = self.t0_ns
+        assert t0_ns is not None
         self._running = True
-        end_ns = None if duration_s is None else self.t0_ns + round(duration_s * 1e9)
+        end_ns = None if duration_s is None else t0_ns + round(duration_s * 1e9)
         try:
             while self._running and (max_loops is None or self.loops < max_loops):
-                if end_ns is not None and self.t0_ns + self.k * self.period_ns > end_ns:
+                if end_ns is not None and t0_ns + self.k * self.period_ns > end_ns:
                     break
                 step(self.wait())
         finally:
@@ -326,6 +331,7 @@ class Controller:
         if not self.cfg.is_joint_robot:
             return Command(now_ns, Mode.STANDBY, np.zeros(len(self.cfg.actuators)), 1.0, None)
         if self._ramp_from is None:  # the ramp starts from where the robot is on the first standby step
+            assert self.guard.last_joint_pos is not None
             self._ramp_from = self.guard.last_joint_pos.copy()
             self._ramp_t0_ns = now_ns
         elapsed = now_ns - self._ramp_t0_ns

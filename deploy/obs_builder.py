@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 
 from deploy.arrays import concat, constant_like
@@ -57,10 +59,14 @@ class ObsBuilder:
                 frame = frame.clip(-term.clip, term.clip)
             if term.history > 1:
                 hist = self._history[term.name]
-                hist[:, 1:] = hist[:, :-1].copy() if isinstance(hist, np.ndarray) else hist[:, :-1].clone()
+                if isinstance(hist, np.ndarray):
+                    hist[:, 1:] = hist[:, :-1].copy()
+                else:
+                    hist[:, 1:] = hist[:, :-1].clone()
                 hist[:, 0] = frame
-                if self._fresh.any():
-                    hist[self._fresh] = frame[self._fresh][:, None]
+                fresh = self._fresh  # (batch,) bool
+                if fresh.any():
+                    hist[fresh] = frame[fresh][:, None]  # pyright: ignore[reportArgumentType]  same array kind
                 frame = hist.reshape(self.batch, -1)
             parts.append(frame)
         self._fresh[:] = False
@@ -86,12 +92,12 @@ class PolicyInput:
         self.builder.reset()
         self.last_action[:] = 0.0
 
-    def __call__(self, readings: dict):
+    def __call__(self, readings: dict) -> np.ndarray:
         """(1, obs_dim) float32 observation from one step's readings."""
         frame = {k: np.asarray(v, dtype=np.float32).reshape(1, -1) for k, v in self.signals(readings).items()}
         if self._fill_last_action and LAST_ACTION_TERM not in frame:
             frame[LAST_ACTION_TERM] = self.last_action
-        return self.builder(frame)
+        return cast(np.ndarray, self.builder(frame))  # a numpy builder (no `like`) gives numpy arrays
 
     def acted(self, action: np.ndarray) -> None:
         """The raw action the policy took on this step's observation: the next step's `last_action`."""

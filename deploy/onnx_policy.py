@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -83,4 +84,4 @@ class OnnxPolicy:
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         obs = np.ascontiguousarray(obs, dtype=np.float32)
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: obs})[0]
+        return cast(np.ndarray, self.session.run([OUTPUT_NAME], {INPUT_NAME: obs})[0])  # a dense output tensor

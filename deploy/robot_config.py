@@ -194,6 +194,8 @@ def robot_config(
         "soft_start_s": 2.0 if joint else 0.0,
     }
     if joint:
+        if robot.joints is None:
+            raise ConfigError(f"{source}: the {robot.kind} robot '{robot.name}' has no joints")
         d.update(
             joint_pos_low_rad=low,
             joint_pos_high_rad=high,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 SPEC_VERSION = 1
 HISTORY_LAYOUT = "term_major_newest_first"
@@ -18,6 +19,11 @@ ACTION_TYPES = ("motor_thrust", "joint_position", "joint_torque")
 
 class SpecError(ValueError):
     """A PolicySpec is malformed or does not match what it is used with."""
+
+
+def _fields_from_json(d: dict) -> dict[str, Any]:
+    """A JSON object's fields, its lists as tuples (the spec's sequences are tuples)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 @dataclass(frozen=True)
@@ -145,11 +151,9 @@ class PolicySpec:
     def from_dict(cls, d: dict) -> PolicySpec:
         try:
             d = dict(d)
-            obs = tuple(
-                ObsTerm(**{k: tuple(v) if isinstance(v, list) else v for k, v in t.items()}) for t in d.pop("obs")
-            )
-            action = ActionSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("action").items()})
-            extra = SpecExtra(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("extra", {}).items()})
+            obs = tuple(ObsTerm(**_fields_from_json(t)) for t in d.pop("obs"))
+            action = ActionSpec(**_fields_from_json(d.pop("action")))
+            extra = SpecExtra(**_fields_from_json(d.pop("extra", {})))
             return cls(obs=obs, action=action, extra=extra, **d)
         except SpecError:
             raise

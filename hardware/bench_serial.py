@@ -39,6 +39,7 @@ def _emulator(module: str, *args: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", module, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    assert proc.stdout is not None and proc.stderr is not None
     line = proc.stdout.readline()
     found = re.search(r" on (/dev/\S+)", line)
     if not found:
@@ -78,9 +79,11 @@ def dynamixel_cycle_bytes(n: int) -> dict:
 
 def bench_dynamixel(baud: int, seconds: float = 3.0, robot: str = "open_manipulator_x") -> dict:
     from hardware.dynamixel_bus import BusError, DynamixelBus
-    from hardware.serial_config import load_hardware_serial
+    from hardware.serial_config import DynamixelSerialCfg, load_hardware_serial
 
     hw = load_hardware_serial(CONFIG_DIR / f"{robot}.yaml")
+    if not isinstance(hw.serial, DynamixelSerialCfg):
+        raise ValueError(f"{hw.source}: robot '{robot}' has no Dynamixel serial section")
     servos = hw.serial.servos()
     n = len(servos)
     ids = [str(s.id) for s in servos.values()]
@@ -145,6 +148,8 @@ def bench_board(baud: int, seconds: float = 3.0, robot: str = "quadruped") -> di
 
     hw = load_hardware_serial(CONFIG_DIR / f"{robot}.yaml")
     n = len(hw.robot.actuator_names)
+    if hw.robot.joints is None:
+        raise ValueError(f"{hw.source}: robot '{robot}' has no joints")
     default = tuple(hw.robot.joints.default_pos_rad)
     command = Command(mode=CommandMode.POSITION, targets=default, kp_Nm_per_rad=(20.0,) * n, kd_Nms_per_rad=(0.5,) * n)
     state_bytes = state_wire_bytes(n, imu=True)

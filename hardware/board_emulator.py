@@ -113,12 +113,15 @@ class LagBoardPlant:
         c = self._command
         if c is None or c.mode != CommandMode.POSITION:
             return
+        kp, kd = c.kp_Nm_per_rad, c.kd_Nms_per_rad
+        if kp is None or kd is None:
+            raise ValueError("COMMAND in POSITION mode needs kp_Nm_per_rad and kd_Nms_per_rad")
         for i, pos in enumerate(self._pos):
             target = c.targets[i]
             new_pos = target - (target - pos) * math.exp(-dt_s / self.time_constant_s)
             self._pos[i] = new_pos
             self._vel[i] = (new_pos - pos) / dt_s
-            self._effort[i] = c.kp_Nm_per_rad[i] * (target - new_pos) - c.kd_Nms_per_rad[i] * self._vel[i]
+            self._effort[i] = kp[i] * (target - new_pos) - kd[i] * self._vel[i]
 
     def state(self) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...], Imu | None]:
         return tuple(self._pos), tuple(self._vel), tuple(self._effort), self._imu

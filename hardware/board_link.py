@@ -344,10 +344,12 @@ class BoardLink:
         self._next_reopen_s = time.monotonic() + REOPEN_PERIOD_S
 
     def _read(self, wait_s: float) -> State | None:
+        port = self._serial
+        assert port is not None
         try:
             if wait_s > 0:
-                select.select([self._serial.fileno()], [], [], wait_s)
-            data = self._serial.read(READ_CHUNK)
+                select.select([port.fileno()], [], [], wait_s)
+            data = port.read(READ_CHUNK)
         except (serial.SerialException, OSError) as e:
             self._port_failed(e)
             return None

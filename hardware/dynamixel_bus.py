@@ -272,8 +272,9 @@ class DynamixelBus:
         """Let the rest of a failed exchange's answers arrive, then drop them, so that none is taken for
         the next exchange's."""
         time.sleep(self._settle_s)
-        self._port.clearPort()
-        self._port.is_using = False
+        port = self._require_open()
+        port.clearPort()
+        port.is_using = False
 
     def write_goal(self, positions_rad) -> None:
         """One sync write of goal positions (rad, joint order). No answer comes back, by the protocol."""
@@ -300,7 +301,7 @@ class DynamixelBus:
         result = group.txPacket()
         if result != COMM_SUCCESS:
             self.stats.failures += 1
-            self._port.is_using = False
+            self._require_open().is_using = False
             raise BusError(f"{what}: {self._ph.getTxRxResult(result)}")
 
     def read_hardware_errors(self) -> dict[str, tuple[int, list[str]]]:

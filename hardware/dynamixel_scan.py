@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dynamixel_sdk import COMM_SUCCESS, PacketHandler, PortHandler
+from dynamixel_sdk import COMM_SUCCESS, PortHandler, Protocol2PacketHandler
 
 from hardware import dynamixel_table as dt
 
@@ -75,7 +75,7 @@ def scan_link(
     """Ping `port_name` at each baud rate (the expected one first); `usb_latency_s` as for `Port`."""
     if expected_baud is not None:
         bauds = (expected_baud,) + tuple(b for b in bauds if b != expected_baud)
-    ph = PacketHandler(2.0)
+    ph = Protocol2PacketHandler()  # what PacketHandler(2.0) gives
     port = Port(port_name, usb_latency_s)
     found: list[FoundServo] = []
     try:
@@ -103,7 +103,7 @@ def scan_link(
     return ScanResult(port_name, tuple(bauds), tuple(ids), tuple(found), tuple(expected_ids), expected_baud)
 
 
-def _broadcast_ping(port: Port, ph: PacketHandler, window_s: float) -> dict[int, tuple[int, int]]:
+def _broadcast_ping(port: Port, ph: Protocol2PacketHandler, window_s: float) -> dict[int, tuple[int, int]]:
     """{id: (model number, status error byte)} of the servos answering one broadcast ping within `window_s`.
 
     dynamixel-sdk's own broadcastPing waits for all 253 IDs (0.8 s to 4 s per rate); here the
@@ -122,7 +122,7 @@ def _broadcast_ping(port: Port, ph: PacketHandler, window_s: float) -> dict[int,
     return answers
 
 
-def _hardware_error(port: Port, ph: PacketHandler, servo_id: int) -> int | None:
+def _hardware_error(port: Port, ph: Protocol2PacketHandler, servo_id: int) -> int | None:
     for _ in range(2):
         value, result, _ = ph.read1ByteTxRx(port, servo_id, dt.HARDWARE_ERROR_STATUS.address)
         if result == COMM_SUCCESS:

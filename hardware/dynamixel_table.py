@@ -8,6 +8,7 @@ e-manual for the XM430-W350 (Protocol 2.0 firmware).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 MODEL_NUMBER_XM430_W350 = 1020
@@ -123,7 +124,7 @@ def A_to_current_units(current_A: float) -> int:
     return round(current_A / CURRENT_UNIT_A)
 
 
-def decode(field: Field, data: bytes | bytearray, offset: int = 0) -> int:
+def decode(field: Field, data: Sequence[int], offset: int = 0) -> int:
     """The register value stored little-endian at `offset` of `data`."""
     return int.from_bytes(bytes(data[offset : offset + field.size]), "little", signed=field.signed)
 

@@ -13,7 +13,7 @@ import enum
 import functools
 import struct
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import ClassVar, Self, TypeVar
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct("<BBHI")  # version, type, seq, time_us
@@ -117,7 +117,10 @@ def _decoded_count(owner: str, n: int) -> int:
     return n
 
 
-def _enum(cls: type[enum.IntEnum], value: int, owner: str, name: str):
+_IntEnumT = TypeVar("_IntEnumT", bound=enum.IntEnum)
+
+
+def _enum(cls: type[_IntEnumT], value: int, owner: str, name: str) -> _IntEnumT:
     try:
         return cls(value)
     except ValueError:

@@ -184,6 +184,7 @@ def serial_cfg_from_dict(d, robot: RobotCfg, source: str) -> SerialCfg:
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{source}: serial section: {len(problems)} problem(s):\n{lines}")
+    assert cfg is not None
     return cfg
 
 

@@ -241,7 +241,7 @@ class BoardSimPlant:
         self.num_actuators = len(robot.actuator_names)
         self.joint_robot = robot.joints is not None
         self.modes = (CommandMode.POSITION,) if self.joint_robot else (CommandMode.THRUST,)
-        self._nominal_kp = np.array(robot.joints.per_joint("kp")) if self.joint_robot else None
+        self._nominal_kp = np.array(robot.joints.per_joint("kp")) if robot.joints is not None else None
         self._has_imu = stepper.sim.has_base
         self._accel_adr = _accelerometer(stepper.sim.env.backend.model, robot.imu_site)
         self._command: Command | None = None
@@ -282,11 +282,10 @@ class BoardSimPlant:
             accel = self.stepper.sim.env.backend.sensordata[0, self._accel_adr : self._accel_adr + 3].numpy()
         else:
             accel = -GRAVITY_MPS2 * projected_gravity(quat_to_rotmat(quat))
-        imu = Imu(
-            quat_wxyz=tuple(map(float, quat)),
-            gyro_rad_s=tuple(map(float, r["base_ang_vel_b"])),
-            accel_m_s2=tuple(map(float, accel)),
-        )
+        qw, qx, qy, qz = map(float, quat)
+        gx, gy, gz = map(float, r["base_ang_vel_b"])
+        ax, ay, az = map(float, accel)
+        imu = Imu(quat_wxyz=(qw, qx, qy, qz), gyro_rad_s=(gx, gy, gz), accel_m_s2=(ax, ay, az))
         return pos, vel, effort, imu
 
 

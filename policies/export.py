@@ -74,7 +74,7 @@ def export_onnx(
         torch.onnx.export(
             actor,
             (dummy,),
-            buf,
+            buf,  # pyright: ignore[reportArgumentType]  the dynamo=False exporter writes to file objects too
             input_names=[INPUT_NAME],
             output_names=[OUTPUT_NAME],
             opset_version=OPSET,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -15,6 +16,11 @@ class EmpiricalNormalization(nn.Module):
 
     Stored as buffers so the exported ONNX carries them; frozen in eval mode.
     """
+
+    mean: torch.Tensor  # buffers, registered in __init__
+    var: torch.Tensor
+    std: torch.Tensor
+    count: torch.Tensor
 
     def __init__(self, dim: int, eps: float = 1e-2):
         super().__init__()
@@ -94,8 +100,9 @@ class ActorCritic(nn.Module):
         self.critic = mlp(critic_obs_dim, critic_hidden, 1, activation)
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_std)).log())
         # Small last-layer weights: the first actions stay near the nominal (hover, default pose).
-        nn.init.uniform_(self.actor[-1].weight, -1e-3, 1e-3)
-        nn.init.zeros_(self.actor[-1].bias)
+        head = cast(nn.Linear, self.actor[-1])  # mlp() ends in a Linear
+        nn.init.uniform_(head.weight, -1e-3, 1e-3)
+        nn.init.zeros_(head.bias)
 
     def action_mean(self, policy_obs: torch.Tensor) -> torch.Tensor:
         return self.actor(self.policy_normalizer(policy_obs))

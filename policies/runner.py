@@ -73,7 +73,13 @@ class Runner:
         self.cfg, self.task_cfg = cfg, task_cfg
 
         torch.manual_seed(cfg.seed)
-        self.env = make_env(cfg.task, cfg.num_envs, task_cfg, device=self.device, seed=cfg.seed)
+        self.env = make_env(
+            cfg.task,
+            cfg.num_envs,
+            task_cfg,
+            device=self.device,
+            seed=cfg.seed,
+        )
         dims = self.env.obs_dims
         p = cfg.ppo
         self.model = ActorCritic(

@@ -510,9 +510,10 @@ class BagReader:
                 doc = yaml.safe_load(meta.read_text())
             except yaml.YAMLError as e:
                 raise BagError(f"{meta} is not a rosbag2 metadata file: {e}") from e
-            info = doc.get("rosbag2_bagfile_information") if isinstance(doc, dict) else None
-            if not isinstance(info, dict):
+            found = doc.get("rosbag2_bagfile_information") if isinstance(doc, dict) else None
+            if not isinstance(found, dict):
                 raise BagError(f"{meta} is not a rosbag2 metadata file: no rosbag2_bagfile_information mapping")
+            info = found
             if info.get("storage_identifier", "mcap") != "mcap":
                 raise BagError(
                     f"{folder} is a rosbag2 bag in '{info['storage_identifier']}' storage; only mcap is read"
@@ -613,7 +614,7 @@ class BagReader:
         """The generic decoder of the channel's stored schema, behind the fast one of its type if any."""
         schema = f.schemas.get(channel.schema_id)
         generic = self._decoders.decoder_for(channel.message_encoding, schema)
-        if generic is None:
+        if generic is None or schema is None:  # no schema gives no generic decoder
             raise BagError(
                 f"topic {channel.topic}: cannot decode encoding '{channel.message_encoding}' with "
                 f"schema encoding '{schema.encoding if schema else None}' (only cdr + ros2msg)"
@@ -625,6 +626,7 @@ class BagReader:
         """(log time, order, channel id, CDR) of the wanted channels by the summary's chunk and message
         indexes: chunks without a wanted channel are not read, nor other channels' records in the rest;
         chunks overlapping in time are merged."""
+        assert f.chunk_indexes is not None  # called only for files read by their indexes
         chunks = sorted(
             (c for c in f.chunk_indexes if ids is None or ids & c.message_index_offsets.keys()),
             key=lambda c: (c.message_start_time, c.chunk_start_offset),
@@ -753,7 +755,11 @@ class StreamHealthCounter:
         self.prev = int(t[-1])
 
     def result(self) -> StreamHealth:
-        span = 0.0 if self.n == 0 else (self.prev - self.first) / 1e9
+        if self.n == 0:
+            span = 0.0
+        else:
+            assert self.first is not None and self.prev is not None  # set by the first add
+            span = (self.prev - self.first) / 1e9
         return StreamHealth(self.n, self.back, self.gaps, self.max_gap_ns / 1e9, span)
 
 

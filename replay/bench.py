@@ -42,7 +42,7 @@ def _array(segments: list[tuple[str, np.ndarray]]) -> dict:
     }
 
 
-def _xyz(v: np.ndarray) -> dict:
+def _xyz(v: np.ndarray | tuple[float, float, float]) -> dict:
     return dict(zip("xyz", map(float, v), strict=True))
 
 

@@ -40,7 +40,8 @@ def normalizer_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     missing = [n for n in NORMALIZER if n not in inits]
     if missing:
         raise PolicyLoadError(f"{path}: no initializers {missing}: not an s2r export with its observation normalizer")
-    return tuple(numpy_helper.to_array(inits[n]).astype(np.float64) for n in NORMALIZER)
+    mean, std = (numpy_helper.to_array(inits[n]).astype(np.float64) for n in NORMALIZER)
+    return mean, std
 
 
 def load_candidate(path: str | Path, logged: PolicySpec) -> Candidate:

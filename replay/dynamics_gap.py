@@ -116,8 +116,8 @@ def predict_windows(
         backend = MujocoCpuBackend(plant.model(), n)
     decimation = physics_substeps(backend.model, period_s)
     ids = torch.arange(n)
-    qpos = np.concatenate((log.pos_w_m[starts], log.quat_wxyz[starts]), -1)
-    qvel = np.concatenate((log.lin_vel_w_mps[starts], log.ang_vel_b_radps[starts]), -1)
+    qpos = np.concatenate((log["pos_w_m"][starts], log["quat_wxyz"][starts]), -1)
+    qvel = np.concatenate((log["lin_vel_w_mps"][starts], log["ang_vel_b_radps"][starts]), -1)
     backend.reset(ids, torch.from_numpy(qpos), torch.from_numpy(qvel))
     backend.xfrc_applied.zero_()
     rotors = RotorModel(n, thrust_N.shape[1], period_s, plant.max_thrust_N, "cpu")
@@ -203,7 +203,9 @@ def rigid_gap_stats(
         pred = predict_windows(log, thrust_N, plant, padded, horizon, backend)[: len(s)]
         for k in stats.ks:
             p, r = pred[:, k - 1], s + k
-            stats.add_rigid(k, "", p[:, 0:7], p[:, 7:10], log.pos_w_m[r], log.quat_wxyz[r], log.lin_vel_w_mps[r])
+            stats.add_rigid(
+                k, "", p[:, 0:7], p[:, 7:10], log["pos_w_m"][r], log["quat_wxyz"][r], log["lin_vel_w_mps"][r]
+            )
     backend.close()
     stats.windows += len(starts)
     return len(starts)
@@ -308,6 +310,7 @@ def joint_gap_stats(log: JointLog, env, joint_names: tuple[str, ...], stats: Gap
         qpos[:, qadr] = torch.from_numpy(log.joint_pos_rad[padded]).to(qpos)
         qvel[:, dadr] = torch.from_numpy(log.joint_vel_radps[padded]).to(qvel)
         if free is not None:
+            assert log.base_qpos is not None and log.base_qvel is not None  # checked above: free needs them
             qpos[:, base_q] = torch.from_numpy(log.base_qpos[padded]).to(qpos)
             qvel[:, base_v] = torch.from_numpy(log.base_qvel[padded]).to(qvel)
         env.backend.reset(ids, qpos, qvel)
@@ -332,6 +335,7 @@ def joint_gap_stats(log: JointLog, env, joint_names: tuple[str, ...], stats: Gap
                 stats.add(k, "joint_pos_rad", sim["joint_pos"] - log.joint_pos_rad[r])
                 stats.add(k, "joint_vel_radps", sim["joint_vel"] - log.joint_vel_radps[r])
                 if free is not None:
+                    assert log.base_qpos is not None and log.base_qvel is not None  # checked above: free needs them
                     stats.add_rigid(
                         k,
                         "base_",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -149,7 +150,7 @@ def score_foreign_log(
                 need_reset = False
             row = {r: v[i] for r, v in readings.items()}
             for j, (c, inp) in enumerate(zip(candidates, inputs, strict=True)):
-                o = inp(row)
+                o = cast(np.ndarray, inp(row))  # PolicyInput builds numpy frames, so a numpy observation
                 a = c.policy(o)
                 inp.acted(a)
                 obs[j].append(o[0])
@@ -173,6 +174,7 @@ def score_foreign_log(
             f"{log_path}: no control step with every reading the policy needs finite"
             + (f" in the window {window_s} s" if window_s else "")
         )
+    assert clock is not None  # steps > 0: a chunk was read
     period_s = 1.0 / spec.control_hz
     metrics = {
         "log": str(log_path),

@@ -67,6 +67,8 @@ def quadrotor_plant(cfg) -> Plant:
     from sim.terms import term_param
 
     robot = find_robot(cfg.robot)
+    if robot.rotors is None:
+        raise ReplayError(f"robot {cfg.robot} has no rotors: a multirotor task needs them for its plant")
     lo, hi = term_param(cfg.events, "rotor_params", "motor_tau_s", (0.03, 0.03))
     return Plant("nominal", str(robot.model_path), (lo + hi) / 2, robot.rotors.max_thrust_N, robot=cfg.robot)
 
@@ -178,10 +180,10 @@ def dynamics_pass(
                 "motor_cmd": a[:, 14:],
             }
             log = make_log(t, values, clock, _regular(t, period_s), str(reader.path))
-            valid = np.isfinite(log.motor_cmd).all(1) & _continuous(
-                log.pos_w_m, log.lin_vel_w_mps, period_s, RESET_JUMP_M
+            valid = np.isfinite(log["motor_cmd"]).all(1) & _continuous(
+                log["pos_w_m"], log["lin_vel_w_mps"], period_s, RESET_JUMP_M
             )
-            rigid_gap_stats(log, np.nan_to_num(log.motor_cmd), plant, stats, valid)
+            rigid_gap_stats(log, np.nan_to_num(log["motor_cmd"]), plant, stats, valid)
 
         for m in reader.messages([odom, cmd_topic]):
             health.setdefault(m.topic, StreamHealthCounter(period_s)).add(m.log_time_ns)
@@ -232,7 +234,7 @@ def dynamics_pass(
             )
 
         order = None
-        for m in reader.messages([js_topic, cmd_topic] + ([odom_topic] if floating else [])):
+        for m in reader.messages([js_topic, cmd_topic] + ([odom_topic] if odom_topic is not None else [])):
             health.setdefault(m.topic, StreamHealthCounter(period_s)).add(m.log_time_ns)
             if m.topic == cmd_topic:
                 data = np.asarray(m.msg.data, dtype=np.float64)

@@ -126,11 +126,14 @@ def base_tracking_pass(reader: BagReader, task: TaskMetrics, span_ns: tuple[int,
     (both body frame) on every /odom message while the controller ran (`span_ns`), from the task's
     `base_velocity_settle_s` after each command change, as `s2r eval` measures it, fed to `task`.
     False when the bag lacks /odom or /cmd_vel."""
-    topics = [find_topic(reader, name) for name in ("odom", "cmd_vel")]
-    if None in topics:
+    odom_topic, cmd_topic = (find_topic(reader, name) for name in ("odom", "cmd_vel"))
+    if odom_topic is None or cmd_topic is None:
         return False
-    cmd_topic = topics[1]
-    settle_ns = round(task.base_velocity_settle_s * 1e9)
+    topics = [odom_topic, cmd_topic]
+    settle_s = task.base_velocity_settle_s
+    if settle_s is None:
+        raise ValueError(f"task {task.spec.task} does not track a commanded base velocity")
+    settle_ns = round(settle_s * 1e9)
     errors, cmd, changed_ns = [], None, 0
     for m in reader.messages(topics):
         if m.topic == cmd_topic:

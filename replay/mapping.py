@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import yaml
@@ -174,7 +175,7 @@ def load_mapping(path: str | Path) -> Mapping:
 def parse_mapping(raw, where: str = "mapping") -> Mapping:
     """Validate a mapping given as plain data (what the YAML holds)."""
 
-    def fail(key: str, msg: str):
+    def fail(key: str, msg: str) -> NoReturn:
         raise MappingError(f"{where}: {key}: {msg}")
 
     if not isinstance(raw, dict):
@@ -209,7 +210,7 @@ def parse_mapping(raw, where: str = "mapping") -> Mapping:
     return Mapping(str(raw.get("description", "")), fmt, float(rate), time, quantities, where)
 
 
-def _parse_entry(name: str, raw, fmt: str, key: str, fail) -> Entry:
+def _parse_entry(name: str, raw, fmt: str, key: str, fail: Callable[[str, str], NoReturn]) -> Entry:
     if not isinstance(raw, dict):
         fail(key, f"expected keys {ENTRY_KEYS}, got {raw!r}")
     for k in raw:
@@ -425,10 +426,15 @@ def iter_bag(
     def absolute(topic: str) -> str:
         return "/" + topic.lstrip("/")
 
+    def entry_topic(e: Entry) -> str:
+        if e.topic is None:  # parse_mapping requires a topic for every entry of a bag mapping
+            raise MappingError(f"mapping entry '{e.name}' names no topic (a bag mapping needs one per entry)")
+        return absolute(e.topic)
+
     by_topic: dict[str, list[Entry]] = {}
     for e in mapping.quantities:
-        by_topic.setdefault(absolute(e.topic), []).append(e)
-    clock_topic = absolute(mapping.time.topic)
+        by_topic.setdefault(entry_topic(e), []).append(e)
+    clock_topic = entry_topic(mapping.time)
     latest: dict[str, np.ndarray] = {}
     times: list[float] = []
     rows: dict[str, list[np.ndarray]] = {e.name: [] for e in mapping.quantities}

@@ -63,7 +63,7 @@ class ThrustCurve:
         if self.form not in FORMS:
             raise ValueError(f"ThrustCurve.form: '{self.form}' is not one of {FORMS}")
 
-    def thrust_N(self, pwm: np.ndarray, vbat_V: np.ndarray) -> np.ndarray:
+    def thrust_N(self, pwm: np.ndarray, vbat_V: np.ndarray | None) -> np.ndarray:
         """(T, 4) rotor thrust before the per-rotor gain, from (T, 4) PWM and (T, 1) battery volts."""
         return curve_terms(self.form, pwm, vbat_V) @ np.asarray(self.coeffs)
 
@@ -81,7 +81,7 @@ class SysIdResult:
     max_thrust_N: float  # rotor command clamp: the curve at full PWM and a full battery
 
     def thrust_N(self, log: Log) -> np.ndarray:
-        return self.curve.thrust_N(log.motor_cmd, log.vbat_V)
+        return self.curve.thrust_N(log["motor_cmd"], log.vbat_V)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -179,7 +179,7 @@ def fit_curve_and_gains(
 
 def in_flight(log: Log) -> np.ndarray:
     """(T,) rows with every motor running and the body clear of the ground."""
-    return (log.motor_cmd > 0).all(1) & (log.pos_w_m[:, 2] > MIN_HEIGHT_M)
+    return (log["motor_cmd"] > 0).all(1) & (log["pos_w_m"][:, 2] > MIN_HEIGHT_M)
 
 
 # --- model variants --------------------------------------------------------------------------------
@@ -189,7 +189,7 @@ def stock_plant() -> Plant:
 
 def stock_thrust_N(log: Log) -> np.ndarray:
     """The firmware user's assumption: thrust = 0.15 N * pwm / 65535, per rotor."""
-    return STOCK_MAX_THRUST_N * log.motor_cmd / PWM_FULL
+    return STOCK_MAX_THRUST_N * log["motor_cmd"] / PWM_FULL
 
 
 def write_variant_mjcf(path: Path, mass_kg: float, rotor_gain: np.ndarray, yaw_coeff_m: float, note: str) -> None:
@@ -197,9 +197,15 @@ def write_variant_mjcf(path: Path, mass_kg: float, rotor_gain: np.ndarray, yaw_c
     tree = ET.parse(STOCK_MJCF, parser=ET.XMLParser(target=ET.TreeBuilder(insert_comments=True)))
     root = tree.getroot()
     root.insert(0, ET.Comment(f" {note} "))
-    root.find(".//body[@name='base']/inertial").set("mass", f"{mass_kg:.6g}")
+    inertial = root.find(".//body[@name='base']/inertial")
+    if inertial is None:
+        raise ValueError(f"{STOCK_MJCF}: body 'base' has no inertial")
+    inertial.set("mass", f"{mass_kg:.6g}")
     for act, g in zip(root.findall("actuator/general"), rotor_gain, strict=True):
-        sign = np.sign(float(act.get("gear").split()[5]))
+        gear = act.get("gear")
+        if gear is None:
+            raise ValueError(f"{STOCK_MJCF}: actuator {act.get('name')} has no gear")
+        sign = np.sign(float(gear.split()[5]))
         act.set("gear", f"0 0 {g:.6g} 0 0 {sign * yaw_coeff_m * g:.6g}")
     tree.write(path, encoding="unicode")
 
@@ -214,20 +220,20 @@ def fit_crazyflie(
     rows = np.flatnonzero(fly)
     split = rows[int(len(rows) * (1 - holdout))]
     force_N = mass_kg * log["specific_force_b_mps2"][:, 2]
-    torque = body_torque_Nm(log.ang_vel_b_radps, dt_s, geo.inertia_kgm2)
+    torque = body_torque_Nm(log["ang_vel_b_radps"], dt_s, geo.inertia_kgm2)
 
     def fit(form: str, tau_s: float, delay: int, mask: np.ndarray):
-        terms = motor_lag(curve_terms(form, log.motor_cmd, log.vbat_V), tau_s, dt_s, delay)
+        terms = motor_lag(curve_terms(form, log["motor_cmd"], log.vbat_V), tau_s, dt_s, delay)
         return fit_curve_and_gains(terms[mask], force_N[mask], torque[mask], geo, form), terms
 
     # 1. the curve's form, by the force residual on the held-out tail of the flight
-    holdout_rms = {}
+    holdout_rms: dict[str, float] = {}
     for form in FORMS:
         (curve, gain, _), terms = fit(form, STOCK_TAU_S, 0, fly & (np.arange(len(log)) < split))
         tail = fly & (np.arange(len(log)) >= split)
         pred = (terms[tail] @ np.asarray(curve.coeffs) * gain).sum(1)
         holdout_rms[form] = float(np.sqrt(np.mean((pred - force_N[tail]) ** 2)))
-    form = min(holdout_rms, key=holdout_rms.get)
+    form = min(holdout_rms, key=holdout_rms.__getitem__)
 
     # 2. motor lag and delay, by the simulated 10-step position error (curve and gains refitted)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -239,10 +245,11 @@ def fit_crazyflie(
             write_variant_mjcf(mjcf, mass_kg, gain, yaw, "fitted Crazyflie variant (replay/sysid.py)")
             max_N = float(curve.thrust_N(np.full((1, 4), PWM_FULL), np.full((1, 1), 4.2)).max())
             plant = Plant("fitted", str(mjcf), tau_s, max_N, delay)
-            gap = dynamics_gap(log, curve.thrust_N(log.motor_cmd, log.vbat_V), plant, ks=(10,), valid=fly, stride=2)
+            gap = dynamics_gap(log, curve.thrust_N(log["motor_cmd"], log.vbat_V), plant, ks=(10,), valid=fly, stride=2)
             grid[f"{tau_s},{delay}"] = err = gap["k"]["10"]["pos_m"]["norm"]["mean"]
             if best is None or err < best[0]:
                 best = (err, tau_s, delay, curve, gain, yaw, max_N)
+    assert best is not None  # the grid is not empty
     _, tau_s, delay, curve, gain, yaw, max_N = best
     note = (
         f"Crazyflie 2.1 variant fitted by replay/sysid.py: mass {mass_kg} kg (assumed), rotor thrust gains "
@@ -348,7 +355,7 @@ def plot_predictions(
     fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
     seg = slice(mid - n // 2, mid + n // 2 + horizon)
     for i, ax in enumerate(axes):
-        ax.plot(t[seg], log.pos_w_m[seg, i], "k", lw=2, label="logged")
+        ax.plot(t[seg], log["pos_w_m"][seg, i], "k", lw=2, label="logged")
         ax.set_ylabel(f"{'xyz'[i]} (m)")
     for (name, (plant, thrust)), color in zip(models.items(), ("tab:red", "tab:blue"), strict=True):
         pred = predict_windows(log, thrust, plant, starts, horizon)

@@ -15,7 +15,7 @@ import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -32,6 +32,9 @@ from sim.terms.events import EVENTS
 from sim.terms.observations import CRITIC_TERMS
 from sim.terms.rewards import REWARDS
 from sim.terms.terminations import TERMINATIONS
+
+if TYPE_CHECKING:
+    from sim.backends.mujoco_cpu import MujocoCpuBackend
 
 
 @contextmanager
@@ -55,6 +58,7 @@ class BatchedEnv(ABC):
 
     cfg: Any  # the task's config: its terms (rewards, terminations, events, curricula, critic) and noise
     spec: PolicySpec
+    backend: MujocoCpuBackend  # the task's physics (sim.backends), set before BatchedEnv.__init__
     max_episode_steps: int
     decimation: int = 1  # physics steps per control step
     curriculum_levels: tuple[str, ...] = ()  # the curriculum levels the task reads (`level(name)`)
@@ -276,7 +280,7 @@ class BatchedEnv(ABC):
     def step(self, action: torch.Tensor):
         self.prev_action = self.action
         self.action = action.detach().clone()
-        return self.step_command(self.action_mapper(self.action))
+        return self.step_command(cast(torch.Tensor, self.action_mapper(self.action)))
 
     def step_command(self, command: torch.Tensor):
         """One control period from an actuator command `(num_envs, action_dim)` in spec units (what a
@@ -286,12 +290,12 @@ class BatchedEnv(ABC):
         queue[:, 1:] = queue[:, :-1].clone()
         queue[:, 0] = command
         self._apply_command(queue[self.env_ids, self.latency_steps])
-        for command in self.commands.values():
-            command.steps_since += 1
-            n = command.resample_steps
+        for c in self.commands.values():
+            c.steps_since += 1
+            n = c.resample_steps
             ids = (self.episode_step % n == n - 1).nonzero().squeeze(-1) if n else ()
             if len(ids):
-                command.resample(ids)
+                c.resample(ids)
         for event in self.interval_events.values():
             ids = (self.episode_step % event.interval_steps == event.interval_steps - 1).nonzero().squeeze(-1)
             if ids.numel():
@@ -312,7 +316,7 @@ class BatchedEnv(ABC):
         self._episode_sums += terms
         reward = terms.sum(-1)
 
-        extras = {"metrics": self._step_metrics()} if self.record_metrics else {}
+        extras: dict[str, Any] = {"metrics": self._step_metrics()} if self.record_metrics else {}
         done_ids = (terminated | truncated).nonzero().squeeze(-1)
         if self.record_metrics:
             extras["reasons"] = reasons
@@ -330,7 +334,7 @@ class BatchedEnv(ABC):
         self.episode_step[env_ids] = 0
         self.action[env_ids] = 0.0
         self.prev_action[env_ids] = 0.0
-        self._command_queue[env_ids] = self.action_mapper(self.action[env_ids])[:, None]
+        self._command_queue[env_ids] = cast(torch.Tensor, self.action_mapper(self.action[env_ids]))[:, None]
         self.policy_obs.reset(env_ids)
         self._episode_sums[env_ids] = 0.0
 
@@ -361,7 +365,7 @@ class BatchedEnv(ABC):
 
     def _observations(self) -> dict[str, torch.Tensor]:
         true, sensed = self._signals()
-        policy = self.policy_obs(sensed)
+        policy = cast(torch.Tensor, self.policy_obs(sensed))  # the builder's arrays are torch (`like`)
         # The critic sees what the actor sees, the same quantities without noise, and privileged state.
         return {"policy": policy, "critic": torch.cat((policy, true, self._privileged()), dim=-1)}
 

@@ -54,7 +54,7 @@ class EpisodeRecorder:
         self.summarize, self.max_steps, self.per_env = summarize, max_steps, per_env
         self._current: list[dict[str, list]] = [{} for _ in range(num_envs)]
         self._started = np.zeros(num_envs, int)  # episodes begun per env
-        self.episodes: list[dict[str, np.ndarray]] = []  # finished: series (steps,), alive (steps,), crashed
+        self.episodes: list[dict[str, np.ndarray | bool]] = []  # finished: series (steps,), alive (steps,), crashed
         self.reasons_count: dict[str, int] = {}
 
     @property
@@ -82,7 +82,9 @@ class EpisodeRecorder:
     def _finish(self, i: int, crashed: bool) -> None:
         buf = self._current[i]
         n = len(next(iter(buf.values())))
-        ep = {k: np.pad(np.asarray(v), (0, self.max_steps - n), mode="edge") for k, v in buf.items()}
+        ep: dict[str, np.ndarray | bool] = {
+            k: np.pad(np.asarray(v), (0, self.max_steps - n), mode="edge") for k, v in buf.items()
+        }
         ep["alive"] = np.arange(self.max_steps) < n
         ep["crashed"] = crashed
         self.episodes.append(ep)

@@ -36,7 +36,9 @@ class JointPositionEnv(BatchedEnv):
         """The set-up every joint-position task shares: robot, backend, spec, BatchedEnv, PD.
         `cfg` has fields robot, episode_s and model_variants; `make_spec(cfg, robot)`."""
         self.robot = robot = robot_model(find_robot(cfg.robot), kind=kind)
-        self.joint_names = robot.cfg.joints.names
+        joints = robot.cfg.joints
+        assert joints is not None and robot.joint_low is not None and robot.joint_high is not None
+        self.joint_names = joints.names
         self.backend = make_backend(backend, robot.model, num_envs, model_variants=cfg.model_variants)
         self.decimation = robot.decimation
         self.physics_dt_s = float(robot.model.opt.timestep)
@@ -48,11 +50,11 @@ class JointPositionEnv(BatchedEnv):
         self._drive_ctrl = torch.as_tensor(robot.drive_ctrl)
         self.spec = make_spec(cfg, robot)
         self.max_episode_steps = round(cfg.episode_s * self.control_hz)
-        joints = robot.cfg.joints
         kp = torch.tensor(joints.per_joint("kp"), dtype=torch.float32, device=device)
         kd = torch.tensor(joints.per_joint("kd"), dtype=torch.float32, device=device)
         self.pd = JointPD(num_envs, kp, kd)
-        n_j, n_feet = len(self.joint_names), len(robot.cfg.feet.names) if robot.touch_adr is not None else 0
+        feet = robot.cfg.feet if robot.touch_adr is not None else None
+        n_j, n_feet = len(self.joint_names), len(feet.names) if feet is not None else 0
         self.prev_joint_vel = torch.zeros(num_envs, n_j, device=device)
         self.feet_air_time_s = torch.zeros(num_envs, n_feet, device=device)
         self.feet_touchdown = torch.zeros(num_envs, n_feet, dtype=torch.bool, device=device)

@@ -37,6 +37,10 @@ def robot_readings(
         out["base_lin_vel_w"] = qvel[:, d : d + 3]
         out["base_lin_vel_b"] = world_to_body(rot, out["base_lin_vel_w"])
         out["base_ang_vel_b"] = qvel[:, d + 3 : d + 6]
+    if robot.joint_qadr is None and robot.touch_adr is None and robot.ee_pos_adr < 0:
+        return out  # a robot read from its state alone (a multirotor)
+    if sensordata is None:
+        raise ValueError(f"robot_readings: robot '{robot.cfg.name}' has sensors; sensordata is needed")
     if robot.joint_qadr is not None:
         out["joint_pos"] = qpos[:, robot.joint_qadr]
         out["joint_vel"] = qvel[:, robot.joint_dadr]

@@ -73,6 +73,7 @@ def check_and_render(name_or_path: str, png: str | None = None, width: int = 640
         f"control {cfg.control_hz:g} Hz ({robot.decimation} physics steps per control step)",
     ]
     if cfg.joints is not None:
+        assert robot.joint_low is not None and robot.joint_high is not None
         for name, q, lo, hi in zip(
             cfg.joints.names, cfg.joints.default_pos_rad, robot.joint_low, robot.joint_high, strict=True
         ):

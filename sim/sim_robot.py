@@ -91,7 +91,7 @@ class SimRobot:
         nominal = (pd.kp.clone(), pd.kd.clone()) if pd is not None else None
 
         def apply(cmd, kp_scale, kd):
-            if pd is not None:
+            if pd is not None and nominal is not None:
                 pd.kp.copy_(nominal[0] * kp_scale)
                 pd.kd.copy_(
                     nominal[1] if kd is None else torch.as_tensor(np.asarray(kd), dtype=pd.kd.dtype).expand_as(pd.kd)
@@ -106,7 +106,7 @@ class SimRobot:
         finally:
             env.physics_step_hook = None
         ended = bool(terminated[0] or truncated[0])
-        if pd is not None and not ended:  # a new episode has drawn its own gains
+        if pd is not None and nominal is not None and not ended:  # a new episode has drawn its own gains
             pd.kp.copy_(nominal[0])
             pd.kd.copy_(nominal[1])
         self.recorder.add(extras["metrics"], extras["reasons"], terminated, truncated)

@@ -77,7 +77,7 @@ class MujocoCpuBackend:
         """`model`: a compiled model (a robot's, sim.robots.robot_model) or an MJCF path."""
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.model = model if isinstance(model, mujoco.MjModel) else load_model(model)
+        self.model: mujoco.MjModel = model if isinstance(model, mujoco.MjModel) else load_model(model)
         self.model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_AUTORESET
         self.num_envs = num_envs
         self.nthread = nthread or os.cpu_count() or 1
@@ -104,7 +104,7 @@ class MujocoCpuBackend:
         self._sensordata = np.zeros((num_envs, 1, m.nsensordata))
         # rollout writes (num_envs, nstep, ...) outputs: one step per call writes straight into the
         # state and sensor buffers (each env reads its row before writing it)
-        self._buffers = {1: (self._state[:, None], self._sensordata, self._control)}
+        self._buffers: dict[int, tuple[np.ndarray, ...]] = {1: (self._state[:, None], self._sensordata, self._control)}
 
         state = self._state_tensor = torch.from_numpy(self._state)
         i = 1  # state layout: time, qpos, qvel, act, ...

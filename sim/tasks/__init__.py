@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+import torch
+
 from config.validate import ConfigError, override, validate
 from sim.robots import find_robot
 from sim.tasks.arm_reach import ArmReachCfg, ArmReachEnv, ReachLogMetrics
@@ -106,7 +108,7 @@ def robot_overrides(name: str, cfg):
     return cfg
 
 
-def make_env(name: str, num_envs: int, cfg=None, device="cpu", seed: int = 0):
+def make_env(name: str, num_envs: int, cfg=None, device: str | torch.device = "cpu", seed: int = 0):
     entry = task_entry(name)
     cfg_cls, env_cls = entry.cfg, entry.env
     cfg = cfg_cls() if cfg is None else cfg

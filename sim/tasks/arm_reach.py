@@ -73,6 +73,7 @@ class ArmReachCfg:
 
 def make_spec(cfg: ArmReachCfg, robot: RobotModel) -> PolicySpec:
     joints = robot.cfg.joints
+    assert joints is not None and robot.joint_low is not None and robot.joint_high is not None
     names, n = joints.names, len(joints.names)
     return PolicySpec(
         robot=robot.cfg.name,

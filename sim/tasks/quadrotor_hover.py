@@ -13,6 +13,7 @@ and keeps one shared MjModel (see sim/backends/mujoco_cpu.py for why).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
@@ -109,6 +110,7 @@ def hover_thrust_N(mass_kg: float, num_rotors: int) -> float:
 
 def make_spec(cfg: QuadrotorHoverCfg, robot: RobotModel) -> PolicySpec:
     rotors = robot.cfg.rotors
+    assert rotors is not None
     n = len(rotors.names)
     hover_N = hover_thrust_N(robot.mass_kg, n)
     xyz = ("x", "y", "z")
@@ -173,15 +175,15 @@ class QuadrotorHoverEnv(BatchedEnv):
     def __init__(self, cfg: QuadrotorHoverCfg, num_envs: int, device="cpu", seed: int = 0, backend="mujoco"):
         self.cfg = cfg
         self.robot = robot = robot_model(find_robot(cfg.robot), kind="multirotor")
+        rotors = robot.cfg.rotors
+        assert rotors is not None and robot.rotor_ctrl is not None
         self.backend = make_backend(backend, robot.model, num_envs)
         self.decimation = robot.decimation
         self.mass_kg = robot.mass_kg
-        self.num_rotors = len(robot.cfg.rotors.names)
+        self.num_rotors = len(rotors.names)
         self.spec = make_spec(cfg, robot)
         self.max_episode_steps = round(cfg.episode_s * robot.cfg.control_hz)
-        self.rotors = RotorModel(
-            num_envs, self.num_rotors, 1.0 / robot.cfg.control_hz, robot.cfg.rotors.max_thrust_N, device
-        )
+        self.rotors = RotorModel(num_envs, self.num_rotors, 1.0 / robot.cfg.control_hz, rotors.max_thrust_N, device)
         self.target_pos_m = torch.tensor(cfg.target_pos_m, device=device)
         super().__init__(num_envs, device, seed)
         # the rotors' ctrl columns: all of them (one copy) unless the model has actuators of its own
@@ -227,7 +229,8 @@ class QuadrotorHoverEnv(BatchedEnv):
         level = self.level("init_state")
         u = torch.rand(n, 9 + 3, generator=self.generator, device=self.device)
         state = (u[:, :9] * 2 - 1) * (self._init_half_range * level)
-        qpos = torch.cat((self.target_pos_m + state[:, :3], tilt_quat(u[:, 9:12], self.cfg.init.tilt_rad * level)), -1)
+        quat = cast(torch.Tensor, tilt_quat(u[:, 9:12], self.cfg.init.tilt_rad * level))  # torch in, torch out
+        qpos = torch.cat((self.target_pos_m + state[:, :3], quat), -1)
         self.backend.reset(env_ids, qpos, state[:, 3:9])
         hover_N = (
             hover_thrust_N(self.mass_kg, self.num_rotors)

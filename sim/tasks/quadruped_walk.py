@@ -101,6 +101,7 @@ class QuadrupedWalkCfg:
 
 def make_spec(cfg: QuadrupedWalkCfg, robot: RobotModel) -> PolicySpec:
     joints = robot.cfg.joints
+    assert joints is not None and robot.joint_low is not None and robot.joint_high is not None
     names, n = joints.names, len(joints.names)
     xyz = ("x", "y", "z")
     return PolicySpec(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from config.validate import ConfigError
 
@@ -80,7 +81,7 @@ def registry(*fns) -> dict[str, Callable]:
     return {fn.__name__: fn for fn in fns}
 
 
-def term_param(terms: dict, func: str, param: str, default=None):
+def term_param(terms: dict, func: str, param: str, default: Any = None) -> Any:
     """The parameter `param` of the first of `terms` that uses `func` (e.g. the crash height of the
     `base_below` termination, for a task's log metrics), else `default`."""
     return next((t.params.get(param, default) for t in terms.values() if t.func == func), default)

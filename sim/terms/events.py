@@ -58,6 +58,8 @@ class StartupEvent(Event):
     """Values per model variant, written into the variants; the nominal model's with one variant."""
 
     mode = "startup"
+    low: tuple[float, ...]
+    high: tuple[float, ...]
 
     def sample_variants(self) -> torch.Tensor:
         """`(num_variants, len(columns))`, written into the backend's variants."""

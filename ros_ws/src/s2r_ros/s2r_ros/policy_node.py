@@ -60,7 +60,7 @@ class PolicyNode(Node):
         super().__init__("policy_node", **overrides)
         for name, default in PARAMETERS.items():
             self.declare_parameter(name, default)
-        get = lambda name: self.get_parameter(name).value  # noqa: E731
+        get = lambda name: self.get_parameter(name).value  # noqa: E731 a one-line local alias
         self.cfg, self.policy = self._load(get("robot_config"), get("policy"))
         spec = self.policy.spec
         unknown = [s for s in self.cfg.sensors if s not in SENSOR_STREAMS]

@@ -61,7 +61,7 @@ def offered_qos(node: Node, topic: str) -> tuple[list[dict], ReliabilityPolicy]:
     for info in node.get_publishers_info_by_topic(topic):
         q = info.qos_profile
         reliable &= q.reliability == ReliabilityPolicy.RELIABLE
-        duration = lambda d: {"sec": d.nanoseconds // 10**9, "nsec": d.nanoseconds % 10**9}  # noqa: E731
+        duration = lambda d: {"sec": d.nanoseconds // 10**9, "nsec": d.nanoseconds % 10**9}  # noqa: E731 a local alias
         profiles.append(
             {
                 "history": q.history.name.lower(),
@@ -83,7 +83,7 @@ class RecorderNode(Node):
         super().__init__("recorder", **overrides)
         for name, default in PARAMETERS.items():
             self.declare_parameter(name, default)
-        get = lambda name: self.get_parameter(name).value  # noqa: E731
+        get = lambda name: self.get_parameter(name).value  # noqa: E731 a one-line local alias
         bag = get("bag") or time.strftime("rosbag2_%Y_%m_%d-%H_%M_%S")
         metadata = policy_metadata(get("policy")) if get("policy") else {}
         self.wanted = {self.resolve_topic_name(t) for t in get("topics")}

@@ -297,7 +297,7 @@ class SerialBridgeNode(Node):
         super().__init__("serial_bridge_node")
         for name, default in PARAMETERS.items():
             self.declare_parameter(name, default)
-        get = lambda name: self.get_parameter(name).value  # noqa: E731
+        get = lambda name: self.get_parameter(name).value  # noqa: E731 a one-line local alias
         from hardware.serial_config import DynamixelSerialCfg, load_hardware_serial
 
         path = get("robot_config")

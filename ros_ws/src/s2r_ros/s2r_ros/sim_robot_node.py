@@ -66,7 +66,7 @@ class SimRobotNode(Node):
         super().__init__("sim_robot_node")
         for name, default in PARAMETERS.items():
             self.declare_parameter(name, default)
-        get = lambda name: self.get_parameter(name).value  # noqa: E731
+        get = lambda name: self.get_parameter(name).value  # noqa: E731 a one-line local alias
         task = get("task")
         if not task:
             raise ValueError("parameter task is not set (e.g. quadruped-walk)")
