@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import io
+from collections.abc import Iterator
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
 from deploy.spec import PolicySpec, SpecError
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+    from onnx import ModelProto
 
 SPEC_KEY = "s2r.policy_spec"
 TASK_CONFIG_KEY = "s2r.task_config"  # the training task's config, so evaluation matches training
@@ -20,19 +26,54 @@ class PolicyLoadError(ValueError):
     """The file is not an s2r policy, or its network disagrees with its PolicySpec."""
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
+def load_model(path: str | Path) -> tuple[ModelProto, bytes]:
+    """The ONNX model in `path` and the bytes it was parsed from, refused when a tensor keeps its data in
+    another file: an external-data location may name any file, and a policy is one self-contained file.
+    Sessions are built from these bytes, so nothing but the checked file is ever read."""
     import onnx
 
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyLoadError(f"policy file not found: {path}")
+    data = path.read_bytes()
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        model = onnx.load(io.BytesIO(data), load_external_data=False)
     except Exception as e:  # onnx raises DecodeError and others
         raise PolicyLoadError(f"{path} is not a readable ONNX file: {e}") from e
-    return {p.key: p.value for p in model.metadata_props}
+    external = dict(_external_tensors(model))
+    if external:
+        raise PolicyLoadError(
+            f"{path}: tensor(s) {sorted(external)[:5]} keep their data in other files "
+            f"{sorted(set(external.values()))}; only self-contained ONNX files are loaded (no file a model names "
+            "is read): save it without external data"
+        )
+    return model, data
+
+
+def _external_tensors(msg: Message) -> Iterator[tuple[str, str]]:
+    """(name, file location) of the tensors anywhere in `msg` (initializers, attributes, subgraphs,
+    functions) whose data lives outside the model."""
+    from onnx import TensorProto
+
+    if isinstance(msg, TensorProto) and (msg.data_location == TensorProto.EXTERNAL or len(msg.external_data)):
+        yield msg.name, next((e.value for e in msg.external_data if e.key == "location"), "")
+    for field, value in msg.ListFields():
+        if field.message_type is not None:  # a message, or a repeated one
+            for m in [value] if hasattr(value, "ListFields") else value:
+                yield from _external_tensors(m)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    return {p.key: p.value for p in load_model(path)[0].metadata_props}
 
 
 def read_spec(path: str | Path) -> PolicySpec:
     """The PolicySpec stored in an ONNX file's metadata."""
-    props = read_metadata(path)
+    return spec_from_metadata(read_metadata(path), path)
+
+
+def spec_from_metadata(props: dict[str, str], path: str | Path) -> PolicySpec:
+    """The PolicySpec in an ONNX file's metadata `props`; errors name the file `path`."""
     if SPEC_KEY not in props:
         raise PolicyLoadError(f"{path} has no '{SPEC_KEY}' metadata: not exported by s2r")
     try:
@@ -53,11 +94,10 @@ class OnnxPolicy:
         import onnxruntime as ort
 
         path = Path(path)
-        if not path.is_file():
-            raise PolicyLoadError(f"policy file not found: {path}")
         self.path = path
-        self.metadata = read_metadata(path)
-        self.spec = read_spec(path)
+        model, data = load_model(path)
+        self.metadata = {p.key: p.value for p in model.metadata_props}
+        self.spec = spec_from_metadata(self.metadata, path)
         if expected is not None:
             self.spec.check_compatible(expected)
         opts = ort.SessionOptions()
@@ -65,7 +105,7 @@ class OnnxPolicy:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise PolicyLoadError(f"{path}: onnxruntime cannot load it: {e}") from e
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
@@ -80,7 +120,7 @@ class OnnxPolicy:
                 f"{path}: network takes {obs_dim} obs and gives {act_dim} actions, but its PolicySpec "
                 f"says {self.spec.obs_dim} and {self.spec.action_dim}"
             )
-        self.sha256 = file_sha256(path)
+        self.sha256 = hashlib.sha256(data).hexdigest()  # of the bytes the session runs
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         obs = np.ascontiguousarray(obs, dtype=np.float32)

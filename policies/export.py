@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -20,11 +21,15 @@ from deploy.onnx_policy import (
     OnnxPolicy,
 )
 from deploy.spec import PolicySpec
-from policies.checkpoint import atomic_write, load_checkpoint
+from policies.checkpoint import CheckpointError, atomic_write, load_checkpoint
 from policies.networks import ActorCritic, ExportedActor
 
 OPSET = 17
 PARITY_ATOL = 1e-5
+# Where the policy stands in its run, beside s2r.checkpoint and s2r.iteration: the run's planned
+# iterations, how it stood when the checkpoint was written (runner.py: running, completed, interrupted,
+# time_limit; unknown for checkpoints older than that field), and export_warning's text (absent when none).
+MAX_ITERATIONS_KEY, STOPPED_KEY, WARNING_KEY = "s2r.max_iterations", "s2r.stopped", "s2r.export_warning"
 
 
 class ExportError(RuntimeError):
@@ -32,20 +37,24 @@ class ExportError(RuntimeError):
 
 
 def model_from_checkpoint(ckpt: dict) -> tuple[ActorCritic, PolicySpec, dict]:
+    """The network a loaded checkpoint holds, built from its own config; CheckpointError if they disagree."""
     config = json.loads(ckpt["config"])
     spec = PolicySpec.from_json(ckpt["spec"])
-    ppo = config["train"]["ppo"]
-    sd = ckpt["model"]
-    model = ActorCritic(
-        spec.obs_dim,
-        sd["critic_normalizer.mean"].shape[0],
-        spec.action_dim,
-        tuple(ppo["actor_hidden"]),
-        tuple(ppo["critic_hidden"]),
-        ppo["activation"],
-        ppo["init_std"],
-    )
-    model.load_state_dict(sd)
+    try:
+        ppo = config["train"]["ppo"]
+        sd = ckpt["model"]
+        model = ActorCritic(
+            spec.obs_dim,
+            sd["critic_normalizer.mean"].shape[0],
+            spec.action_dim,
+            tuple(ppo["actor_hidden"]),
+            tuple(ppo["critic_hidden"]),
+            ppo["activation"],
+            ppo["init_std"],
+        )
+        model.load_state_dict(sd)
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"its weights do not match the network its config describes ({e})") from e
     return model.eval(), spec, config
 
 
@@ -131,21 +140,63 @@ def rollout_observations(
     return torch.cat(frames).numpy()
 
 
+def export_warning(ckpt_path: Path, ckpt: dict) -> str | None:
+    """Why the policy in `ckpt` may not be the run's final one: training stopped before its last
+    iteration, or the run directory holds a checkpoint of a later iteration. None when neither."""
+    train = json.loads(ckpt["config"])["train"]
+    iteration, max_iterations = ckpt["iteration"], train["max_iterations"]
+    notes = []
+    if iteration < max_iterations:
+        why = {
+            "interrupted": "training was interrupted (Ctrl-C)",
+            "time_limit": f"training stopped at its time limit ({train['time_limit_s']} s)",
+            "running": "training was still running when this checkpoint was written (killed since, still running, "
+            "or a periodic checkpoint)",
+        }.get(ckpt.get("stopped", "unknown"), "training stopped early (the checkpoint predates recording why)")
+        notes.append(f"exported from iteration {iteration} of {max_iterations}: {why}")
+    later = {}
+    for other in ckpt_path.parent.glob("model_*.pt"):
+        numbered = re.fullmatch(r"model_(\d+)\.pt", other.name)
+        if numbered:
+            later[other.name] = int(numbered[1])
+        elif other.name == "model_last.pt" and other.resolve() != ckpt_path.resolve():
+            try:
+                later[other.name] = load_checkpoint(other)["iteration"]
+            except CheckpointError:
+                pass  # an unreadable model_last.pt is named when it is itself used
+    newest = max(later, key=lambda name: later[name], default=None)
+    if newest is not None and later[newest] > iteration:
+        notes.append(
+            f"{ckpt_path.name} (iteration {iteration}) is older than {newest} (iteration {later[newest]}) "
+            "in the same run directory"
+        )
+    return "; ".join(notes) or None
+
+
 def export_checkpoint(ckpt_path: str | Path, out_path: str | Path | None = None) -> tuple[Path, dict]:
+    """Export a checkpoint's actor beside it (or to `out_path`). Where it came from goes into the ONNX
+    metadata, with export_warning's text if any (the command line prints it)."""
     from config import validate as C
     from sim.tasks import task_entry
 
     ckpt_path = Path(ckpt_path)
     ckpt = load_checkpoint(ckpt_path)
-    model, spec, config = model_from_checkpoint(ckpt)
+    try:
+        model, spec, config = model_from_checkpoint(ckpt)
+    except CheckpointError as e:
+        raise CheckpointError(f"{ckpt_path}: {e}") from e
     task = config["train"]["task"]
     task_cfg = C.from_dict(task_entry(task)[0], config["task"])
     out_path = Path(out_path) if out_path else ckpt_path.parent / "policy.onnx"
     obs = rollout_observations(model, task, task_cfg)
+    warning = export_warning(ckpt_path, ckpt)
     metadata = {
         CHECKPOINT_KEY: ckpt_path.name,
         ITERATION_KEY: str(ckpt["iteration"]),
+        MAX_ITERATIONS_KEY: str(config["train"]["max_iterations"]),
+        STOPPED_KEY: ckpt.get("stopped", "unknown"),
         TASK_CONFIG_KEY: json.dumps(config["task"]),
+        **({WARNING_KEY: warning} if warning else {}),
     }
     report = export_onnx(model, spec, out_path, obs, metadata=metadata)
     return out_path, report

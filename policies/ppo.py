@@ -15,13 +15,18 @@ from policies.networks import ActorCritic
 from policies.storage import RolloutStorage
 
 
+def discount():
+    """gamma and GAE's lambda weigh later steps: 0 would drop them, above 1 the sums grow without bound."""
+    return {"check": (lambda v: 0 < v <= 1, "must be in (0, 1]")}
+
+
 @dataclass(frozen=True)
 class PPOCfg:
     num_steps: int = field(default=32, metadata=positive())  # per env per iteration
     num_epochs: int = field(default=4, metadata=positive())
     num_minibatches: int = field(default=4, metadata=positive())
-    gamma: float = 0.98
-    lam: float = 0.95
+    gamma: float = field(default=0.98, metadata=discount())
+    lam: float = field(default=0.95, metadata=discount())  # GAE's lambda
     clip_ratio: float = field(default=0.2, metadata=positive())
     value_clip: float = field(default=0.2, metadata=positive())
     value_loss_coef: float = field(default=1.0, metadata=nonnegative())

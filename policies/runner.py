@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from config import validate as C
-from policies.checkpoint import CheckpointError, atomic_write, save_checkpoint
+from policies.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from policies.networks import ActorCritic
 from policies.ppo import PPO, PPOCfg
 from policies.storage import RolloutStorage
@@ -30,8 +30,12 @@ class TrainCfg:
     seed: int = 0
     device: str = "cpu"
     max_iterations: int = field(default=150, metadata=C.positive())
-    time_limit_s: float | None = None
-    save_interval: int = field(default=50, metadata=C.positive())  # iterations between checkpoints
+    time_limit_s: float | None = field(
+        default=None, metadata={"check": (lambda v: v is None or v > 0, "must be > 0 (or unset: no limit)")}
+    )
+    save_interval: int = field(default=50, metadata=C.positive())  # iterations between numbered checkpoints
+    # seconds of training between checkpoints (model_last.pt), so a kill loses at most this much
+    checkpoint_interval_s: float = field(default=60.0, metadata=C.positive())
     ppo: PPOCfg = PPOCfg()
 
 
@@ -62,9 +66,9 @@ def check_writable(run_dir: Path) -> None:
 
 class Runner:
     """Trains `cfg.task` into `run_dir`: config.json, metrics.csv, TensorBoard events, checkpoints
-    (`model_<iteration>.pt`, `model_last.pt`), learning_curve.png."""
+    (`model_<iteration>.pt`, `model_last.pt`), learning_curve.png. `resume`: a checkpoint file to continue."""
 
-    def __init__(self, cfg: TrainCfg, task_cfg, run_dir: str | Path, resume: dict | None = None):
+    def __init__(self, cfg: TrainCfg, task_cfg, run_dir: str | Path, resume: str | Path | None = None):
         C.validate(cfg, prefix="train.")
         task_entry(cfg.task)
         self.device = check_device(cfg.device)
@@ -99,8 +103,9 @@ class Runner:
         self.obs = None  # the envs' current observations, between iterations
         self.env_steps = 0
         self.elapsed_s = 0.0
+        self.stopped = "running"  # in checkpoints: how the run stood (running, completed, interrupted, time_limit)
         if resume is not None:
-            self._restore(resume)
+            self._restore(Path(resume))
 
     # --- checkpoints -----------------------------------------------------------------------------
     def config_dict(self) -> dict:
@@ -111,6 +116,7 @@ class Runner:
             "iteration": self.iteration,
             "env_steps": self.env_steps,
             "elapsed_s": self.elapsed_s,
+            "stopped": self.stopped,
             "model": self.model.state_dict(),
             "optimizer": self.ppo.optimizer.state_dict(),
             "learning_rate": self.ppo.learning_rate,
@@ -128,20 +134,27 @@ class Runner:
             save_checkpoint(self.run_dir / n, checkpoint)
         return self.run_dir / "model_last.pt"
 
-    def _restore(self, ckpt: dict) -> None:
+    def _restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
         try:
             self.model.load_state_dict(ckpt["model"])
             self.ppo.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"checkpoint does not match this task and network: {e}") from e
+            raise CheckpointError(f"{path} does not match this task and network: {e}") from e
+        try:
+            self.generator.set_state(ckpt["rng"]["ppo"])
+        except (RuntimeError, TypeError) as e:  # e.g. "Invalid mt19937 state"
+            raise CheckpointError(f"{path}: its PPO random generator state is invalid ({e})") from e
+        if ckpt["obs"] and ckpt["obs"]["policy"].shape[0] == self.cfg.num_envs:
+            try:
+                self.env.load_state_dict(ckpt["env"])  # same envs: continue exactly where it stopped
+            except (RuntimeError, TypeError, KeyError) as e:
+                raise CheckpointError(f"{path}: its env state does not fit this task or is invalid ({e})") from e
+            self.obs = {k: v.to(self.device) for k, v in ckpt["obs"].items()}
         self.ppo.learning_rate = ckpt["learning_rate"]
         self.iteration = ckpt["iteration"]
         self.env_steps = ckpt["env_steps"]
         self.elapsed_s = ckpt["elapsed_s"]
-        self.generator.set_state(ckpt["rng"]["ppo"])
-        if ckpt["obs"] and ckpt["obs"]["policy"].shape[0] == self.cfg.num_envs:
-            self.env.load_state_dict(ckpt["env"])  # same envs: continue exactly where it stopped
-            self.obs = ckpt["obs"]
 
     # --- the loop --------------------------------------------------------------------------------
     def learn(self, progress: bool = True) -> Path:
@@ -154,12 +167,18 @@ class Runner:
         if self.iteration == 0:  # a new run in a used folder: its logs must not continue the old run's
             (self.run_dir / "metrics.csv").unlink(missing_ok=True)
             shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
-        writer = SummaryWriter(str(self.run_dir / "tensorboard"))
         metrics = MetricsCsv(self.run_dir / "metrics.csv")
+        # A resume drops what was logged after its checkpoint (a killed run logs past its last checkpoint;
+        # a resume from an older one trains those iterations again): rows here, scalars (logged by env
+        # steps) in TensorBoard, which hides every event at or after purge_step written before this one.
+        metrics.keep_through(self.iteration)
+        purge_step = self.env_steps + 1 if self.iteration else None
+        writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
         interrupted = []
         previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
         start = time.perf_counter() - self.elapsed_s
+        saved_at_s = self.elapsed_s  # training time of the last checkpoint
         bar = tqdm(
             total=cfg.max_iterations, initial=self.iteration, disable=not progress, unit="it", dynamic_ncols=True
         )
@@ -211,14 +230,24 @@ class Runner:
                     ret=f"{ep.get('return', float('nan')):.1f}",
                     survive=f"{ep.get('end/timeout', float('nan')):.2f}",
                 )
-                if self.iteration % cfg.save_interval == 0:
-                    self.save(f"model_{self.iteration}.pt")
+                # By iteration a numbered file; by time only model_last.pt, overwritten, so disk use stays
+                # bounded however long the run. Checked once an iteration: a kill loses at most one
+                # interval plus the iteration in progress.
+                by_iteration = self.iteration % cfg.save_interval == 0
+                if by_iteration or self.elapsed_s - saved_at_s >= cfg.checkpoint_interval_s:
+                    writer.flush()  # TensorBoard on disk up to the checkpoint, like metrics.csv
+                    self.save(f"model_{self.iteration}.pt" if by_iteration else None)
+                    saved_at_s = self.elapsed_s
                 if cfg.time_limit_s is not None and self.elapsed_s >= cfg.time_limit_s:
                     break
         finally:
             signal.signal(signal.SIGINT, previous_handler)
             bar.close()
             writer.close()
+        if self.iteration >= cfg.max_iterations:
+            self.stopped = "completed"
+        else:
+            self.stopped = "interrupted" if interrupted else "time_limit"
         final = self.save()
         plot_learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png")
         if interrupted:
@@ -260,19 +289,31 @@ class MetricsCsv:
             with open(path, newline="") as f:
                 self.columns = next(csv.reader(f), [])
 
+    def rows(self) -> list[dict]:
+        """The complete rows: a last line without its newline (a kill mid-write) is left out."""
+        if not self.columns:
+            return []
+        text = self.path.read_text()
+        return list(csv.DictReader(io.StringIO(text[: text.rfind("\n") + 1])))
+
+    def keep_through(self, iteration: int) -> None:
+        """Drop the rows after `iteration` (and a partial last line), rewriting the file atomically."""
+        if self.columns:
+            self._rewrite([r for r in self.rows() if int(r["iteration"]) <= iteration])
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        text = io.StringIO()
+        w = csv.DictWriter(text, fieldnames=self.columns)
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write(self.path, lambda f: f.write(text.getvalue().encode()))
+
     def write(self, row: dict) -> None:
         new_columns = [k for k in row if k not in self.columns]
         if new_columns:
-            old_rows = []
-            if self.columns:
-                with open(self.path, newline="") as f:
-                    old_rows = list(csv.DictReader(f))
+            old_rows = self.rows()
             self.columns += new_columns
-            text = io.StringIO()
-            w = csv.DictWriter(text, fieldnames=self.columns)
-            w.writeheader()
-            w.writerows(old_rows)
-            atomic_write(self.path, lambda f: f.write(text.getvalue().encode()))
+            self._rewrite(old_rows)
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, fieldnames=self.columns).writerow({k: row.get(k, "") for k in self.columns})
 

@@ -488,6 +488,15 @@ class BagReader:
                 prev = topics.get(ch.topic, TopicInfo(msgtype, 0))
                 topics[ch.topic] = TopicInfo(prev.msgtype, prev.count + f.counts.get(cid, 0))
         self.topics = topics
+        if not self.complete and self.message_count == 0:  # nothing to recover: say so, not "topic not in bag"
+            raise BagError(
+                ", ".join(
+                    f"{f.path.name} is truncated after {os.path.getsize(f.path)} bytes"
+                    for f in self._files
+                    if not f.complete
+                )
+                + ": no complete message (its writer did not close it)"
+            )
         self._decoders = DecoderFactory()
 
     @property
@@ -498,6 +507,12 @@ class BagReader:
     def complete(self) -> bool:
         """Every file was closed by its writer (has its summary and index)."""
         return all(f.complete for f in self._files)
+
+    def missing_topic(self, topic: str, why: str = "") -> str:
+        """What to say of a topic the bag lacks: the topics it has, and where it was cut short if it was."""
+        return f"topic {topic} is not in bag {self.path}{f' ({why})' if why else ''}; it has {sorted(self.topics)}" + (
+            "" if self.complete else f"; it was cut short: {'; '.join(self.notes)}"
+        )
 
     @staticmethod
     def _bag_files(folder: Path) -> tuple[list[Path], dict[str, str]]:
@@ -527,7 +542,8 @@ class BagReader:
     @staticmethod
     def _open(path: Path) -> _File:
         with open(path, "rb") as f:
-            if f.read(len(MCAP_MAGIC)) != MCAP_MAGIC:
+            head = f.read(len(MCAP_MAGIC))
+            if not MCAP_MAGIC.startswith(head):  # a file cut inside the magic is a truncated bag
                 raise BagError(f"{path} is not an MCAP file (it does not start with the MCAP magic bytes)")
             f.seek(0)
             try:
@@ -537,7 +553,7 @@ class BagReader:
                 for m in reader.iter_metadata():
                     if m.name == CUSTOM_DATA_RECORD:
                         custom.update(m.metadata)
-            except _TRUNCATED:
+            except (*_TRUNCATED, OSError):  # OSError: a file shorter than the footer it seeks back to
                 summary = None
             if summary is not None and summary.statistics is not None:
                 chunks = summary.chunk_indexes
@@ -590,7 +606,7 @@ class BagReader:
         for t in topics:
             name = t if t in self.topics else f"/{t}" if f"/{t}" in self.topics else None
             if name is None:
-                raise BagError(f"topic {t} is not in bag {self.path}; it has {sorted(self.topics)}")
+                raise BagError(self.missing_topic(t))
             wanted.add(name)
         return wanted
 

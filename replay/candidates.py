@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deploy.onnx_policy import OnnxPolicy, PolicyLoadError
+from deploy.onnx_policy import OnnxPolicy, PolicyLoadError, load_model
 from deploy.spec import PolicySpec, SpecError
 from replay.bag import BagReader
 
@@ -33,10 +33,9 @@ class Candidate:
 
 def normalizer_stats(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """The observation normalizer's mean and std, read from the ONNX initializers by name."""
-    import onnx
     from onnx import numpy_helper
 
-    inits = {i.name: i for i in onnx.load(str(path)).graph.initializer}
+    inits = {i.name: i for i in load_model(path)[0].graph.initializer}
     missing = [n for n in NORMALIZER if n not in inits]
     if missing:
         raise PolicyLoadError(f"{path}: no initializers {missing}: not an s2r export with its observation normalizer")

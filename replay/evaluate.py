@@ -28,7 +28,6 @@ metrics.json and report.html (replay.report) go into the output folder.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -97,10 +96,7 @@ def replay_bag(
             f"observation terms of the RMS z-score under the candidate's normalizer",
             "order": rank(candidates, metrics["shift"], spec.task, sim_episodes),
         }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    write_report(metrics, plot, spec, out_dir)
+    write_report(metrics, plot, spec, Path(out_dir))
     return metrics
 
 

@@ -11,7 +11,6 @@ native bag. The log streams in chunks: memory stays flat however long it is.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import cast
@@ -22,7 +21,7 @@ from deploy.obs_builder import PolicyInput
 from deploy.onnx_policy import OnnxPolicy
 from deploy.signals import TERMS, make_signals, required_readings
 from deploy.spec import PolicySpec
-from replay.candidates import ReplayError, load_candidate
+from replay.candidates import Candidate, ReplayError, load_candidate
 from replay.mapping import (
     JOINT_QUANTITIES,
     KNOWN_SIZES,
@@ -86,23 +85,13 @@ def control_stride(log_rate_hz: float, control_hz: float) -> int:
     return stride
 
 
-def score_foreign_log(
-    log_path: str | Path,
-    mapping: Mapping | str | Path,
-    policies: list[str | Path],
-    out_dir: str | Path,
-    sim_episodes: int = 100,
-    window_s: tuple[float, float] | None = None,
-    chunk_rows: int = 4096,
-) -> dict:
-    """Shift, actions and ranking of `policies` on a foreign log; writes metrics.json and report.html.
-
-    `window_s` (start, end), in seconds from the log's first row: only the rows in it are scored (a log
-    holds more than the policy's task: the robot on the ground, take-off, landing)."""
+def check_scoring(
+    mapping: Mapping | str | Path, policies: list[str | Path], window_s: tuple[float, float] | None = None
+) -> tuple[Mapping, PolicySpec, list[Candidate], dict[str, tuple[str, np.ndarray]], int]:
+    """The mapping, the policies' spec, the candidates, their reading columns and the control stride,
+    every one checked before a log is read (`s2r replay --fit` checks them before its fit)."""
     if window_s is not None and not window_s[0] < window_s[1]:
         raise ReplayError(f"window {window_s}: start must be before end")
-    from sim.evaluate import load_policy
-
     if not policies:
         raise ReplayError("give at least one --policy to score on the log")
     mapping = mapping if isinstance(mapping, Mapping) else load_mapping(mapping)
@@ -111,8 +100,28 @@ def score_foreign_log(
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
         raise ReplayError(f"candidate policies need distinct names (file or run folder names), got {names}")
-    columns = reading_columns(mapping, spec)
-    stride = control_stride(mapping.rate_hz, spec.control_hz)
+    return mapping, spec, candidates, reading_columns(mapping, spec), control_stride(mapping.rate_hz, spec.control_hz)
+
+
+def score_foreign_log(
+    log_path: str | Path,
+    mapping: Mapping | str | Path,
+    policies: list[str | Path],
+    out_dir: str | Path,
+    sim_episodes: int = 100,
+    window_s: tuple[float, float] | None = None,
+    chunk_rows: int = 4096,
+    sysid: dict | None = None,
+) -> dict:
+    """Shift, actions and ranking of `policies` on a foreign log; writes metrics.json and report.html.
+
+    `window_s` (start, end), in seconds from the log's first row: only the rows in it are scored (a log
+    holds more than the policy's task: the robot on the ground, take-off, landing). `sysid`: a model fit
+    on the same log (replay.sysid.crazyflie_report, `--fit` beside `--policy`), reported with the policies."""
+    from sim.evaluate import load_policy
+
+    mapping, spec, candidates, columns, stride = check_scoring(mapping, policies, window_s)
+    names = [c.name for c in candidates]
     cfg = load_policy(candidates[0].path)[1]
     inputs = [PolicyInput(spec, make_signals(spec)) for _ in candidates]
     z_abs = [ColumnStats(spec.obs_dim) for _ in candidates]
@@ -123,8 +132,9 @@ def score_foreign_log(
     plot: dict[str, list] = {"action": [], **{n: [] for n in names}}
     rows = steps = skipped = starts = 0
     need_reset, clock, t_first = True, None, None
+    notes: list[str] = []  # where a log cut short was cut
     t0 = time.perf_counter()
-    for chunk in iter_log(log_path, mapping, chunk_rows):
+    for chunk in iter_log(log_path, mapping, chunk_rows, notes):
         readings = {r: chunk[q][:, order] for r, (q, order) in columns.items()}
         finite = np.all([np.isfinite(v).all(1) for v in readings.values()], axis=0)
         t_first = chunk.t_s[0] if t_first is None else t_first
@@ -186,6 +196,7 @@ def score_foreign_log(
         "log_rows": rows,
         "logged_s": steps * period_s,
         "window_s": window_s,
+        "recovery_notes": notes,
         "starts": starts,
         "skipped_nonfinite": skipped,
         "wall_s": time.perf_counter() - t0,
@@ -207,11 +218,10 @@ def score_foreign_log(
         f"{sim_episodes} simulated episodes per candidate; shift from observations rebuilt from the log's readings",
         "order": rank(candidates, metrics["shift"], spec.task, sim_episodes),
     }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
-    write_report(metrics, {k: np.asarray(v) for k, v in plot.items()}, spec, out_dir)
+    if sysid is not None:
+        metrics["sysid"] = sysid
+    write_report(metrics, {k: np.asarray(v) for k, v in plot.items()}, spec, Path(out_dir))
     return metrics
 
 
-__all__ = ["score_foreign_log", "reading_columns", "control_stride"]
+__all__ = ["score_foreign_log", "check_scoring", "reading_columns", "control_stride"]

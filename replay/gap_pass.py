@@ -77,10 +77,7 @@ def _need(reader: BagReader, topic: str, why: str) -> str:
     name = find_topic(reader, topic)
     if name is not None:
         return name
-    raise ReplayError(
-        f"topic /{topic} is not in bag {reader.path} ({why}); it has {sorted(reader.topics)}; "
-        "pass --no-dynamics-gap to skip that pass"
-    )
+    raise ReplayError(f"{reader.missing_topic('/' + topic, why)}; pass --no-dynamics-gap to skip that pass")
 
 
 def _odom_state(msg) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -49,7 +49,7 @@ def policy_io_pass(
     CHUNK_ROWS messages that share a layout (one ONNX call and array operations per block). `task`:
     the task metrics to feed (default: new ones of `cfg`)."""
     if find_topic(reader, POLICY_IO) is None:
-        raise ReplayError(f"topic {POLICY_IO} is not in bag {reader.path}; it has {sorted(reader.topics)}")
+        raise ReplayError(reader.missing_topic(POLICY_IO))
     period_s = 1.0 / spec.control_hz
     agree = [ColumnStats(spec.action_dim) for _ in candidates]
     z_abs = [ColumnStats(spec.obs_dim) for _ in candidates]

@@ -10,7 +10,9 @@ gap, the PolicySpec's robot readings (READING_QUANTITIES) for scoring policies.
 
 `iter_log` streams a CSV file (`iter_csv`) or another stack's bag (`iter_bag`, each topic's newest
 message held on the time entry's clock) in chunks of rows; clock jumps (time not increasing) and
-gaps (> 1.5 periods, i.e. dropped rows) are counted in the log's `ClockReport`, not fatal.
+gaps (> 1.5 periods, i.e. dropped rows) are counted in the log's `ClockReport`, not fatal. A log cut
+mid-write (a CSV's unfinished last line, a bag's unfinished record) is read up to the cut, with a note
+naming it; a malformed row anywhere else stops with its file, line and column.
 """
 
 from __future__ import annotations
@@ -296,6 +298,7 @@ class Log:
     vbat_V: np.ndarray | None = None  # (T, 1)
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # whatever else the mapping names
     source: str = ""
+    notes: tuple[str, ...] = ()  # where a log cut short was cut (import_log)
 
     def __len__(self) -> int:
         return len(self.t_s)
@@ -359,20 +362,34 @@ def make_log(
         if "lin_vel_w_mps" not in values and "lin_vel_b_mps" in values:
             values["lin_vel_w_mps"] = (rot @ values["lin_vel_b_mps"][..., None])[..., 0]
     extra = {k: v for k, v in values.items() if k not in LOG_FIELDS}
-    return Log(t_s, step_ok, clock, **{k: v for k, v in values.items() if k in LOG_FIELDS}, extra=extra, source=source)
+    return Log(
+        t_s,
+        step_ok,
+        clock,
+        **{k: v for k, v in values.items() if k in LOG_FIELDS},
+        extra=extra,
+        source=source,
+        notes=(),
+    )
 
 
 # --- CSV -------------------------------------------------------------------------------------------
 def iter_csv(
-    path: str | Path, mapping: Mapping, chunk_rows: int = 4096
+    path: str | Path, mapping: Mapping, chunk_rows: int = 4096, notes: list[str] | None = None
 ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Yield (t_s (n,), {quantity: (n, k)}) per chunk of rows: memory bounded by the chunk, not the file.
 
     A column the mapping names and the header lacks raises MappingError naming column and entry.
-    Empty cells read as NaN.
+    Empty cells read as NaN. A last line without its line end and with a cell missing or not a number
+    is a logger cut mid-write: it is left out, with a note appended to `notes` naming it (a MappingError
+    when no complete row precedes it). Any other such row raises MappingError naming file, line and column.
     """
     if mapping.format != "csv":
         raise MappingError(f"mapping format is '{mapping.format}', not csv")
+    path = Path(path)
+    with open(path, "rb") as f:
+        f.seek(max(0, f.seek(0, 2) - 1))
+        terminated = f.read(1) in (b"\n", b"\r")
     with open(path, newline="") as f:
         reader = csv.reader(f)
         try:
@@ -385,18 +402,51 @@ def iter_csv(
             for col in e.fields:
                 if col not in index:
                     key = "time" if e is mapping.time else f"quantities.{e.name}"
-                    raise MappingError(f"{path}: column '{col}' (mapping entry {key}) is not in the CSV header")
+                    cut = "" if terminated or next(reader, None) is not None else "; line 1, the header, is cut short"
+                    raise MappingError(f"{path}: column '{col}' (mapping entry {key}) is not in the CSV header{cut}")
         cols = [[index[c] for c in e.fields] for e in entries]
         flat = [i for c in cols for i in c]
         rows: list[list[float]] = []
+        last_line = 0  # the last data line read whole
         for row in reader:
-            if row:
-                rows.append([float(row[i]) if row[i].strip() else math.nan for i in flat])
+            if not row:
+                continue
+            values, bad = _parse_row(row, flat, header)
+            if bad:
+                line = reader.line_num
+                if terminated or next(reader, None) is not None:
+                    raise MappingError(f"{path}, line {line}, {bad}")
+                if not last_line:
+                    raise MappingError(
+                        f"{path}: line {line}, its first data row, is cut short ({bad}): no complete row"
+                    )
+                if notes is not None:
+                    notes.append(
+                        f"{path.name} ends inside line {line} ({bad}), its writer did not finish it: "
+                        f"read up to line {last_line}"
+                    )
+                break
+            rows.append(values)
+            last_line = reader.line_num
             if len(rows) == chunk_rows:
                 yield _convert(rows, entries, cols)
                 rows = []
         if rows:
             yield _convert(rows, entries, cols)
+
+
+def _parse_row(row: list[str], flat: list[int], header: list[str]) -> tuple[list[float], str]:
+    """The row's values in `flat` column order (empty cells NaN), or what is wrong with it: "column 'NAME': ..."."""
+    values = []
+    for i in flat:
+        if i >= len(row):
+            return [], f"column '{header[i]}': missing, the line has {len(row)} of the header's {len(header)} cells"
+        cell = row[i].strip()
+        try:
+            values.append(float(cell) if cell else math.nan)
+        except ValueError:
+            return [], f"column '{header[i]}': {cell!r} is not a number"
+    return values, ""
 
 
 def _convert(rows: list[list[float]], entries: tuple[Entry, ...], cols: list[list[int]]):
@@ -410,13 +460,14 @@ def _convert(rows: list[list[float]], entries: tuple[Entry, ...], cols: list[lis
 
 # --- bags ------------------------------------------------------------------------------------------
 def iter_bag(
-    path: str | Path, mapping: Mapping, chunk_rows: int = 4096
+    path: str | Path, mapping: Mapping, chunk_rows: int = 4096, notes: list[str] | None = None
 ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
     """Yield (t_s (n,), {quantity: (n, k)}) per chunk of rows of another stack's rosbag2 bag.
 
     Rows are the messages of the time entry's topic; every other quantity takes the newest message of
     its topic at or before that row (what a controller on that clock would have seen). Rows before
-    every quantity has been seen once are left out. A topic the bag lacks raises naming it.
+    every quantity has been seen once are left out. A topic the bag lacks raises naming it. A bag cut
+    short is read to its last complete record, what was recovered appended to `notes`.
     """
     from replay.bag import BagReader
 
@@ -446,7 +497,10 @@ def iter_bag(
             v.clear()
         return out
 
-    for m in BagReader(path).messages(sorted(set(by_topic) | {clock_topic})):
+    reader = BagReader(path)
+    if notes is not None:
+        notes.extend(reader.notes)
+    for m in reader.messages(sorted(set(by_topic) | {clock_topic})):
         topic = absolute(m.topic)
         for e in by_topic.get(topic, ()):
             latest[e.name] = e.from_message(m.msg)
@@ -461,13 +515,17 @@ def iter_bag(
 
 
 # --- either ----------------------------------------------------------------------------------------
-def iter_log(path: str | Path, mapping: Mapping | str | Path, chunk_rows: int = 4096) -> Iterator[Log]:
+def iter_log(
+    path: str | Path, mapping: Mapping | str | Path, chunk_rows: int = 4096, notes: list[str] | None = None
+) -> Iterator[Log]:
     """A foreign log (a CSV file or a rosbag2 bag, as the mapping's format says) as Logs of at most
     `chunk_rows` rows, memory bounded by the chunk: the clock report continues across chunks and
-    indexes rows from the start of the log."""
+    indexes rows from the start of the log. A log cut short is read up to its cut, a note saying
+    where appended to `notes`."""
     if not isinstance(mapping, Mapping):
         mapping = load_mapping(mapping)
-    chunks = iter_bag(path, mapping, chunk_rows) if mapping.format == "bag" else iter_csv(path, mapping, chunk_rows)
+    read = iter_bag if mapping.format == "bag" else iter_csv
+    chunks = read(path, mapping, chunk_rows, notes)
     period_s, t_prev, offset = 1.0 / mapping.rate_hz, None, 0
     for t_s, values in chunks:
         report, ok = clock_report(t_s, period_s, t_prev, offset)
@@ -477,7 +535,8 @@ def iter_log(path: str | Path, mapping: Mapping | str | Path, chunk_rows: int = 
 
 def import_log(path: str | Path, mapping: Mapping | str | Path, chunk_rows: int = 4096) -> Log:
     """A whole foreign log through its mapping (a Mapping, a YAML path or a shipped mapping name)."""
-    chunks = list(iter_log(path, mapping, chunk_rows))
+    notes: list[str] = []
+    chunks = list(iter_log(path, mapping, chunk_rows, notes))
     if not chunks:
         raise MappingError(
             f"{path}: no data rows" + (" with every quantity of the mapping seen" if Path(path).is_dir() else "")
@@ -496,4 +555,5 @@ def import_log(path: str | Path, mapping: Mapping | str | Path, chunk_rows: int 
         **arrays,
         extra=extra,
         source=str(path),
+        notes=tuple(notes),
     )

@@ -1,5 +1,6 @@
-"""The replay report: report.html with PNGs beside it (actions, agreement, shift per term, dynamics gap
-per axis or joint), from metrics.json's figures, for a native bag or a foreign log."""
+"""The replay report: metrics.json, and report.html with PNGs beside it (actions, agreement, shift per
+term, dynamics gap per axis or joint; a quadrotor model's fit, stock against fitted), from metrics.json's
+figures, for a native bag or a foreign log, in every `s2r replay` mode."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ def _plt():
 
 
 def write_report(metrics: dict, plot: dict, spec: PolicySpec, out_dir: Path) -> None:
-    """report.html with PNGs beside it: actions, agreement, shift per term, dynamics gap per axis/joint."""
+    """metrics.json, and report.html with PNGs beside it: actions, agreement, shift per term, dynamics gap
+    per axis/joint; and the model fit when `metrics` holds one ("sysid", from `s2r replay --fit`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     plt = _plt()
     images = []
     cands = list(metrics["candidates"])
@@ -88,17 +91,10 @@ def write_report(metrics: dict, plot: dict, spec: PolicySpec, out_dir: Path) -> 
             ax.set_title(f"dynamics gap: mean |error| {q}")
         axes[0, 0].legend(fontsize=7)
         _save(fig, out_dir / "dynamics_gap.png", images, plt)
-    if "bag" in metrics:
-        state = "complete" if metrics["complete"] else "cut short: " + html.escape("; ".join(metrics["recovery_notes"]))
-        source = f"bag {state}"
-    else:
-        source = (
-            f"foreign log read through mapping {html.escape(str(metrics['mapping']))}; "
-            f"readings {html.escape(str(metrics['readings']))}"
-        )
     body = [
-        f"<h1>s2r replay: {html.escape(Path(metrics.get('bag') or metrics['log']).name)}</h1>",
-        f"<p>task {metrics['task']}, {metrics['rows']} control steps over {metrics['logged_s']:.1f} s; {source}</p>",
+        _title(metrics),
+        f"<p>task {metrics['task']}, {metrics['rows']} control steps over {metrics['logged_s']:.1f} s; "
+        f"{_source(metrics)}</p>",
     ]
     if "ranking" in metrics:
         body.append("<h2>Ranking</h2><p>" + html.escape(metrics["ranking"]["formula"]) + "</p>")
@@ -157,7 +153,69 @@ def write_report(metrics: dict, plot: dict, spec: PolicySpec, out_dir: Path) -> 
         + html.escape(json.dumps({**metrics["health"], **(gap["health"] if gap else {})}, indent=1))
         + "</pre>"
     )
-    body += [f'<p><img src="{name}"></p>' for name in images]
+    if "sysid" in metrics:
+        body += _sysid_sections(metrics["sysid"])
+        images += metrics["sysid"]["plots"]
+    _write(metrics, body, images, out_dir)
+
+
+def write_sysid_report(metrics: dict, out_dir: Path) -> None:
+    """metrics.json and report.html of `s2r replay --fit` alone: the fit (metrics["sysid"]) and its plots."""
+    body = [_title(metrics), f"<p>{_source(metrics)}</p>"] + _sysid_sections(metrics["sysid"])
+    _write(metrics, body, list(metrics["sysid"]["plots"]), out_dir)
+
+
+def _title(metrics: dict) -> str:
+    return f"<h1>s2r replay: {html.escape(Path(metrics.get('bag') or metrics['log']).name)}</h1>"
+
+
+def _source(metrics: dict) -> str:
+    """Where the figures come from: the bag, or the foreign log and its mapping; and where it was cut short."""
+    cut = "; ".join(metrics["recovery_notes"])
+    if "bag" in metrics:
+        return "bag " + ("complete" if metrics["complete"] else "cut short: " + html.escape(cut))
+    readings = f"; readings {html.escape(str(metrics['readings']))}" if "readings" in metrics else ""
+    return f"foreign log read through mapping {html.escape(str(metrics['mapping']))}{readings}" + (
+        f"; cut short: {html.escape(cut)}" if cut else ""
+    )
+
+
+def _sysid_sections(sysid: dict) -> list[str]:
+    """The quadrotor model's fit: its parameters, and the k-step error of the stock and the fitted model."""
+    params = sysid["parameters"]
+    rows = [
+        [html.escape(k), html.escape(v if isinstance(v, str) else json.dumps(v))]
+        for k, v in params.items()
+        if k != "grid_pos10_m"
+    ]
+    gap_rows = []
+    for flight in ("heldout", "fit"):
+        for k, stock in sysid[flight]["stock"]["k"].items():
+            fitted = sysid[flight]["fitted"]["k"][k]
+            gap_rows.append(
+                [flight, k]
+                + [
+                    f"{stock[q]['norm']['mean']:.4g} &rarr; {fitted[q]['norm']['mean']:.4g}"
+                    for q in ("pos_m", "vel_mps", "att_rad")
+                ]
+            )
+    notes = "".join(f"<p>fit flight cut short: {html.escape(n)}</p>" for n in sysid["recovery_notes"]["fit"])
+    return [
+        "<h2>Model fit</h2>"
+        f"<p>fitted on {html.escape(sysid['fit_flight'])}, evaluated on {html.escape(sysid['heldout_flight'])}; "
+        f"stock: {html.escape(sysid['stock_model'])}; fitted: {html.escape(sysid['fitted_model'])}</p>" + notes,
+        _table(["parameter", "value"], rows),
+        "<h2>Dynamics gap, stock &rarr; fitted</h2><p>mean k-step prediction error norm over the in-flight windows</p>"
+        + _table(["flight", "k", "position (m)", "velocity (m/s)", "attitude (rad)"], gap_rows),
+        "<h2>Clock</h2><pre>" + html.escape(json.dumps(sysid["clock"], indent=1)) + "</pre>",
+    ]
+
+
+def _write(metrics: dict, body: list[str], images: list[str], out_dir: Path) -> None:
+    """metrics.json and report.html (the body, then the images) into out_dir."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float))
+    body = body + [f'<p><img src="{name}"></p>' for name in images]
     (out_dir / "report.html").write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>s2r replay</title>"
         "<style>body{font-family:sans-serif}td,th{padding:2px 8px;border-bottom:1px solid #ccc}</style>"

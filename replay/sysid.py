@@ -28,6 +28,7 @@ import numpy as np
 
 from replay.dynamics_gap import Plant, dynamics_gap, predict_windows, valid_starts
 from replay.mapping import RIGID, Log, Mapping, import_log, load_mapping
+from replay.report import write_sysid_report
 
 STOCK_MJCF = Path(__file__).resolve().parent.parent / "sim" / "robots" / "crazyflie.xml"
 PWM_FULL = 65535.0
@@ -268,25 +269,23 @@ def crazyflie_report(
     """Import two flights, fit the model on `fit_csv`, and report the dynamics gap of the stock and the
     fitted model on `eval_csv` (and, for reference, on the fitting flight) for k = 1, 10, 50.
 
-    Writes sysid.json, quadrotor_crazyflie_fit.xml, dynamics_gap.json, gap_errors.png and
-    heldout_predictions.png into out_dir; returns the dynamics_gap.json content.
+    Writes sysid.json, quadrotor_crazyflie_fit.xml, dynamics_gap.json, gap_errors.png,
+    heldout_predictions.png, and metrics.json with report.html (replay.report, as every replay mode) into
+    out_dir; returns metrics.json's "sysid" section: the dynamics_gap.json content, the fitted
+    parameters (sysid.json) and the plots' names.
     """
     out_dir = Path(out_dir)
     mapping = mapping if isinstance(mapping, Mapping) else load_mapping(mapping)
     mapping.require(RIGID, "system identification and the dynamics gap")
     fit_log, eval_log = import_log(fit_csv, mapping), import_log(eval_csv, mapping)
     result, fitted = fit_crazyflie(fit_log, out_dir)
-    (out_dir / "sysid.json").write_text(
-        json.dumps(
-            {
-                "fit_flight": str(fit_csv),
-                "stock_thrust": "0.15 N * pwm / 65535 per rotor, 27 g, tau 0.03 s",
-                **result.to_dict(),
-                "variant_mjcf": Path(fitted.mjcf_path).name,
-            },
-            indent=2,
-        )
-    )
+    parameters = {
+        "fit_flight": str(fit_csv),
+        "stock_thrust": "0.15 N * pwm / 65535 per rotor, 27 g, tau 0.03 s",
+        **result.to_dict(),
+        "variant_mjcf": Path(fitted.mjcf_path).name,
+    }
+    (out_dir / "sysid.json").write_text(json.dumps(parameters, indent=2))
     stock = stock_plant()
     ks = (1, 10, 50)
     metrics: dict = {
@@ -295,6 +294,7 @@ def crazyflie_report(
         "stock_model": "quadrotor.xml (27 g), thrust = 0.15 N * pwm / 65535 per rotor, tau 0.03 s",
         "fitted_model": Path(fitted.mjcf_path).name + " + sysid.json",
         "clock": {"fit": fit_log.clock.to_dict(), "heldout": eval_log.clock.to_dict()},
+        "recovery_notes": {"fit": list(fit_log.notes), "heldout": list(eval_log.notes)},  # where a flight was cut
     }
     for which, log in (("heldout", eval_log), ("fit", fit_log)):
         fly = in_flight(log)
@@ -309,7 +309,17 @@ def crazyflie_report(
         {"stock": (stock, stock_thrust_N(eval_log)), "fitted": (fitted, result.thrust_N(eval_log))},
         out_dir / "heldout_predictions.png",
     )
-    return metrics
+    section = {**metrics, "parameters": parameters, "plots": ["gap_errors.png", "heldout_predictions.png"]}
+    write_sysid_report(
+        {
+            "log": str(eval_csv),
+            "mapping": mapping.where or mapping.description,
+            "recovery_notes": list(eval_log.notes),
+            "sysid": section,
+        },
+        out_dir,
+    )
+    return section
 
 
 def plot_errors(gaps: dict, path: Path, title: str) -> None:

@@ -99,6 +99,16 @@ def _find_checkpoint(path: Path) -> Path:
     return path
 
 
+def _print_export_warning(onnx_path: Path) -> None:
+    """The warning export recorded in the policy's metadata (a partial or superseded policy), on stderr."""
+    from deploy.onnx_policy import read_metadata
+    from policies.export import WARNING_KEY
+
+    warning = read_metadata(onnx_path).get(WARNING_KEY)
+    if warning:
+        print(f"s2r: warning: {onnx_path}: {warning}", file=sys.stderr)
+
+
 def cmd_train(args) -> None:
     from config import validate as C
     from policies.checkpoint import load_checkpoint
@@ -106,11 +116,10 @@ def cmd_train(args) -> None:
     from policies.runner import Runner, TrainCfg, default_train_cfg
     from sim.tasks import default_cfg, task_entry
 
-    resume = None
+    ckpt_path = None
     if args.resume:
         ckpt_path = _find_checkpoint(Path(args.resume))
-        resume = load_checkpoint(ckpt_path)
-        saved = json.loads(resume["config"])
+        saved = json.loads(load_checkpoint(ckpt_path)["config"])
         train_cfg = C.from_dict(TrainCfg, saved["train"])
         task_cfg = C.from_dict(task_entry(train_cfg.task)[0], saved["task"])
         run_dir = Path(args.run_dir) if args.run_dir else ckpt_path.parent
@@ -125,7 +134,7 @@ def cmd_train(args) -> None:
     C.validate(train_cfg)
     C.validate(task_cfg, prefix="task.")
 
-    runner = Runner(train_cfg, task_cfg, run_dir, resume=resume)
+    runner = Runner(train_cfg, task_cfg, run_dir, resume=ckpt_path)
     print(f"training {train_cfg.task}: {train_cfg.num_envs} envs on {train_cfg.device}, run dir {run_dir}")
     t0 = time.perf_counter()
     ckpt = runner.learn(progress=not args.no_progress)
@@ -138,6 +147,7 @@ def cmd_train(args) -> None:
     if not args.no_export:
         onnx_path, report = export_checkpoint(ckpt)
         print(f"  policy         {onnx_path}  (+ {onnx_path.with_suffix('.json').name}); parity {report}")
+        _print_export_warning(onnx_path)
 
 
 def cmd_export(args) -> None:
@@ -147,6 +157,7 @@ def cmd_export(args) -> None:
     print(f"exported {onnx_path} and {onnx_path.with_suffix('.json')}")
     for k, v in report.items():
         print(f"  {k}: {v:.3g}")
+    _print_export_warning(onnx_path)
 
 
 def cmd_eval(args) -> None:
@@ -265,21 +276,22 @@ def cmd_replay(args) -> None:
                 f"{log} is a foreign log: give --mapping NAME_OR_YAML, and --policy A.onnx to score policies on it "
                 "and/or --fit OTHER_LOG to fit the quadrotor model on another flight"
             )
-        if args.policy:
-            from replay.foreign import score_foreign_log
+        from replay.foreign import check_scoring, score_foreign_log
 
-            m = score_foreign_log(
-                log, args.mapping, args.policy, out, args.episodes, tuple(args.window) if args.window else None
-            )
+        window = tuple(args.window) if args.window else None
+        if args.policy and args.fit:  # checked before the fit, which takes a while
+            check_scoring(args.mapping, args.policy, window)
+        sysid = _print_sysid(args.fit, log, args.mapping, out) if args.fit else None
+        if args.policy:  # after the fit: one metrics.json and report.html with both
+            m = score_foreign_log(log, args.mapping, args.policy, out, args.episodes, window, sysid=sysid)
             print(
                 f"{m['task']}: {m['rows']} control steps ({m['logged_s']:.1f} s, {m['starts']} start(s)) "
                 "rebuilt from the "
                 f"log's readings {sorted(m['readings'].values())}"
+                + (f"; log cut short: {m['recovery_notes']}" if m["recovery_notes"] else "")
             )
             _print_ranking(m)
-            print(f"wrote {out / 'report.html'} and {out / 'metrics.json'}")
-        if args.fit:
-            _print_sysid(args.fit, log, args.mapping, out)
+        print(f"wrote {out / 'report.html'} and {out / 'metrics.json'}")
         return
     if args.fit:
         raise ReplayError(
@@ -320,10 +332,14 @@ def _print_ranking(m: dict) -> None:
     print("  task metrics: " + ", ".join(f"{k} {v:.4g}" for k, v in m["task_metrics"].items() if isinstance(v, float)))
 
 
-def _print_sysid(fit, log, mapping, out: Path) -> None:
+def _print_sysid(fit, log, mapping, out: Path) -> dict:
+    """Fit the quadrotor model on flight `fit`, report its gap on `log`; returns metrics.json's "sysid"."""
     from replay.sysid import crazyflie_report
 
     metrics = crazyflie_report(fit, log, mapping, out)
+    for flight, notes in metrics["recovery_notes"].items():
+        for note in notes:
+            print(f"{flight} flight cut short: {note}")
     print(f"fitted the quadrotor model on {fit}; dynamics gap on {log} (mean error norm, stock -> fitted):")
     for k, d in metrics["heldout"]["stock"]["k"].items():
         f = metrics["heldout"]["fitted"]["k"][k]
@@ -336,6 +352,7 @@ def _print_sysid(fit, log, mapping, out: Path) -> None:
         f"wrote {out / 'dynamics_gap.json'}, {out / 'sysid.json'}, {out / 'gap_errors.png'}, "
         f"{out / 'heldout_predictions.png'}"
     )
+    return metrics
 
 
 def cmd_bench_serial(args) -> dict:

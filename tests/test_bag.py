@@ -213,7 +213,8 @@ def test_bag_written_by_rosbags_reads(tmp_path):
 
 def test_bag_cut_short_reads_its_complete_chunks(tmp_path):
     """A recorder killed mid-write leaves a file cut anywhere and a stale metadata.yaml: the reader
-    returns exactly the messages of the complete chunks, in order, without raising."""
+    returns exactly the messages of the complete chunks, in order, and names the cut; a file cut before
+    its first complete message is named as truncated."""
     stream = write_bag(tmp_path / "full", n=200, chunk_size=4096)
     full = tmp_path / "full" / "full_0.mcap"
     with open(full, "rb") as f:
@@ -236,7 +237,9 @@ def test_bag_cut_short_reads_its_complete_chunks(tmp_path):
     )
     rng = random.Random(0)
     cuts = [
+        5,
         40,
+        100,
         chunks[0].chunk_start_offset + 10,
         chunks[2].chunk_start_offset,
         data_end - 3,
@@ -250,6 +253,10 @@ def test_bag_cut_short_reads_its_complete_chunks(tmp_path):
         (folder / "metadata.yaml").write_text(stale)
         (folder / "cut_0.mcap").write_bytes(data[:cut])
         complete_messages = sum(_messages_in(data, c) for c in chunks if c.chunk_start_offset + c.chunk_length <= cut)
+        if complete_messages == 0:
+            with pytest.raises(BagError, match=f"^cut_0.mcap is truncated after {cut} bytes: no complete message"):
+                BagReader(folder)
+            continue
         reader = BagReader(folder)
         got = list(reader.messages())
         assert not reader.complete and reader.metadata == META, cut
@@ -258,6 +265,8 @@ def test_bag_cut_short_reads_its_complete_chunks(tmp_path):
         if got:
             assert subset_equal(stream[len(got) - 1][2], as_plain(got[-1].msg)), cut
         assert f"{complete_messages} complete messages recovered" in reader.notes[0], (cut, reader.notes)
+        with pytest.raises(BagError, match="topic /imu is not in bag .*; it was cut short: cut_0.mcap ends "):
+            list(reader.messages(["/imu"]))
 
 
 def _messages_in(data: bytes, chunk_index) -> int:

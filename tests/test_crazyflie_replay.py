@@ -348,3 +348,43 @@ def test_policy_readings_missing_or_misordered_are_named(tmp_path):
         match=r"no quantity 'command' \(the policy's reading 'command' for observation term\(s\) \['command'\]\)",
     ):
         reading_columns(parse_mapping(no_cmd), spec)
+
+
+@needs_data
+@pytest.mark.slow
+def test_fit_writes_metrics_and_report_and_names_cut_flights(tmp_path):
+    """`s2r replay --fit` writes metrics.json and report.html (with `--policy` too: one of each, both parts);
+    flights cut mid-line, as a logger killed mid-write leaves them, read to their last complete line, the
+    cut named."""
+    import json
+
+    from replay.bench import SHIPPED
+    from s2r.cli import main
+
+    for src, name in ((FIT, "fit.csv"), (HELDOUT, "heldout.csv")):
+        header, rows = _read_rows(src, 1201)
+        _write_rows(tmp_path / name, header, rows[:-1])
+        with open(tmp_path / name, "a") as f:
+            f.write(",".join(rows[-1])[:30])  # line 1202, cut inside its 'py' cell
+    cut = (
+        "{} ends inside line 1202 (column 'py': missing, the line has 2 of the header's 52 cells), its writer did not "
+    )
+    cut += "finish it: read up to line 1201"
+    args = [
+        "replay",
+        str(tmp_path / "heldout.csv"),
+        "--mapping",
+        "crazyflie_nanobench",
+        "--fit",
+        str(tmp_path / "fit.csv"),
+    ]
+    for out, more in ((tmp_path / "fit", []), (tmp_path / "both", ["--policy", str(SHIPPED / "quadrotor.onnx")])):
+        assert main(args + more + ["--out", str(out), "--episodes", "1"]) == 0
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["recovery_notes"] == [cut.format("heldout.csv")]
+        assert m["sysid"]["recovery_notes"] == {"fit": [cut.format("fit.csv")], "heldout": [cut.format("heldout.csv")]}
+        assert m["sysid"]["parameters"]["tau_s"] > 0 and m["sysid"]["heldout"]["fitted"]["windows"] > 100
+        report = (out / "report.html").read_text()
+        assert "<h2>Model fit</h2>" in report and 'src="heldout_predictions.png"' in report
+        assert "fit flight cut short: fit.csv ends" in report and "; cut short: heldout.csv ends" in report
+        assert ("<h2>Ranking</h2>" in report) == ("ranking" in m) == bool(more)

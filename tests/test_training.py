@@ -1,5 +1,6 @@
 """PPO training, checkpoints, resume, export parity, eval: the spine end to end."""
 
+import csv
 import pickle
 
 import numpy as np
@@ -7,10 +8,10 @@ import pytest
 import torch
 
 from config.validate import override
-from deploy.onnx_policy import OnnxPolicy, PolicyLoadError, read_spec
+from deploy.onnx_policy import OnnxPolicy, PolicyLoadError, read_metadata, read_spec
 from deploy.spec import SpecError
-from policies.checkpoint import CheckpointError, load_checkpoint
-from policies.export import ExportError, export_checkpoint, export_onnx, model_from_checkpoint
+from policies.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from policies.export import WARNING_KEY, ExportError, export_checkpoint, export_onnx, model_from_checkpoint
 from policies.runner import Runner, TrainCfg
 from sim.evaluate import evaluate
 from sim.tasks import default_cfg
@@ -49,7 +50,7 @@ def test_resume_continues_exactly(tmp_path):
         straight.cfg,
         straight.task_cfg,
         tmp_path / "resumed",
-        resume=load_checkpoint(tmp_path / "straight" / "model_2.pt"),
+        resume=tmp_path / "straight" / "model_2.pt",
     )
     assert resumed.iteration == 2
     resumed.learn(progress=False)
@@ -62,7 +63,7 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_resume_with_another_env_count_starts_fresh_episodes(tmp_path):
     r = small_run(tmp_path, max_iterations=2)
-    ckpt = load_checkpoint(r.learn(progress=False))
+    ckpt = r.learn(progress=False)
     r.env.close()
     more = TrainCfg(**{**SMALL, "num_envs": 96, "max_iterations": 3})
     more = override(more, "ppo.num_steps", 8)
@@ -100,10 +101,10 @@ def test_corrupt_or_foreign_checkpoints_are_refused(tmp_path):
 
 def test_resume_into_a_different_network_is_refused(tmp_path):
     r = small_run(tmp_path, max_iterations=2)
-    ckpt = load_checkpoint(r.learn(progress=False))
+    ckpt = r.learn(progress=False)
     r.env.close()
     other = override(TrainCfg(**SMALL), "ppo.actor_hidden", (32,))
-    with pytest.raises(CheckpointError, match="does not match"):
+    with pytest.raises(CheckpointError, match="model_last.pt does not match"):
         Runner(other, default_cfg(other.task), tmp_path / "other", resume=ckpt)
 
 
@@ -204,4 +205,102 @@ def test_time_limit_stops_training_and_saves(tmp_path):
     r = small_run(tmp_path, max_iterations=1000, time_limit_s=0.01)
     ckpt = r.learn(progress=False)
     r.env.close()
-    assert 1 <= load_checkpoint(ckpt)["iteration"] < 5
+    iteration = load_checkpoint(ckpt)["iteration"]
+    assert 1 <= iteration < 5
+    onnx_path, _ = export_checkpoint(ckpt)  # a partial policy, and its metadata says so
+    meta = read_metadata(onnx_path)
+    assert meta["s2r.iteration"] == str(iteration) and meta["s2r.stopped"] == "time_limit"
+    assert meta[WARNING_KEY].startswith(f"exported from iteration {iteration} of 1000: training stopped at its time")
+
+
+def test_export_records_where_the_policy_stands_in_its_run(tmp_path):
+    r = small_run(tmp_path)  # 4 iterations: model_2.pt, model_4.pt, model_last.pt
+    last = r.learn(progress=False)
+    r.env.close()
+    meta = read_metadata(export_checkpoint(last)[0])
+    assert (meta["s2r.iteration"], meta["s2r.max_iterations"], meta["s2r.stopped"]) == ("4", "4", "completed")
+    assert WARNING_KEY not in meta
+    older = read_metadata(export_checkpoint(last.parent / "model_2.pt", tmp_path / "old.onnx")[0])[WARNING_KEY]
+    assert older.startswith("exported from iteration 2 of 4: training was still running when this checkpoint")
+    assert "model_2.pt (iteration 2) is older than model_" in older and "(iteration 4)" in older
+
+
+def test_resume_truncates_the_logs_to_its_checkpoint(tmp_path):
+    """Rows and TensorBoard scalars after the checkpoint's iteration are trained again: each appears once."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    r = small_run(tmp_path)
+    r.learn(progress=False)
+    r.env.close()
+    run = tmp_path / "run"
+    with open(run / "metrics.csv", "a") as f:
+        f.write("5,1")  # a row cut short by a kill
+    resumed = Runner(r.cfg, r.task_cfg, run, resume=run / "model_2.pt")
+    resumed.learn(progress=False)
+    resumed.env.close()
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [row["iteration"] for row in rows] == ["1", "2", "3", "4"]
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    scalars = events.Scalars("time_s")
+    assert [e.step for e in scalars] == [int(row["env_steps"]) for row in rows]
+    assert [round(e.value, 3) for e in scalars] == pytest.approx([float(row["time_s"]) for row in rows])
+
+
+def test_a_corrupted_checkpoint_is_named(tmp_path):
+    r = small_run(tmp_path, max_iterations=2)
+    good = r.learn(progress=False)
+    r.env.close()
+    data = bytearray(good.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(255 - b for b in data[middle : middle + 16])
+    flipped = tmp_path / "flipped" / "model_last.pt"
+    flipped.parent.mkdir()
+    flipped.write_bytes(data)
+    with pytest.raises(CheckpointError, match=r"flipped/model_last.pt is corrupt: its entry .* fails its CRC-32"):
+        load_checkpoint(flipped)
+
+
+def rewritten(tmp_path, good, name, change) -> str:
+    """A copy of checkpoint `good` with `change` applied, saved whole (so every CRC is right)."""
+    ckpt = torch.load(good, weights_only=True)
+    change(ckpt)
+    save_checkpoint(tmp_path / name, ckpt)
+    return str(tmp_path / name)
+
+
+def first_weight(ckpt) -> str:
+    return next(k for k, v in ckpt["model"].items() if v.dim() == 2)
+
+
+def test_checkpoint_contents_are_checked_before_use(tmp_path):
+    r = small_run(tmp_path, max_iterations=2)
+    good = r.learn(progress=False)
+    r.env.close()
+
+    def nan_weight(c):
+        c["model"][first_weight(c)][0, 0] = float("nan")
+
+    def bad_rng(c):
+        c["rng"]["ppo"] = torch.zeros_like(c["rng"]["ppo"])  # "Invalid mt19937 state"
+
+    def bad_shape(c):
+        w = first_weight(c)
+        c["model"][w] = torch.zeros(c["model"][w].shape[0] + 1, c["model"][w].shape[1])
+
+    def text_iteration(c):
+        c["iteration"] = "2"
+
+    for name, change, message in [
+        ("nan.pt", nan_weight, r"nan.pt is not usable: model .* holds NaN or inf"),
+        ("iteration.pt", text_iteration, r"iteration.pt is not usable: 'iteration' is a str"),
+    ]:
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(rewritten(tmp_path, good, name, change))
+    with pytest.raises(CheckpointError, match=r"rng.pt: its PPO random generator state is invalid \(Invalid mt19937"):
+        Runner(r.cfg, r.task_cfg, tmp_path / "resumed", resume=rewritten(tmp_path, good, "rng.pt", bad_rng))
+    shape = rewritten(tmp_path, good, "shape.pt", bad_shape)
+    with pytest.raises(CheckpointError, match=r"shape.pt does not match this task and network"):
+        Runner(r.cfg, r.task_cfg, tmp_path / "resumed", resume=shape)
+    with pytest.raises(CheckpointError, match=r"shape.pt: its weights do not match the network its config describes"):
+        export_checkpoint(shape)
