@@ -7,6 +7,12 @@ the motor-board emulator (PROTOCOL.md). The plant behind either is the robot in 
 (hardware/sim_plant.py), so a host (the serial bridge, DynamixelBus, BoardLink, a firmware author's own
 tool) sees a robot that moves as the simulated one does, at the baud rate's pace, with the
 electronics' own command timeout.
+
+Electronics run on their own microcontrollers, which a busy host does not slow down; the command runs
+every thread of its process (emulator, plant, physics, MuJoCo's pool) with real-time scheduling where the
+system permits it (deploy/realtime.py), above the host's real-time nodes, and says whether it got it.
+Without it, on a 2-core machine under a training run, the arm's plant fell 174 ms behind real time
+and the bridge's sync reads timed out (tests/test_serial_bridge.py).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config.validate import ConfigError
+from deploy.realtime import set_process_realtime
 from hardware import dynamixel_table as dt
 from hardware.serial_config import DynamixelSerialCfg, HardwareSerial, load_hardware_serial
 
@@ -30,6 +37,7 @@ if TYPE_CHECKING:
     from hardware.sim_plant import PhysicsStepper
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "ros_ws" / "src" / "s2r_ros" / "config"
+REALTIME_PRIORITY = 60  # SCHED_FIFO: above policy_node's and serial_bridge_node's 50, as hardware is
 
 
 def find_hardware_config(name_or_path: str) -> Path:
@@ -152,13 +160,18 @@ def run_hil(robot: str, baud: int | None = None, link: str | None = None, report
     if link_path is not None and link_path.exists() and not link_path.is_symlink():
         raise ConfigError(f"--link {link_path}: exists and is not a symlink; it is left alone")
     hil = start_hil(hw, baud)
+    why_not = set_process_realtime(REALTIME_PRIORITY)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         if link_path is not None:
             point_link(link_path, hil.port)
         print(hil.port, flush=True)
-        print(hil.description + (f"; {link_path} -> {hil.port}" if link_path else ""), flush=True)
+        realtime = f"not permitted ({why_not})" if why_not else f"SCHED_FIFO {REALTIME_PRIORITY}"
+        print(
+            hil.description + (f"; {link_path} -> {hil.port}" if link_path else "") + f"; real-time: {realtime}",
+            flush=True,
+        )
         next_report_s = time.monotonic() + report_s
         while not stop.wait(0.5):
             if hil.stepper.error is not None:

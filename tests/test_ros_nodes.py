@@ -14,8 +14,17 @@ import pytest
 rclpy = pytest.importorskip("rclpy")  # installed by setup.sh ('.[ros]'); the nodes need it
 
 from rclpy.node import Node  # noqa: E402
-from rclpy.qos import QoSPresetProfiles  # noqa: E402
-from s2r_ros.processes import CONFIG, PKG, policy_params, ros_env, start_node, stop, wait_for  # noqa: E402
+from rclpy.qos import QoSPresetProfiles, ReliabilityPolicy  # noqa: E402
+from s2r_ros.processes import (  # noqa: E402
+    CONFIG,
+    PKG,
+    SHIPPED_POLICIES,
+    policy_params,
+    ros_env,
+    start_node,
+    stop,
+    wait_for,
+)
 from sensor_msgs.msg import JointState  # noqa: E402
 from std_msgs.msg import Bool, Float64MultiArray, String  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
@@ -60,7 +69,9 @@ def test_launch_file_names_nodes_and_parameters_that_exist():
             params = (
                 yaml.safe_load((CONFIG / f"{robot}_nodes.yaml").read_text()).get(exe, {}).get("ros__parameters", {})
             )
-            assert set(params) <= set(declared), (robot, exe, set(params) - set(declared))
+            assert set(params) - {"qos"} <= set(declared), (robot, exe, set(params) - set(declared))
+            qos_topics = set(getattr(importlib.import_module(f"s2r_ros.{exe}"), "QOS", {}))
+            assert set(params.get("qos", {})) <= qos_topics | {"joint_commands", "motor_thrust"}, (robot, exe)
 
 
 @pytest.fixture(scope="module")
@@ -91,11 +102,11 @@ def ros(request):
 
 
 class Driver:
-    """The robot's driver, as the test plays it: publishes joint_states, records joint_commands."""
+    """The robot's driver, as the test plays it: publishes joint_states, records joint_commands, both with `qos`
+    (default: the sensor-data profile, best effort)."""
 
-    def __init__(self, node: Node):
+    def __init__(self, node: Node, qos=QoSPresetProfiles.SENSOR_DATA.value):
         self.node = node
-        qos = QoSPresetProfiles.SENSOR_DATA.value
         self.pub = node.create_publisher(JointState, "joint_states", qos)
         self.estop = node.create_publisher(Bool, "estop", 10)
         self.commands: list[tuple[float, np.ndarray]] = []
@@ -238,3 +249,42 @@ def test_wrong_policy_or_mismatched_joints_refuse_to_start(ros, tmp_path, arm_po
         assert driver.commands == []
     finally:
         driver.close()
+
+
+def test_a_ros2_control_style_driver_with_default_qos_runs_the_policy(ros, tmp_path):
+    """A ros2_control forward command controller subscribes with the default QoS (reliable, depth 10), and its
+    joint_state_broadcaster publishes with it: policy_node's reliable commands reach the first, its sensor-data
+    (best-effort) subscription takes the second, and the policy runs."""
+    node, domain = ros
+    driver = Driver(node, qos=10)  # rclpy's plain create_subscription(..., 10) / create_publisher(..., 10)
+    proc = start_node("policy_node", "arm", tmp_path, domain, policy_params("arm", SHIPPED_POLICIES / "arm.onnx"))
+    try:
+        wait_for(
+            lambda: "running" in driver.modes or proc.poll() is not None,
+            60,
+            spin=lambda: driver.run(0.05),
+            what="mode running",
+        )
+        assert proc.poll() is None, (tmp_path / "policy_node.log").read_text()
+        driver.commands.clear()
+        driver.run(0.3)
+        assert len(driver.commands) >= 5 and driver.kp_scale(driver.commands[-1][1]) == 1.0
+        [offered] = node.get_publishers_info_by_topic("/joint_commands")
+        assert offered.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+        assert "incompatible" not in (tmp_path / "policy_node.log").read_text().lower()
+    finally:
+        stop(proc)
+        driver.close()
+
+
+def test_a_qos_parameter_that_names_no_policy_refuses_to_start(ros, tmp_path):
+    node, domain = ros
+    # nested, as config/<robot>_nodes.yaml writes it, and dotted, as `-p` does
+    bad = {"qos": {"joint_commands": {"reliability": "reliabel"}}, "qos.joint_states.depth": 0}
+    proc = start_node(
+        "policy_node", "arm", tmp_path, domain, policy_params("arm", SHIPPED_POLICIES / "arm.onnx", **bad)
+    )
+    assert proc.wait(timeout=60) == 2
+    log = (tmp_path / "policy_node.log").read_text()
+    assert "parameter qos.joint_commands.reliability: 'reliabel' is not one of ['reliable', 'best_effort']" in log, log
+    assert "parameter qos.joint_states.depth: 0 is not a queue depth (>= 1)" in log, log

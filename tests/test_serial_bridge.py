@@ -8,12 +8,23 @@ fixture) is started last.
 
 Targets: in the sim closed loop sim_robot_node plays the operator and publishes each episode's target on
 `target`; the hil plant has no episodes (hardware/sim_plant.py), so this test plays that operator: every
-EPISODE_S it publishes a new target drawn as the task draws them (uniform in the policy's training
-box) and measures the reach error as `s2r replay` does (ReachLogMetrics: forward kinematics of the
-measured joints, on the last joint state before the target changes).
+episode_s it publishes a new target drawn as the task draws them (uniform in the policy's training
+box) and measures the reach error as `s2r replay` does, from policy_node's policy_io (ReachLogMetrics:
+forward kinematics of the joints the policy saw, on its last step before the target changes).
 
-The machine running these may be loaded: waits are generous and times are printed, not asserted
-tightly.
+The reference is `s2r eval` of the robot `s2r hil` simulates: the nominal arm (no randomization: an empty
+gripper, no joint friction) with the training's 0-1 control periods of latency, which is the size of the
+loop's own delay (sensor read, DDS, the policy's tick, DDS, goal write, the plant's 4 ms step: 10-15 ms).
+The policy is sensitive to that delay on this robot: in simulation (deploy's Controller on the hil's plant,
+48 targets drawn as here, each from the last), a constant loop delay of 4 ms reaches 100 % of them, 8 ms
+98 %, 12-16 ms 90 %, 20 ms 81 %, where 4 randomized arms reach 100 % at 20 ms; `s2r eval` gives 90-92 %
+(400 episodes, 3 seeds) on the nominal arm against 99 % under the full randomization, which gives every
+arm a payload of up to 1 kg and joint friction. So the full-randomization figure is not what this loop can be held to; a
+loop that adds stalls or a control period of delay falls well below the nominal one.
+
+The loops run on a busy machine (tests must): every process of the loop runs with real-time scheduling
+where the system permits it (`s2r hil` as the electronics, policy_node and serial_bridge_node as on the
+robot's computer), so times are asserted: the shipped 3-period watchdog, the adapter's default latency.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import PointStamped  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSPresetProfiles  # noqa: E402
+from s2r_ros.messages import read_policy_io  # noqa: E402
 from s2r_ros.processes import (  # noqa: E402
     CONFIG,
     SHIPPED_POLICIES,
@@ -49,22 +61,9 @@ from std_srvs.srv import Trigger  # noqa: E402
 ARM = "open_manipulator_x"
 HIL_START_S = 300.0  # `s2r hil` imports torch and builds the model: slow on a loaded machine
 NODE_START_S = 120.0
-TARGETS = 8  # reach targets through the bridge
-USB_LATENCY_S = 0.05  # the bridge awaits an answer 2 x this + 2 ms: the hil emulator shares its process with MuJoCo
-# The arm's hardware YAML with the watchdog at 10 control periods (200 ms) instead of 3: `s2r hil` answers each
-# sync read from a Python thread that shares its process with the MuJoCo plant, and on a loaded 2-core machine
-# it stalls now and then for 60-250 ms (its own pacing report shows it), which a 60 ms watchdog rightly damps.
-# Measured on the 2-core development machine, 15 s of the running arm through the bridge: joint_states gaps
-# p50 10 ms, p99 14-49 ms, max 16-99 ms. The sensor-gap fault itself is what the fault test below exercises.
-ARM_WATCHDOG_PERIODS = 10
-
-
-# Opt-in: these closed loops pass on a quiet machine most of the time, not always (1 run in 2 of the arm
-# loop missed its success margin; under load the emulator's MuJoCo thread stalls 60-250 ms, past
-# policy_node's 60 ms watchdog), and a test that needs a quiet machine is not a test (issue 13).
-LOOPS = pytest.mark.skipif(
-    not os.environ.get("S2R_SERIAL_LOOPS"), reason="closed loops over the emulated serial link: set S2R_SERIAL_LOOPS=1"
-)
+TARGETS = 16  # reach targets through the bridge, episode_s (3 s) each
+REFERENCE_EPISODES = 400  # s2r eval of the nominal arm: 90-92 % over 3 seeds; 100 episodes spread 87-90 %
+RESUME_S = 1.0  # issue 13: control resumes within this long after the link returns
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +86,7 @@ class Operator:
         qos = QoSPresetProfiles.SENSOR_DATA.value
         self.joint_states: list[tuple[float, np.ndarray]] = []
         self.commands: list[tuple[float, float]] = []  # (time, kp_scale)
+        self.policy_obs: list[np.ndarray] = []  # policy_io's obs of each running control step
         self.modes: list[tuple[float, str]] = []
         self.diagnostics: dict[tuple[str, str], dict[str, str]] = {}  # (name, hardware_id): values
         self.target_pub = node.create_publisher(PointStamped, "target", 10)
@@ -97,6 +97,9 @@ class Operator:
                 String, "policy_node/mode", lambda m: self.modes.append((time.monotonic(), m.data)), 10
             ),
             node.create_subscription(DiagnosticArray, "diagnostics", self._on_diagnostics, 10),
+            node.create_subscription(
+                Float64MultiArray, "policy_io", lambda m: self.policy_obs.append(read_policy_io(m)["obs"]), 1000
+            ),
         ]
 
     def _on_joint_state(self, msg):
@@ -117,6 +120,10 @@ class Operator:
     def bridge(self, key: str, port) -> str:
         """A value of the diagnostics of the bridge on `port`."""
         return self.diagnostics.get(("s2r/serial_bridge_node", str(port)), {}).get(key, "")
+
+    def policy(self, key: str, robot: str) -> str:
+        """A value of policy_node's diagnostics."""
+        return self.diagnostics.get(("s2r/policy_node", robot), {}).get(key, "")
 
     def spin(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -219,7 +226,6 @@ QUADRUPED = "quadruped"
 COMMANDS = 4  # velocity commands, one every resample_s
 
 
-@LOOPS
 @pytest.mark.slow
 def test_quadruped_walks_over_the_motor_board(operator, tmp_path):
     """The quadruped's shipped policy over the motor board: it does not fall and tracks its yaw-rate command
@@ -290,121 +296,116 @@ def test_quadruped_walks_over_the_motor_board(operator, tmp_path):
 
 @pytest.fixture(scope="module")
 def arm_loop(operator, tmp_path_factory):
-    """s2r hil (the arm's Dynamixel servos) + serial_bridge_node + policy_node (autostart), running."""
+    """s2r hil (the arm's Dynamixel servos) + serial_bridge_node + policy_node (autostart), running, with the
+    arm's shipped hardware YAML and the bridge's defaults."""
     policy = SHIPPED_POLICIES / f"{ARM}.onnx"
     tmp = tmp_path_factory.mktemp("arm_serial")
     link = tmp / "tty"
-    robot_config = tmp / f"{ARM}.yaml"
-    text = (CONFIG / f"{ARM}.yaml").read_text()
-    assert "watchdog_periods: 3" in text
-    robot_config.write_text(text.replace("watchdog_periods: 3", f"watchdog_periods: {ARM_WATCHDOG_PERIODS}"))
-    procs = {"hil": start_hil(ARM, link, tmp)}
     operator.modes.clear()
+    # all three at once (the bridge retries the port until s2r hil serves it): start-up is most of the time
+    # on a busy machine, where these processes start at ordinary priority
+    procs = {
+        "hil": start_hil(ARM, link, tmp),
+        "bridge": start_node("serial_bridge_node", ARM, tmp, operator.domain, bridge_params(ARM, link)),
+        "policy": start_node("policy_node", ARM, tmp, operator.domain, policy_params(ARM, policy, autostart=True)),
+    }
     try:
         wait_hil(procs["hil"], link, tmp)
-        procs["bridge"] = start_node(
-            "serial_bridge_node",
-            ARM,
-            tmp,
-            operator.domain,
-            bridge_params(ARM, link, usb_latency_s=USB_LATENCY_S, robot_config=str(robot_config)),
-        )
-        procs["policy"] = start_node(
-            "policy_node",
-            ARM,
-            tmp,
-            operator.domain,
-            policy_params(ARM, policy, autostart=True, robot_config=str(robot_config)),
-        )
         bring_up(operator, procs, tmp)
-        yield procs, link, tmp, policy, robot_config
+        yield procs, link, tmp, policy
     finally:
         stop(*(p for k, p in procs.items() if k != "hil"))
         stop(procs["hil"])
 
 
-def reach_distance_fn(policy):
-    """End-effector distance to a target from joint positions: the robot's model, as ReachLogMetrics does."""
-    import mujoco
+def nominal_arm_reference(policy) -> dict:
+    """`s2r eval` of the arm `s2r hil` simulates (module docstring): noise-free, no randomization but the
+    training's latency."""
+    import dataclasses
 
-    from config.robot import find_robot
-    from sim.evaluate import load_policy
-    from sim.robots import robot_model
-
-    onnx, cfg = load_policy(policy)
-    robot = robot_model(find_robot(cfg.robot), kind="arm")
-    model, data = robot.model, mujoco.MjData(robot.model)
-    qadr = [model.jnt_qposadr[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, n)] for n in onnx.spec.action.names]
-
-    def distance(q, target) -> float:
-        data.qpos[qadr] = q
-        mujoco.mj_fwdPosition(model, data)
-        mujoco.mj_sensorPos(model, data)
-        return float(np.linalg.norm(data.sensordata[robot.ee_pos_adr : robot.ee_pos_adr + 3] - target))
-
-    return distance, cfg
-
-
-@LOOPS
-def test_arm_reaches_its_targets_over_the_dynamixel_bus(arm_loop, operator):
     from sim.evaluate import evaluate, load_policy
     from sim.sim_robot import noise_free
 
-    procs, link, tmp, policy, _ = arm_loop
-    distance, cfg = reach_distance_fn(policy)
+    cfg = noise_free(load_policy(policy)[1])
+    nominal = dataclasses.replace(cfg, events={"latency": cfg.events["latency"]})
+    return evaluate(policy, episodes=REFERENCE_EPISODES, task_cfg=nominal)
+
+
+@pytest.mark.slow
+def test_arm_reaches_its_targets_over_the_dynamixel_bus(arm_loop, operator):
+    from deploy.onnx_policy import OnnxPolicy
+    from replay.task_metrics import TaskMetrics, current_frames
+    from sim.evaluate import load_policy
+
+    _, link, tmp, policy = arm_loop
+    spec = OnnxPolicy(policy).spec
+    _, cfg = load_policy(policy)
     box = cfg.commands["target"].params
     center, half = np.array(box["center_m"]), np.array(box["half_extent_m"])
     rng = np.random.default_rng(7)
-    final = []
-    for _ in range(TARGETS):
-        target = center + (rng.random(3) * 2 - 1) * half  # as the task's position_target draws it
+    targets = [center + (rng.random(3) * 2 - 1) * half for _ in range(TARGETS)]  # as position_target draws them
+    operator.policy_obs.clear()
+    for target in targets:
         end = time.monotonic() + cfg.episode_s
         while time.monotonic() < end:
             operator.publish_target(target)
             operator.spin(0.1)
-        assert operator.mode == "running", logs(tmp)
-        final.append(distance(operator.joint_states[-1][1], target))
-    final = np.array(final)
-    radius = cfg.success_radius_m
-    got = {"success_rate": float((final <= radius).mean()), "mean_final_distance_m": float(final.mean())}
-    reference = evaluate(policy, episodes=100, task_cfg=noise_free(load_policy(policy)[1]))
+        assert operator.mode == "running", (operator.diagnostics, logs(tmp))
+    operator.spin(0.2)  # the last steps' policy_io
+    obs = np.array(operator.policy_obs)
+    seen = current_frames(spec, obs)["target_pos"]
+    first = int(np.flatnonzero(np.abs(seen - targets[0]).max(axis=1) < 1e-5)[0])  # before it: the start-up target
+    metrics = TaskMetrics(spec, cfg)
+    metrics.add(obs[first:])
+    got = metrics.summary(1.0 / spec.control_hz)
+    reference = nominal_arm_reference(policy)
     counters = {
-        k: operator.bridge(k, link) for k in ("frames_in", "timeouts", "crc_errors", "rtt_p50_ms", "rtt_p99_ms")
+        k: operator.bridge(k, link)
+        for k in ("frames_in", "timeouts", "crc_errors", "rtt_p50_ms", "rtt_p99_ms", "publish_gap_max_ms")
     }
+    pacing = [line for line in (tmp / "hil.log").read_text().splitlines() if "pacing" in line][-1:]
     print(
-        f"{ARM} over the serial bridge: {got} over {TARGETS} targets (final distances {np.round(final, 4)}); "
-        f"s2r eval (noise-free, 100 episodes): success_rate {reference['success_rate']:.3f}, mean_final_distance_m "
-        f"{reference['mean_final_distance_m']:.4f}; bridge {counters}"
+        f"{ARM} over the serial bridge: success_rate {got['success_rate']:.3f}, mean_final_distance_m "
+        f"{got['mean_final_distance_m']:.4f} over {got['targets']} targets in {got['rows']} steps; "
+        f"s2r eval ({REFERENCE_EPISODES} episodes, noise-free) of the nominal arm: success_rate "
+        f"{reference['success_rate']:.3f}, mean_final_distance_m {reference['mean_final_distance_m']:.4f}; "
+        f"bridge {counters}; policy jitter p99 {operator.policy('jitter_p99_us', ARM)} us; hil {pacing}"
     )
-    # the success rate within 10 percentage points of s2r eval, plus one target of granularity
+    assert got["targets"] == TARGETS, got
+    # the success rate within 10 percentage points of s2r eval's, plus one target of granularity
     assert got["success_rate"] >= reference["success_rate"] - 0.1 - 1 / TARGETS, (got, reference, logs(tmp))
-    # the mean error: each target here starts from the last one, not from a reset, and the plant is the nominal
-    # robot, not a randomized one; the loop through DDS and the wire must not make the error much worse
-    assert got["mean_final_distance_m"] <= 1.5 * reference["mean_final_distance_m"] + 0.005, (got, reference)
+    # each target here starts from the last one, not from a reset: the mean error must not be much worse
+    assert got["mean_final_distance_m"] <= 1.5 * reference["mean_final_distance_m"], (got, reference)
 
 
-@LOOPS
+@pytest.mark.slow
 def test_lost_link_damps_and_control_resumes_when_it_is_back(arm_loop, operator):
-    procs, link, tmp, policy, robot_config = arm_loop
+    import re
+
     from deploy.onnx_policy import OnnxPolicy
     from deploy.robot_config import load_robot_config
 
-    rc = load_robot_config(robot_config, OnnxPolicy(policy).spec)
-    watchdog_s = rc.watchdog_periods / rc.control_hz
+    procs, link, tmp, policy = arm_loop
+    rc = load_robot_config(CONFIG / f"{ARM}.yaml", OnnxPolicy(policy).spec)
+    watchdog_s, period_s = rc.watchdog_periods / rc.control_hz, 1.0 / rc.control_hz
     operator.spin(0.5)
-    assert operator.mode == "running"
+    assert operator.mode == "running", (operator.diagnostics, logs(tmp))
     losses = int(operator.bridge("link_losses", link) or 0)
     # the electronics die (s2r hil stopped: its pty closes, its link goes). SIGKILL would leave the link dangling
     # at a pty number the system may hand to another program: the bridge then runs DynamixelBus.open()'s link
     # diagnosis on that one (seconds) before it finds the new emulator
-    t_kill = (
-        time.monotonic()
-    )  # its shutdown takes a while: the time to damping is measured from the signal, an upper bound
+    t_kill = time.monotonic()  # its shutdown takes a while: the time to damping from here is an upper bound
     procs["hil"].terminate()
     procs["hil"].wait()
     wait_for(lambda: operator.mode == "damping", 10, spin=lambda: operator.spin(0.01), what="policy_node damping")
     t_damp = next(t for t, mode in operator.modes if mode == "damping" and t >= t_kill)
     assert any(kp == 0.0 for t, kp in operator.commands if t >= t_damp - 0.05)  # the safe command: no position gain
+    # policy_node's own measure: how long the sensor had been silent when it damped (and sent the safe command)
+    wait_for(
+        lambda: "stale" in operator.policy("last_fault", ARM), 5, spin=lambda: operator.spin(0.05), what="the fault"
+    )
+    fault = operator.policy("last_fault", ARM)
+    silent_s = float(re.search(r"no message for ([\d.]+) ms", fault).group(1)) / 1e3
     wait_for(
         lambda: int(operator.bridge("link_losses", link) or 0) > losses and operator.bridge("link", link) == "down",
         20,
@@ -444,11 +445,11 @@ def test_lost_link_damps_and_control_resumes_when_it_is_back(arm_loop, operator)
         what="the bridge counting the reconnect",
     )
     print(
-        f"link lost -> damping in {1e3 * (t_damp - t_kill):.0f} ms (watchdog {1e3 * watchdog_s:.0f} ms); link back -> "
-        f"joint states in {1e3 * (t_sensors - t_back):.0f} ms, -> position commands (reset, arm, start) in "
-        f"{1e3 * (t_control - t_back):.0f} ms; "
-        f"bridge: {operator.diagnostics.get(('s2r/serial_bridge_node', str(link)))}"
+        f"link lost -> damping after {1e3 * silent_s:.0f} ms without joint states (watchdog {1e3 * watchdog_s:.0f} "
+        f"ms), {1e3 * (t_damp - t_kill):.0f} ms after s2r hil was signalled; link back -> joint states in "
+        f"{1e3 * (t_sensors - t_back):.0f} ms, -> position commands (reset, arm, start) in "
+        f"{1e3 * (t_control - t_back):.0f} ms; bridge {operator.diagnostics.get(('s2r/serial_bridge_node', str(link)))}"
     )
-    # generous bounds for a loaded machine; the figures printed are what counts
-    assert t_damp - t_kill <= watchdog_s + 1.0
-    assert t_control - t_back <= 3.0
+    # the watchdog fires on the first control step at or past its time; a step may wake up to a period late
+    assert silent_s <= watchdog_s + 2 * period_s, fault
+    assert t_control - t_back <= RESUME_S

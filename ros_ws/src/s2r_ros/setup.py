@@ -13,6 +13,8 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
         ("share/" + package_name + "/config", glob("config/*.yaml")),
+        # the shipped policies and their PolicySpec JSON: `policy:=<name>` in deploy.launch.py finds them here
+        ("share/" + package_name + "/policies", glob("policies/*.onnx") + glob("policies/*.json")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -6,13 +6,15 @@ names or order, sizes, rate, spec version), and runs deploy's Controller: idle -
 timer`, the default), or on each message of one sensor stream (`trigger: joint_state`, `imu` or
 `odometry`) for a robot whose driver paces the loop. Operator interface: std_srvs/Trigger services
 `~/arm`, `~/start`, `~/stop`, `~/reset`; std_msgs/Bool on `estop` (True latches); `autostart` arms and
-starts as soon as every sensor is fresh.
+starts as soon as every sensor is fresh. The node runs with real-time scheduling (`realtime_priority`,
+deploy/realtime.py) where the system permits it; diagnostics say whether it got it.
 
 Topics (relative names, remap as needed):
   in:  joint_states (sensor_msgs/JointState), imu (sensor_msgs/Imu), odom (nav_msgs/Odometry),
        cmd_vel (geometry_msgs/Twist), target (geometry_msgs/PointStamped), estop (std_msgs/Bool)
   out: joint_commands or motor_thrust (std_msgs/Float64MultiArray, see messages.py), policy_io
        (std_msgs/Float64MultiArray), diagnostics (diagnostic_msgs/DiagnosticArray), ~/mode (std_msgs/String)
+  QoS: QOS below (commands reliable, sensors the sensor-data profile), each a parameter qos.<topic>.* (qos.py)
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import PointStamped, Twist
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
-from rclpy.qos import QoSPresetProfiles
 from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import Trigger
@@ -36,11 +37,12 @@ from deploy.onnx_policy import OnnxPolicy
 from deploy.robot_config import RobotConfig, load_robot_config
 from deploy.signals import make_signals, required_readings
 from s2r_ros import messages as m
-from s2r_ros.run import run
+from s2r_ros import qos as q
+from s2r_ros.run import go_realtime, run
 
 SENSOR_STREAMS = ("joint_state", "imu", "odometry")  # RobotConfig.sensors names this node can watch
 MODES = [mode.value for mode in Mode]
-PARAMETERS = {  # name: default; the launch files and YAML may set only these
+PARAMETERS = {  # name: default; the launch files and YAML may set only these (and QOS's qos.<topic>.*)
     "robot_config": "",  # path to the robot's hardware YAML (deploy.robot_config.load_robot_config)
     "policy": "",  # path to the exported policy.onnx
     "autostart": False,  # arm and start once, as soon as every sensor is fresh (simulated robots)
@@ -48,6 +50,18 @@ PARAMETERS = {  # name: default; the launch files and YAML may set only these
     "diagnostics_hz": 2.0,
     "target": [0.0, 0.0, 0.0],  # target position until one arrives on `target`, m
     "command_timeout_s": 0.5,  # a silent cmd_vel operator means: stand still
+    "realtime_priority": 50,  # SCHED_FIFO priority of the node's threads where permitted; 0: ordinary scheduling
+}
+QOS = {  # topic: its QoS unless parameters qos.<topic>.* say otherwise (qos.py); + the command topic: q.COMMANDS
+    "joint_states": q.SENSOR_DATA,
+    "imu": q.SENSOR_DATA,
+    "odom": q.SENSOR_DATA,
+    "cmd_vel": q.DEFAULT,
+    "target": q.DEFAULT,
+    "estop": q.DEFAULT,
+    "policy_io": q.TopicQoS("reliable", 100),  # the log of every step: none lost to a slow recorder
+    "diagnostics": q.DEFAULT,
+    "~/mode": q.DEFAULT,
 }
 
 
@@ -70,10 +84,13 @@ class PolicyNode(Node):
         if self.trigger not in ("timer",) + SENSOR_STREAMS:
             raise StartupError(f"parameter trigger: '{self.trigger}' is not 'timer' or one of {SENSOR_STREAMS}")
         self.needed = required_readings(spec)
-        joint_robot = self.cfg.is_joint_robot
+        command_topic = "joint_commands" if self.cfg.is_joint_robot else "motor_thrust"
+        qos = q.declare_qos(self, {**QOS, command_topic: q.COMMANDS})
         self.controller = Controller(self.cfg, spec, self.policy, make_signals(spec))
         self.autostart = bool(get("autostart"))
         self.command_timeout_ns = int(get("command_timeout_s") * 1e9)
+        self.realtime_priority = int(get("realtime_priority"))
+        self.realtime = "off"  # diagnostics: SCHED_FIFO <priority>, off, or why not
 
         # latest readings and their receive times (perf_counter_ns: the controller's clock)
         self._lock = threading.Lock()
@@ -86,18 +103,16 @@ class PolicyNode(Node):
         self._command_stamp_ns: int | None = None
         self._joint_reader = m.JointStateReader(self.cfg.actuators)
 
-        qos = QoSPresetProfiles.SENSOR_DATA.value
-        self.create_subscription(JointState, "joint_states", self._on_joint_state, qos)
-        self.create_subscription(Imu, "imu", self._on_imu, qos)
-        self.create_subscription(Odometry, "odom", self._on_odometry, qos)
-        self.create_subscription(Twist, "cmd_vel", self._on_cmd_vel, 10)
-        self.create_subscription(PointStamped, "target", self._on_target, 10)
-        self.create_subscription(Bool, "estop", self._on_estop, 10)
-        topic = "joint_commands" if joint_robot else "motor_thrust"
-        self.command_pub = self.create_publisher(Float64MultiArray, topic, qos)
-        self.io_pub = self.create_publisher(Float64MultiArray, "policy_io", 100)
-        self.diag_pub = self.create_publisher(DiagnosticArray, "diagnostics", 10)
-        self.mode_pub = self.create_publisher(String, "~/mode", 10)
+        self.create_subscription(JointState, "joint_states", self._on_joint_state, qos["joint_states"])
+        self.create_subscription(Imu, "imu", self._on_imu, qos["imu"])
+        self.create_subscription(Odometry, "odom", self._on_odometry, qos["odom"])
+        self.create_subscription(Twist, "cmd_vel", self._on_cmd_vel, qos["cmd_vel"])
+        self.create_subscription(PointStamped, "target", self._on_target, qos["target"])
+        self.create_subscription(Bool, "estop", self._on_estop, qos["estop"])
+        self.command_pub = self.create_publisher(Float64MultiArray, command_topic, qos[command_topic])
+        self.io_pub = self.create_publisher(Float64MultiArray, "policy_io", qos["policy_io"])
+        self.diag_pub = self.create_publisher(DiagnosticArray, "diagnostics", qos["diagnostics"])
+        self.mode_pub = self.create_publisher(String, "~/mode", qos["~/mode"])
         for name in ("arm", "start", "stop", "reset"):
             self.create_service(Trigger, f"~/{name}", self._service(name))
         self.create_timer(1.0 / get("diagnostics_hz"), self._publish_diagnostics)
@@ -258,6 +273,7 @@ class PolicyNode(Node):
             "jitter_p99_us": f"{st.jitter_p99_us:.1f}",
             "jitter_max_us": f"{st.jitter_max_us:.1f}",
             "compute_p99_us": f"{st.compute_p99_us:.1f}",
+            "realtime": self.realtime,
             "clipped_steps": ctl.guard.clipped_steps,
             "policy_sha256": self.policy.sha256,
         }
@@ -271,6 +287,7 @@ class PolicyNode(Node):
 
 
 def _start(node: PolicyNode) -> None:
+    node.realtime = go_realtime(node, node.realtime_priority)
     if node.trigger == "timer":
         node._thread = threading.Thread(target=node.run_timer_loop, name="control_loop", daemon=True)
         node._thread.start()

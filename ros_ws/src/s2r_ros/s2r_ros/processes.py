@@ -75,8 +75,8 @@ def start_hil(
     robot: str, link: Path, tmp_dir: Path, baud: int | None = None, log_name: str = "hil"
 ) -> subprocess.Popen:
     """`s2r hil --robot ROBOT --link LINK`: the MuJoCo robot behind its electronics on a pty, `link` pointing at
-    it once it serves (its output in tmp_dir/<log_name>.log)."""
-    args = [sys.executable, "-m", "s2r.cli", "hil", "--robot", robot, "--link", str(link), "--report-s", "0"]
+    it once it serves (its output, with its pacing every 5 s, in tmp_dir/<log_name>.log)."""
+    args = [sys.executable, "-m", "s2r.cli", "hil", "--robot", robot, "--link", str(link), "--report-s", "5"]
     if baud:
         args += ["--baud", str(baud)]
     env = dict(os.environ)

@@ -15,10 +15,24 @@ from collections.abc import Callable
 import rclpy
 from rclpy.signals import SignalHandlerOptions
 
+from deploy.realtime import set_process_realtime
+
 try:  # rclpy's C++ events executor (Jazzy and later) wakes callbacks several times faster
     from rclpy.experimental import EventsExecutor as Executor
 except ImportError:  # Humble
     from rclpy.executors import SingleThreadedExecutor as Executor
+
+
+def go_realtime(node, priority: int) -> str:
+    """Real-time scheduling for every thread of the node's process (deploy/realtime.py), where the system
+    permits it; `priority` 0: ordinary scheduling. Logs and returns what it got, for the node's diagnostics.
+    Called once the node is built: its start-up (imports, model loading) runs at ordinary priority."""
+    if priority <= 0:
+        return "off"
+    why_not = set_process_realtime(priority)
+    got = f"not permitted ({why_not})" if why_not else f"SCHED_FIFO {priority}"
+    node.get_logger().info(f"real-time scheduling: {got}")
+    return got
 
 
 def run(

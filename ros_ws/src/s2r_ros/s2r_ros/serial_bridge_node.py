@@ -7,21 +7,22 @@ policy_node reads) names the robot and, in its `serial:` section (hardware/seria
 `port` and `baud` (0: the YAML's) say where and how fast.
 
 - bus: dynamixel (hardware/dynamixel_bus.py). Each control tick (`rate_hz`, default 100 Hz): one sync
-  write of the newest goal positions, one sync read of position, velocity and current, published as
-  JointState (effort: current x the XM430-W350's torque per ampere). Safe state: the hardware YAML's
-  safe state is "the servos' own damping (kp 0)", which a position-mode servo does with its torque off
-  (only its back-EMF damping resists; the emulator's plant does the same). So any command with
-  kp_scale 0 (policy_node's idle, damping and estop commands), and no command at all for
+  read of position, velocity and current, published as JointState (effort: current x the XM430-W350's
+  torque per ampere). Each new command is one sync write of its goal positions, sent as soon as it
+  arrives (between reads: the bus is half duplex), not held for the next tick (5 ms on average at 100 Hz):
+  the arm's policy loses targets from about 10 ms of loop delay on (tests/test_serial_bridge.py). Safe
+  state: the hardware YAML's safe state is "the servos' own damping (kp 0)", which a position-mode servo
+  does with its torque off (only its back-EMF damping resists; the emulator's plant does the same). So any
+  command with kp_scale 0 (policy_node's idle, damping and estop commands), and no command at all for
   `command_timeout_s` (a controller that died), turns the torque off; a command with kp_scale > 0 writes
-  its goals first and then turns the torque on, so a servo never jumps to a stale goal. The servos'
-  own position loop ignores kd. (DynamixelBus has torque_off() but no torque_on(): this node sends that
-  one sync write itself, on the bus's port.)
+  its goals first and then turns the torque on, so a servo never jumps to a stale goal. The servos' own
+  position loop ignores kd.
 - bus: motor_board (hardware/board_link.py, PROTOCOL.md). Every STATE the board streams (at the YAML's
   control_rate_hz) becomes one JointState and, with an IMU, one Imu; each new joint command becomes one
   COMMAND in POSITION mode with kp = kp_scale x the robot config's kp and the command's kd (NaN: the
-  config's kd). With no fresh command nothing is sent and the board's own command timeout turns its
-  outputs off. The board carries no odometry: odom is not published (policy_node's configs for
-  board-driven robots read joint_state and imu only).
+  config's kd), sent as soon as it arrives. With no fresh command nothing is sent and the board's own
+  command timeout turns its outputs off. The board carries no odometry: odom is not published
+  (policy_node's configs for board-driven robots read joint_state and imu only).
 
 A link that fails (no answer several ticks in a row, a port that disappears) is not a crash: the node
 stops publishing sensor topics, so policy_node's watchdog sees stale sensors and damps within its
@@ -29,7 +30,11 @@ watchdog time; it reopens the port every `reconnect_period_s` (the board link re
 same schedule), logging why it cannot (the port named), and publishes again from the first good read.
 policy_node then needs its operator's ~/reset, ~/arm and ~/start, which succeed as soon as sensors are
 fresh again. Link health goes to diagnostics (diagnostic_msgs/DiagnosticArray, `diagnostics_hz`):
-frames, CRC errors, timeouts, link losses, reconnects, round-trip p50/p99.
+frames, CRC errors, timeouts, link losses, reconnects, round-trip p50/p99, the longest gap between two
+published states while the link was up.
+
+The node runs with real-time scheduling (`realtime_priority`, deploy/realtime.py) where the system
+permits it, as a robot's serial driver does; diagnostics say whether it got it.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
 import numpy as np
 import serial
@@ -48,7 +54,7 @@ from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Float64MultiArray
 
 from s2r_ros import messages as m
-from s2r_ros.run import run
+from s2r_ros.run import go_realtime, run
 
 PARAMETERS = {  # name: default; the launch files and YAML may set only these
     "robot_config": "",  # the robot's hardware YAML (policy_node's robot_config), with a `serial:` section
@@ -61,6 +67,7 @@ PARAMETERS = {  # name: default; the launch files and YAML may set only these
     "usb_latency_s": 0.016,  # Dynamixel: the USB adapter's latency timer (answers are awaited 2 x this + 2 ms)
     "diagnostics_hz": 1.0,
     "frame_id": "base_link",
+    "realtime_priority": 50,  # SCHED_FIFO priority of the node's threads where permitted; 0: ordinary scheduling
 }
 DEFAULT_DYNAMIXEL_RATE_HZ = 100.0
 RTT_WINDOW = 1000
@@ -86,7 +93,6 @@ class _DynamixelLink:
         self.nm_per_A = XM430_TORQUE_PER_CURRENT_NM_PER_A
         self.bus = None
         self.torque_on: bool | None = None  # None: unknown (just opened: open() turns it on)
-        self._torque_on_write = None
         self.counts = dict(frames_in=0, frames_out=0, crc_errors=0, timeouts=0, failures=0, link_losses=0, reconnects=0)
         self.rtt_s: deque[float] = deque(maxlen=RTT_WINDOW)
         self._fails_in_row = 0
@@ -124,15 +130,11 @@ class _DynamixelLink:
             pass
         self.bus = None
 
-    def tick(self, command) -> dict | None:
-        """One sync write (or torque change) and one sync read; the readings, or None."""
-        from hardware.dynamixel_bus import DynamixelError
+    def send(self, command) -> None:
+        """A command with kp_scale > 0: one sync write of its goals, then torque on if it was off; no command,
+        or kp_scale 0: torque off (once)."""
 
-        bus = self.bus
-        stats = bus.stats
-        before = (stats.ok, stats.corrupt, stats.timeouts, stats.failures, stats.writes)
-        start_s = time.perf_counter()
-        try:
+        def exchange(bus) -> None:
             if command is not None and command[1] > 0.0:
                 try:
                     bus.write_goal(command[0])
@@ -144,18 +146,15 @@ class _DynamixelLink:
             elif self.torque_on is not False:
                 bus.torque_off()  # the safe state: the servos' own damping
                 self.torque_on = False
-            state = bus.read_state()
-        except (serial.SerialException, OSError) as e:  # the port itself failed (a cable, an emulator gone)
-            self._account(before)
-            self._drop(f"{type(e).__name__}: {e}")
+
+        self._exchange(exchange)
+
+    def read(self) -> dict | None:
+        """One sync read; the readings, or None."""
+        start_s = time.perf_counter()
+        state = self._exchange(lambda bus: bus.read_state())
+        if state is None:
             return None
-        except DynamixelError as e:
-            self._account(before)
-            self._fails_in_row += 1
-            if self._fails_in_row >= self.node.failures_to_drop:
-                self._drop(f"{self._fails_in_row} exchanges in a row failed, the last: {e}")
-            return None
-        self._account(before)
         self.rtt_s.append(time.perf_counter() - start_s)
         self._fails_in_row = 0
         return {
@@ -164,8 +163,30 @@ class _DynamixelLink:
             "joint_effort": state.current_A * self.nm_per_A,
         }
 
-    def _account(self, before) -> None:
-        s = self.bus.stats
+    def _exchange(self, exchange: Callable):
+        """`exchange(bus)`'s result, or None when it failed or the link is down: a port that fails drops the
+        link at once, `failures_to_drop` failed exchanges in a row drop it too."""
+        from hardware.dynamixel_bus import DynamixelError
+
+        bus = self.bus
+        if bus is None:  # dropped by the exchange before this one
+            return None
+        stats = bus.stats
+        before = (stats.ok, stats.corrupt, stats.timeouts, stats.failures, stats.writes)
+        try:
+            return exchange(bus)
+        except (serial.SerialException, OSError) as e:  # the port itself failed (a cable, an emulator gone)
+            self._drop(f"{type(e).__name__}: {e}")
+        except DynamixelError as e:
+            self._fails_in_row += 1
+            if self._fails_in_row >= self.node.failures_to_drop:
+                self._drop(f"{self._fails_in_row} exchanges in a row failed, the last: {e}")
+        finally:
+            self._account(bus, before)
+        return None
+
+    def _account(self, bus, before) -> None:
+        s = bus.stats
         ok, corrupt, timeouts, failures, writes = (
             a - b for a, b in zip((s.ok, s.corrupt, s.timeouts, s.failures, s.writes), before, strict=True)
         )
@@ -227,9 +248,25 @@ class _BoardLink:
         self.link, self._was_up = link, True
         return True
 
-    def tick(self, command, new_command: bool) -> dict | None:
+    def send(self, command) -> None:
+        """One COMMAND; no command (none fresh): nothing, and the board's own timeout turns its outputs off."""
         from hardware.messages import Command, CommandMode
 
+        if command is None or not self.is_up:
+            return
+        pos, kp_scale, kd = command
+        kd = self.kd if kd is None else kd
+        self.link.send_command(
+            Command(
+                mode=CommandMode.POSITION,
+                targets=tuple(map(float, pos)),
+                kp_Nm_per_rad=tuple(map(float, kp_scale * self.kp)),
+                kd_Nms_per_rad=tuple(map(float, kd)),
+            )
+        )
+
+    def read(self) -> dict | None:
+        """The newest STATE the board streamed, or None."""
         link = self.link
         state = link.poll()  # never raises for the port: it reopens it itself
         up = link.is_up
@@ -244,17 +281,6 @@ class _BoardLink:
         elif up and not self._was_up:
             self.node.get_logger().info(f"serial link on {self.node.port} is back")
         self._was_up = up
-        if command is not None and new_command and up:
-            pos, kp_scale, kd = command
-            kd = self.kd if kd is None else kd
-            link.send_command(
-                Command(
-                    mode=CommandMode.POSITION,
-                    targets=tuple(map(float, pos)),
-                    kp_Nm_per_rad=tuple(map(float, kp_scale * self.kp)),
-                    kd_Nms_per_rad=tuple(map(float, kd)),
-                )
-            )
         if state is None:
             return None
         r = {
@@ -333,9 +359,15 @@ class SerialBridgeNode(Node):
         self._command = None
         self._command_ns = 0
         self._command_count = 0
+        self._new_command = threading.Event()  # wakes the link thread: a command is sent as it arrives
+        self._sent_count = 0
         self._last_error = ""
         self._last_error_s = 0.0
         self.published = 0
+        self._published_s: float | None = None  # when the last state went out; None: none since the link came up
+        self.publish_gap_max_s = 0.0  # the longest the sensor topics went silent while the link was up
+        self.realtime_priority = int(get("realtime_priority"))
+        self.realtime = "off"  # diagnostics: SCHED_FIFO <priority>, off, or why not
 
         qos = QoSPresetProfiles.SENSOR_DATA.value
         self.create_subscription(Float64MultiArray, "joint_commands", self._on_command, qos)
@@ -360,6 +392,7 @@ class SerialBridgeNode(Node):
         with self._lock:
             self._command, self._command_ns = command, time.perf_counter_ns()
             self._command_count += 1
+        self._new_command.set()
 
     def link_error(self, text: str) -> None:
         """Log a link error: at once when it changes, else at most every LOG_EVERY_S."""
@@ -383,6 +416,10 @@ class SerialBridgeNode(Node):
         msg.header.stamp = stamp
         self.joint_pub.publish(msg)  # last, as sim_robot_node does
         self.published += 1
+        now = time.monotonic()
+        if self._published_s is not None:
+            self.publish_gap_max_s = max(self.publish_gap_max_s, now - self._published_s)
+        self._published_s = now
 
     def _publish_diagnostics(self) -> None:
         try:
@@ -398,7 +435,10 @@ class SerialBridgeNode(Node):
             "baud": self.baud,
             "link": "up" if up else "down",
             "rate_hz": f"{self.rate_hz:g}",
+            "realtime": self.realtime,
+            "commands_in": self._command_count,
             "published": self.published,
+            "publish_gap_max_ms": f"{1e3 * self.publish_gap_max_s:.1f}",
             "last_error": self._last_error,
         }
         for k, v in self.link.counters().items():
@@ -422,21 +462,23 @@ class SerialBridgeNode(Node):
             return self._command, self._command_count
 
     def _loop(self) -> None:
-        """Ticks on absolute deadlines; a link that is down is reopened every reconnect_period_s."""
+        """Ticks on absolute deadlines; between them each new command is sent as it arrives. A link that is
+        down is reopened every reconnect_period_s."""
         period_s = 1.0 / self.rate_hz
         deadline = time.monotonic()
         next_open_s = 0.0
         opened = False
-        sent_count = 0
         while not self._stop.is_set():
             deadline += period_s
-            delay = deadline - time.monotonic()
-            if delay > 0:
-                self._stop.wait(delay)
-            elif delay < -period_s:  # fell behind (a slow exchange, a busy machine): no burst
-                deadline = time.monotonic()
             try:
+                while (delay := deadline - time.monotonic()) > 0 and not self._stop.is_set():
+                    if self._new_command.wait(delay):
+                        self._new_command.clear()
+                        if opened and self.link.is_up:
+                            self._send()
                 now = time.monotonic()
+                if deadline < now - period_s:  # fell behind (a slow exchange, a busy machine): no burst
+                    deadline = now
                 if not opened or (self.bus == "dynamixel" and not self.link.is_up):
                     if now < next_open_s:
                         continue
@@ -444,19 +486,23 @@ class SerialBridgeNode(Node):
                     if not self.link.try_open():
                         continue
                     opened = True
+                    self._published_s = None
                     self.get_logger().info(f"serial link on {self.port} is up")
                     self._last_error = ""
                     deadline = time.monotonic()
-                command, count = self._fresh_command()
-                if self.bus == "dynamixel":
-                    r = self.link.tick(command)
-                else:
-                    r = self.link.tick(command, count != sent_count)
-                    sent_count = count
+                self._send()  # a command gone stale: the safe state
+                r = self.link.read()
                 if r is not None:
                     self._publish(r)
             except Exception as e:  # noqa: BLE001 - the link thread must outlive anything a tick throws
                 self.get_logger().error(f"link tick failed: {type(e).__name__}: {e}", throttle_duration_sec=1.0)
+
+    def _send(self) -> None:
+        """The command if it is new, or the safe state if none is fresh."""
+        command, count = self._fresh_command()
+        if command is None or count != self._sent_count:
+            self.link.send(command)
+            self._sent_count = count
 
     def close(self) -> None:
         self._stop.set()
@@ -464,10 +510,13 @@ class SerialBridgeNode(Node):
         self.link.close()
 
 
+def _start(node: SerialBridgeNode) -> None:
+    node.realtime = go_realtime(node, node.realtime_priority)
+    node._thread.start()
+
+
 def main(args=None) -> int:
-    return run(
-        "serial_bridge_node", SerialBridgeNode, lambda node: node._thread.start(), lambda node: node.close(), args
-    )
+    return run("serial_bridge_node", SerialBridgeNode, _start, lambda node: node.close(), args)
 
 
 if __name__ == "__main__":

@@ -26,15 +26,15 @@ import numpy as np
 from geometry_msgs.msg import PointStamped, Twist
 from nav_msgs.msg import Odometry
 from rclpy.node import Node
-from rclpy.qos import QoSPresetProfiles
 from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Float64MultiArray
 
 from s2r_ros import messages as m
+from s2r_ros import qos as q
 from s2r_ros.run import run
 from sim.sim_robot import SimRobot
 
-PARAMETERS = {  # name: default; the launch files and YAML may set only these
+PARAMETERS = {  # name: default; the launch files and YAML may set only these (and QOS's qos.<topic>.*)
     "task": "",  # the training task whose robot this is, e.g. quadruped-walk
     "robot": "",  # the robot: a built-in name (s2r robots) or a robot YAML path; empty: the task's own
     "seed": 0,
@@ -44,6 +44,13 @@ PARAMETERS = {  # name: default; the launch files and YAML may set only these
     "summary_path": "",
     "command_timeout_s": 0.1,  # commands older than this: the drive goes passive
     "frame_id": "base_link",
+}
+QOS = {  # topic: its QoS unless parameters qos.<topic>.* say otherwise (qos.py); + the command topic: q.COMMANDS
+    "joint_states": q.SENSOR_DATA,
+    "imu": q.SENSOR_DATA,
+    "odom": q.SENSOR_DATA,
+    "cmd_vel": q.DEFAULT,
+    "target": q.DEFAULT,
 }
 WARMUP_EPISODES = 1  # the episode running when commands began includes arming: not scored
 
@@ -83,16 +90,22 @@ class SimRobotNode(Node):
         self._command_ns = 0
         self.commands_received = 0
 
-        qos = QoSPresetProfiles.SENSOR_DATA.value
         topic = "joint_commands" if self.joint_robot else "motor_thrust"
-        self.create_subscription(Float64MultiArray, topic, self._on_command, qos)
+        qos = q.declare_qos(self, {**QOS, topic: q.COMMANDS})
+        self.create_subscription(Float64MultiArray, topic, self._on_command, qos[topic])
         ops = self.robot.operator()
-        self.joint_pub = self.create_publisher(JointState, "joint_states", qos) if self.robot.joint_names else None
-        self.imu_pub = self.create_publisher(Imu, "imu", qos) if self.robot.has_base else None
-        self.odom_pub = self.create_publisher(Odometry, "odom", qos) if self.robot.has_base else None
-        self.cmd_pub = self.create_publisher(Twist, "cmd_vel", 10) if self.operator and "command" in ops else None
+        self.joint_pub = (
+            self.create_publisher(JointState, "joint_states", qos["joint_states"]) if self.robot.joint_names else None
+        )
+        self.imu_pub = self.create_publisher(Imu, "imu", qos["imu"]) if self.robot.has_base else None
+        self.odom_pub = self.create_publisher(Odometry, "odom", qos["odom"]) if self.robot.has_base else None
+        self.cmd_pub = (
+            self.create_publisher(Twist, "cmd_vel", qos["cmd_vel"]) if self.operator and "command" in ops else None
+        )
         self.target_pub = (
-            self.create_publisher(PointStamped, "target", 10) if self.operator and "target_pos_w" in ops else None
+            self.create_publisher(PointStamped, "target", qos["target"])
+            if self.operator and "target_pos_w" in ops
+            else None
         )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._simulate, name="simulation", daemon=True)
