@@ -53,11 +53,7 @@ PARAMETERS = {  # name: default; the launch files and YAML may set only these (a
     "realtime_priority": 50,  # SCHED_FIFO priority of the node's threads where permitted; 0: ordinary scheduling
 }
 QOS = {  # topic: its QoS unless parameters qos.<topic>.* say otherwise (qos.py); + the command topic: q.COMMANDS
-    "joint_states": q.SENSOR_DATA,
-    "imu": q.SENSOR_DATA,
-    "odom": q.SENSOR_DATA,
-    "cmd_vel": q.DEFAULT,
-    "target": q.DEFAULT,
+    **q.ROBOT_TOPICS,
     "estop": q.DEFAULT,
     "policy_io": q.TopicQoS("reliable", 100),  # the log of every step: none lost to a slow recorder
     "diagnostics": q.DEFAULT,

@@ -31,6 +31,14 @@ class TopicQoS:
 SENSOR_DATA = TopicQoS("best_effort", 5)  # rclpy's qos_profile_sensor_data: a late reading is worth nothing
 DEFAULT = TopicQoS("reliable", 10)  # rclpy's default profile: what create_subscription(..., 10) asks for
 COMMANDS = TopicQoS("reliable", 1)  # only the newest command matters: a lost one is superseded, never resent late
+# the robot's topics between the robot (simulated or its driver) and policy_node: sensors and operator commands
+ROBOT_TOPICS = {
+    "joint_states": SENSOR_DATA,
+    "imu": SENSOR_DATA,
+    "odom": SENSOR_DATA,
+    "cmd_vel": DEFAULT,
+    "target": DEFAULT,
+}
 
 
 def declare_qos(node: Node, defaults: dict[str, TopicQoS]) -> dict[str, QoSProfile]:

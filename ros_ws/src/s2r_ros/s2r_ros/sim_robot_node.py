@@ -45,13 +45,7 @@ PARAMETERS = {  # name: default; the launch files and YAML may set only these (a
     "command_timeout_s": 0.1,  # commands older than this: the drive goes passive
     "frame_id": "base_link",
 }
-QOS = {  # topic: its QoS unless parameters qos.<topic>.* say otherwise (qos.py); + the command topic: q.COMMANDS
-    "joint_states": q.SENSOR_DATA,
-    "imu": q.SENSOR_DATA,
-    "odom": q.SENSOR_DATA,
-    "cmd_vel": q.DEFAULT,
-    "target": q.DEFAULT,
-}
+QOS = q.ROBOT_TOPICS  # topic: its QoS unless parameters qos.<topic>.* say otherwise (qos.py); + q.COMMANDS
 WARMUP_EPISODES = 1  # the episode running when commands began includes arming: not scored
 
 
