@@ -52,8 +52,10 @@ def on_policy_exit(event, context):
     if context.is_shutdown:  # stopped by the launch itself (Ctrl-C)
         return None
     reason = f"policy_node exited with code {event.returncode}"
+    if event.returncode == 2:  # run.py's exit code for a refusal to start
+        raise RuntimeError(f"{reason}: it refused to start, for the reason it printed above")
     if event.returncode != 0:
-        raise RuntimeError(f"{reason} (2: it refused to start, for the reason it printed above)")
+        raise RuntimeError(reason)
     return [Shutdown(reason=reason)]
 
 
