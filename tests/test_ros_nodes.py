@@ -161,6 +161,17 @@ class Driver:
         self.node.destroy_publisher(self.estop)
 
 
+def wait_running(driver, proc, tmp_path, timeout_s: float) -> None:
+    """Until policy_node (autostart) reports mode running against the driver; it must not have exited."""
+    wait_for(
+        lambda: "running" in driver.modes or proc.poll() is not None,
+        timeout_s,
+        spin=lambda: driver.run(0.05),
+        what="mode running",
+    )
+    assert proc.poll() is None, (tmp_path / "policy_node.log").read_text()
+
+
 @pytest.fixture
 def running(ros, tmp_path, arm_policy):
     """policy_node for the arm, running (autostart) against the test's driver."""
@@ -168,13 +179,7 @@ def running(ros, tmp_path, arm_policy):
     driver = Driver(node)
     proc = start_node("policy_node", "arm", tmp_path, domain, policy_params("arm", arm_policy, trigger="timer"))
     try:
-        wait_for(
-            lambda: "running" in driver.modes or proc.poll() is not None,
-            30,
-            spin=lambda: driver.run(0.05),
-            what="mode running",
-        )
-        assert proc.poll() is None, (tmp_path / "policy_node.log").read_text()
+        wait_running(driver, proc, tmp_path, 30)
         yield driver
     finally:
         stop(proc)
@@ -259,13 +264,7 @@ def test_a_ros2_control_style_driver_with_default_qos_runs_the_policy(ros, tmp_p
     driver = Driver(node, qos=10)  # rclpy's plain create_subscription(..., 10) / create_publisher(..., 10)
     proc = start_node("policy_node", "arm", tmp_path, domain, policy_params("arm", SHIPPED_POLICIES / "arm.onnx"))
     try:
-        wait_for(
-            lambda: "running" in driver.modes or proc.poll() is not None,
-            60,
-            spin=lambda: driver.run(0.05),
-            what="mode running",
-        )
-        assert proc.poll() is None, (tmp_path / "policy_node.log").read_text()
+        wait_running(driver, proc, tmp_path, 60)
         driver.commands.clear()
         driver.run(0.3)
         assert len(driver.commands) >= 5 and driver.kp_scale(driver.commands[-1][1]) == 1.0
