@@ -5,11 +5,17 @@
   builder, policy, safety checks) with the quadruped policy, so the step's own time is in the figure.
 - DDS latency (s2r_ros.bench_latency, needs rclpy): a JointState published to a policy_node process
   paced by that stream (trigger: joint_state) until its command arrives back, over Fast DDS on loopback.
+- Under load (`cpu_burners`): the same figures with CPU-bound processes at normal priority beside them,
+  the rest of a robot computer's work (perception, logging) at its worst.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -68,3 +74,20 @@ def bench_loop(rate_hz: float, seconds: float, policy_path: Path, robot_config: 
 
     st = loop.run(step, duration_s=seconds)
     return {"rate_hz": rate_hz, "mode": ctl.mode.value, **st.to_dict()}
+
+
+BURNER = "import os\nos.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))\nwhile True: pass"
+
+
+@contextmanager
+def cpu_burners(n: int) -> Iterator[list[subprocess.Popen]]:
+    """`n` processes that each keep a core busy, at ordinary scheduling and nice 0 even when the caller runs
+    real-time (each drops the policy a child inherits; dropping needs no privilege)."""
+    procs = [subprocess.Popen([sys.executable, "-c", BURNER]) for _ in range(n)]
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from config.validate import ConfigError
-from deploy.realtime import set_process_realtime
+from deploy.realtime import freeze_gc, set_process_realtime
 from hardware import dynamixel_table as dt
 from hardware.serial_config import DynamixelSerialCfg, HardwareSerial, load_hardware_serial
 
@@ -160,6 +160,7 @@ def run_hil(robot: str, baud: int | None = None, link: str | None = None, report
     if link_path is not None and link_path.exists() and not link_path.is_symlink():
         raise ConfigError(f"--link {link_path}: exists and is not a symlink; it is left alone")
     hil = start_hil(hw, baud)
+    freeze_gc()
     why_not = set_process_realtime(REALTIME_PRIORITY)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

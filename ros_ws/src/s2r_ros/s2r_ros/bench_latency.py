@@ -19,7 +19,8 @@ import numpy as np
 from s2r_ros.processes import CONFIG, policy_params, ros_env, start_node, stop, wait_for
 
 
-def bench_dds_latency(policy: Path, robot: str = "arm", seconds: float = 10.0) -> dict:
+def bench_dds_latency(policy: Path, robot: str = "arm", seconds: float = 10.0, realtime_priority: int = 50) -> dict:
+    """policy_node runs at `realtime_priority` (0: ordinary scheduling), as its parameter says on a robot."""
     import os
 
     import rclpy
@@ -35,7 +36,8 @@ def bench_dds_latency(policy: Path, robot: str = "arm", seconds: float = 10.0) -
     domain = random.randint(1, 200)
     os.environ.update({k: v for k, v in ros_env(domain).items() if k.startswith(("ROS_", "RMW_"))})
     tmp = Path(tempfile.mkdtemp(prefix="s2r_bench_dds_"))
-    proc = start_node("policy_node", robot, tmp, domain, policy_params(robot, policy, trigger="joint_state"))
+    params = policy_params(robot, policy, trigger="joint_state", realtime_priority=realtime_priority)
+    proc = start_node("policy_node", robot, tmp, domain, params)
     rclpy.init()
     from rclpy.executors import SingleThreadedExecutor
 

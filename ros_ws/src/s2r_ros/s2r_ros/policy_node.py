@@ -6,8 +6,9 @@ names or order, sizes, rate, spec version), and runs deploy's Controller: idle -
 timer`, the default), or on each message of one sensor stream (`trigger: joint_state`, `imu` or
 `odometry`) for a robot whose driver paces the loop. Operator interface: std_srvs/Trigger services
 `~/arm`, `~/start`, `~/stop`, `~/reset`; std_msgs/Bool on `estop` (True latches); `autostart` arms and
-starts as soon as every sensor is fresh. The node runs with real-time scheduling (`realtime_priority`,
-deploy/realtime.py) where the system permits it; diagnostics say whether it got it.
+starts as soon as every sensor is fresh. Once built, the node runs with real-time scheduling and CPU affinity
+(`realtime_priority`, `cpu_affinity`; run.go_realtime) where the system permits it, and its start-up objects
+out of the garbage collector's reach; diagnostics say what it got.
 
 Topics (relative names, remap as needed):
   in:  joint_states (sensor_msgs/JointState), imu (sensor_msgs/Imu), odom (nav_msgs/Odometry),
@@ -38,7 +39,7 @@ from deploy.robot_config import RobotConfig, load_robot_config
 from deploy.signals import make_signals, required_readings
 from s2r_ros import messages as m
 from s2r_ros import qos as q
-from s2r_ros.run import go_realtime, run
+from s2r_ros.run import REALTIME_PARAMETERS, go_realtime, run
 
 SENSOR_STREAMS = ("joint_state", "imu", "odometry")  # RobotConfig.sensors names this node can watch
 MODES = [mode.value for mode in Mode]
@@ -50,7 +51,7 @@ PARAMETERS = {  # name: default; the launch files and YAML may set only these (a
     "diagnostics_hz": 2.0,
     "target": [0.0, 0.0, 0.0],  # target position until one arrives on `target`, m
     "command_timeout_s": 0.5,  # a silent cmd_vel operator means: stand still
-    "realtime_priority": 50,  # SCHED_FIFO priority of the node's threads where permitted; 0: ordinary scheduling
+    **REALTIME_PARAMETERS,  # realtime_priority, cpu_affinity (run.py)
 }
 QOS = {  # topic: its QoS unless parameters qos.<topic>.* say otherwise (qos.py); + the command topic: q.COMMANDS
     **q.ROBOT_TOPICS,
@@ -85,8 +86,7 @@ class PolicyNode(Node):
         self.controller = Controller(self.cfg, spec, self.policy, make_signals(spec))
         self.autostart = bool(get("autostart"))
         self.command_timeout_ns = int(get("command_timeout_s") * 1e9)
-        self.realtime_priority = int(get("realtime_priority"))
-        self.realtime = "off"  # diagnostics: SCHED_FIFO <priority>, off, or why not
+        self.realtime = "off"  # diagnostics: what go_realtime got
 
         # latest readings and their receive times (perf_counter_ns: the controller's clock)
         self._lock = threading.Lock()
@@ -283,7 +283,7 @@ class PolicyNode(Node):
 
 
 def _start(node: PolicyNode) -> None:
-    node.realtime = go_realtime(node, node.realtime_priority)
+    node.realtime = go_realtime(node)
     if node.trigger == "timer":
         node._thread = threading.Thread(target=node.run_timer_loop, name="control_loop", daemon=True)
         node._thread.start()

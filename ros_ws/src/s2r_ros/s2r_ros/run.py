@@ -15,7 +15,7 @@ from collections.abc import Callable
 import rclpy
 from rclpy.signals import SignalHandlerOptions
 
-from deploy.realtime import set_process_realtime
+from deploy.realtime import freeze_gc, set_process_affinity, set_process_realtime
 
 try:  # rclpy's C++ events executor (Jazzy and later) wakes callbacks several times faster
     from rclpy.experimental import EventsExecutor as Executor
@@ -23,16 +23,37 @@ except ImportError:  # Humble
     from rclpy.executors import SingleThreadedExecutor as Executor
 
 
-def go_realtime(node, priority: int) -> str:
-    """Real-time scheduling for every thread of the node's process (deploy/realtime.py), where the system
-    permits it; `priority` 0: ordinary scheduling. Logs and returns what it got, for the node's diagnostics.
-    Called once the node is built: its start-up (imports, model loading) runs at ordinary priority."""
-    if priority <= 0:
-        return "off"
-    why_not = set_process_realtime(priority)
-    got = f"not permitted ({why_not})" if why_not else f"SCHED_FIFO {priority}"
-    node.get_logger().info(f"real-time scheduling: {got}")
-    return got
+REALTIME_PARAMETERS = {  # every node with a loop declares these (name: default)
+    "realtime_priority": 50,  # SCHED_FIFO priority of the node's threads where permitted; 0: ordinary scheduling
+    "cpu_affinity": [-1],  # CPUs the node's threads may run on, e.g. [2, 3] (isolated cores); [-1]: any
+}
+
+
+def go_realtime(node) -> str:
+    """Ready the node's process for its loop, once the node is built (start-up, imports and model loading
+    ran at ordinary priority): the garbage collector no longer walks what start-up made, and every thread
+    gets real-time scheduling and the CPU affinity its parameters ask for, where the system permits it
+    (deploy/realtime.py). Logs, and returns for the node's diagnostics, what it got."""
+    freeze_gc()
+    priority = int(node.get_parameter("realtime_priority").value)
+    cpus = [int(c) for c in node.get_parameter("cpu_affinity").value if c >= 0]
+    got = []
+    if cpus:
+        why_not = set_process_affinity(cpus)
+        got.append(f"CPU affinity not permitted ({why_not})" if why_not else f"CPUs {cpus}")
+    if priority > 0:
+        why_not = set_process_realtime(priority)
+        got.append(f"not permitted ({why_not})" if why_not else f"SCHED_FIFO {priority}")
+    status = ", ".join(got) or "off"
+    (node.get_logger().warning if "not permitted" in status else node.get_logger().info)(
+        f"real-time scheduling: {status}"
+        + (
+            " (needs root, CAP_SYS_NICE or an rtprio limit: see the README's robot computer set-up)"
+            if "not permitted" in status
+            else ""
+        )
+    )
+    return status
 
 
 def run(

@@ -54,7 +54,7 @@ from sensor_msgs.msg import Imu, JointState
 from std_msgs.msg import Float64MultiArray
 
 from s2r_ros import messages as m
-from s2r_ros.run import go_realtime, run
+from s2r_ros.run import REALTIME_PARAMETERS, go_realtime, run
 
 PARAMETERS = {  # name: default; the launch files and YAML may set only these
     "robot_config": "",  # the robot's hardware YAML (policy_node's robot_config), with a `serial:` section
@@ -67,7 +67,7 @@ PARAMETERS = {  # name: default; the launch files and YAML may set only these
     "usb_latency_s": 0.016,  # Dynamixel: the USB adapter's latency timer (answers are awaited 2 x this + 2 ms)
     "diagnostics_hz": 1.0,
     "frame_id": "base_link",
-    "realtime_priority": 50,  # SCHED_FIFO priority of the node's threads where permitted; 0: ordinary scheduling
+    **REALTIME_PARAMETERS,  # realtime_priority, cpu_affinity (run.py)
 }
 DEFAULT_DYNAMIXEL_RATE_HZ = 100.0
 RTT_WINDOW = 1000
@@ -366,8 +366,7 @@ class SerialBridgeNode(Node):
         self.published = 0
         self._published_s: float | None = None  # when the last state went out; None: none since the link came up
         self.publish_gap_max_s = 0.0  # the longest the sensor topics went silent while the link was up
-        self.realtime_priority = int(get("realtime_priority"))
-        self.realtime = "off"  # diagnostics: SCHED_FIFO <priority>, off, or why not
+        self.realtime = "off"  # diagnostics: what go_realtime got
 
         qos = QoSPresetProfiles.SENSOR_DATA.value
         self.create_subscription(Float64MultiArray, "joint_commands", self._on_command, qos)
@@ -511,7 +510,7 @@ class SerialBridgeNode(Node):
 
 
 def _start(node: SerialBridgeNode) -> None:
-    node.realtime = go_realtime(node, node.realtime_priority)
+    node.realtime = go_realtime(node)
     node._thread.start()
 
 

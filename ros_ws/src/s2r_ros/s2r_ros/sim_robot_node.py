@@ -12,6 +12,8 @@ velocity command on cmd_vel or target on target, scores every episode with the t
 summary, and writes it to `summary_path` after `episodes` episodes (0: run forever). Physics waits
 for the first command, and the first episode (soft start, arming) is not scored.
 `gap` pins randomized parameters, e.g. ["motor_strength=0.8", "latency_steps=2"]: a reality gap.
+Like the robot it stands for, it keeps real time on a busy machine: real-time scheduling and CPU affinity
+(`realtime_priority`, `cpu_affinity`; run.go_realtime) where the system permits it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from std_msgs.msg import Float64MultiArray
 
 from s2r_ros import messages as m
 from s2r_ros import qos as q
-from s2r_ros.run import run
+from s2r_ros.run import REALTIME_PARAMETERS, go_realtime, run
 from sim.sim_robot import SimRobot
 
 PARAMETERS = {  # name: default; the launch files and YAML may set only these (and QOS's qos.<topic>.*)
@@ -44,6 +46,7 @@ PARAMETERS = {  # name: default; the launch files and YAML may set only these (a
     "summary_path": "",
     "command_timeout_s": 0.1,  # commands older than this: the drive goes passive
     "frame_id": "base_link",
+    **REALTIME_PARAMETERS,  # realtime_priority, cpu_affinity (run.py)
 }
 QOS = q.ROBOT_TOPICS  # topic: its QoS unless parameters qos.<topic>.* say otherwise (qos.py); + q.COMMANDS
 WARMUP_EPISODES = 1  # the episode running when commands began includes arming: not scored
@@ -202,8 +205,13 @@ def _stop(node: SimRobotNode) -> None:
     node.robot.close()
 
 
+def _start(node: SimRobotNode) -> None:
+    go_realtime(node)
+    node._thread.start()
+
+
 def main(args=None) -> int:
-    return run("sim_robot_node", SimRobotNode, lambda node: node._thread.start(), _stop, args)
+    return run("sim_robot_node", SimRobotNode, _start, _stop, args)
 
 
 if __name__ == "__main__":
