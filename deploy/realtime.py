@@ -60,3 +60,16 @@ def freeze_gc() -> None:
     loop's later collections never walk them (no 50 ms full-collection pause). Call when start-up is done."""
     gc.collect()
     gc.freeze()
+
+
+def realtime_permitted() -> str:
+    """'' when this process may use SCHED_FIFO, else why not: tried on the calling thread and undone."""
+    if not hasattr(os, "sched_setscheduler"):
+        return "this system has no SCHED_FIFO"
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    os.sched_setscheduler(0, policy, param)
+    return ""
