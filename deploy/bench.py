@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import time
@@ -72,8 +73,30 @@ def bench_loop(rate_hz: float, seconds: float, policy_path: Path, robot_config: 
     def step(now_ns: int) -> None:
         ctl.step(now_ns, readings, {s: now_ns for s in cfg.sensors})
 
-    st = loop.run(step, duration_s=seconds)
-    return {"rate_hz": rate_hz, "mode": ctl.mode.value, **st.to_dict()}
+    with gc_pauses() as pauses:
+        st = loop.run(step, duration_s=seconds)
+    return {"rate_hz": rate_hz, "mode": ctl.mode.value, **st.to_dict(), **pauses}
+
+
+@contextmanager
+def gc_pauses() -> Iterator[dict]:
+    """Count the garbage collector's runs inside the block and their longest pause (the loop's own
+    allocations; what start-up made is frozen out of reach, deploy/realtime.freeze_gc)."""
+    out = {"gc_collections": 0, "gc_max_pause_us": 0.0}
+    started = [0]
+
+    def on_gc(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter_ns()
+        else:
+            out["gc_collections"] += 1
+            out["gc_max_pause_us"] = max(out["gc_max_pause_us"], (time.perf_counter_ns() - started[0]) / 1e3)
+
+    gc.callbacks.append(on_gc)
+    try:
+        yield out
+    finally:
+        gc.callbacks.remove(on_gc)
 
 
 BURNER = "import os\nos.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))\nwhile True: pass"

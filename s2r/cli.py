@@ -270,6 +270,10 @@ def cmd_bench_deploy(args) -> None:
             [f"{r['jitter_p50_us']:.0f} / {r['jitter_p99_us']:.0f} / {r['jitter_max_us']:.0f}" for r in loops],
         )
         row(f"{hz} Hz: overruns / loops", [f"{r['overruns']} / {r['loops']}" for r in loops])
+        row(
+            f"{hz} Hz: GC runs, longest pause, us",
+            [f"{r['gc_collections']}, {r['gc_max_pause_us']:.0f}" for r in loops],
+        )
     if bench_dds_latency is None:
         print(f"  DDS latency: {no_dds}")
     else:
