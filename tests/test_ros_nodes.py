@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import os
 import random
 import time
 
@@ -31,6 +32,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 
 from config.robot import find_robot  # noqa: E402
 from deploy.onnx_policy import OnnxPolicy  # noqa: E402
+from deploy.realtime import realtime_permitted  # noqa: E402
 from deploy.robot_config import load_robot_config  # noqa: E402
 
 ARM = load_robot_config(CONFIG / "arm.yaml", OnnxPolicy(PKG / "policies" / "arm.onnx").spec)
@@ -259,12 +261,22 @@ def test_wrong_policy_or_mismatched_joints_refuse_to_start(ros, tmp_path, arm_po
 def test_a_ros2_control_style_driver_with_default_qos_runs_the_policy(ros, tmp_path):
     """A ros2_control forward command controller subscribes with the default QoS (reliable, depth 10), and its
     joint_state_broadcaster publishes with it: policy_node's reliable commands reach the first, its sensor-data
-    (best-effort) subscription takes the second, and the policy runs."""
+    (best-effort) subscription takes the second, and the policy runs. As on a robot's computer, the node runs
+    at the real-time priority and on the CPUs its parameters name, where the system permits it."""
     node, domain = ros
     driver = Driver(node, qos=10)  # rclpy's plain create_subscription(..., 10) / create_publisher(..., 10)
-    proc = start_node("policy_node", "arm", tmp_path, domain, policy_params("arm", SHIPPED_POLICIES / "arm.onnx"))
+    params = policy_params("arm", SHIPPED_POLICIES / "arm.onnx", realtime_priority=20, cpu_affinity=[0])
+    proc = start_node("policy_node", "arm", tmp_path, domain, params)
     try:
         wait_running(driver, proc, tmp_path, 60)
+        log = (tmp_path / "policy_node.log").read_text()
+        if not realtime_permitted():  # "" when permitted, else why not
+            assert "real-time scheduling: SCHED_FIFO 20, CPUs [0]" in log, log
+            threads = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task")]
+            assert {os.sched_getscheduler(t) for t in threads} == {os.SCHED_FIFO}
+            assert all(os.sched_getaffinity(t) == {0} for t in threads)
+        else:
+            assert "SCHED_FIFO 20 not permitted" in log, log
         driver.commands.clear()
         driver.run(0.3)
         assert len(driver.commands) >= 5 and driver.kp_scale(driver.commands[-1][1]) == 1.0

@@ -37,22 +37,22 @@ def go_realtime(node) -> str:
     freeze_gc()
     priority = int(node.get_parameter("realtime_priority").value)
     cpus = [int(c) for c in node.get_parameter("cpu_affinity").value if c >= 0]
-    got = []
-    if cpus:
-        why_not = set_process_affinity(cpus)
-        got.append(f"CPU affinity not permitted ({why_not})" if why_not else f"CPUs {cpus}")
+    got, refused = [], False
     if priority > 0:
         why_not = set_process_realtime(priority)
-        got.append(f"not permitted ({why_not})" if why_not else f"SCHED_FIFO {priority}")
-    status = ", ".join(got) or "off"
-    (node.get_logger().warning if "not permitted" in status else node.get_logger().info)(
-        f"real-time scheduling: {status}"
-        + (
-            " (needs root, CAP_SYS_NICE or an rtprio limit: see the README's robot computer set-up)"
-            if "not permitted" in status
-            else ""
+        refused |= bool(why_not)
+        got.append(
+            f"SCHED_FIFO {priority} not permitted ({why_not}; needs root, CAP_SYS_NICE or an rtprio limit: "
+            "the README's robot computer set-up)"
+            if why_not
+            else f"SCHED_FIFO {priority}"
         )
-    )
+    if cpus:
+        why_not = set_process_affinity(cpus)
+        refused |= bool(why_not)
+        got.append(f"CPUs {cpus} refused ({why_not})" if why_not else f"CPUs {cpus}")
+    status = ", ".join(got) or "off"
+    (node.get_logger().warning if refused else node.get_logger().info)(f"real-time scheduling: {status}")
     return status
 
 
