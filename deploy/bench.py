@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import time
@@ -105,9 +106,14 @@ BURNER = "import os\nos.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 @contextmanager
 def cpu_burners(n: int) -> Iterator[list[subprocess.Popen]]:
     """`n` processes that each keep a core busy, at ordinary scheduling and nice 0 even when the caller runs
-    real-time (each drops the policy a child inherits; dropping needs no privilege)."""
+    real-time (each drops the policy a child inherits, needing no privilege; the block begins once all have)."""
     procs = [subprocess.Popen([sys.executable, "-c", BURNER]) for _ in range(n)]
     try:
+        deadline = time.monotonic() + 30.0
+        while any(os.sched_getscheduler(p.pid) != os.SCHED_OTHER for p in procs):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError("CPU burners did not start at ordinary scheduling")
+            time.sleep(0.01)
         yield procs
     finally:
         for p in procs:

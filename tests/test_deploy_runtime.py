@@ -477,6 +477,46 @@ def test_rate_loop_real_time_500hz():
     assert stats.loops >= 30
 
 
+def test_a_real_time_loop_keeps_its_burners_ordinary_and_its_collector_idle():
+    """What `s2r bench deploy --load N` relies on: burners started by a real-time process run at ordinary
+    scheduling (else they would starve the loop they load), and stop with the block; a loop that allocates
+    only short-lived objects after freeze_gc never triggers the collector."""
+    import gc
+    import json
+    import subprocess
+    import sys
+
+    from deploy.bench import gc_pauses
+    from deploy.realtime import freeze_gc
+
+    in_a_real_time_process = (
+        "import json, os\n"
+        "from deploy.bench import cpu_burners\n"
+        "from deploy.realtime import set_process_realtime\n"
+        "why_not = set_process_realtime(10)\n"
+        "with cpu_burners(2) as procs:\n"
+        "    policies = [os.sched_getscheduler(p.pid) for p in procs]\n"
+        "print(json.dumps([why_not, policies, [p.poll() is not None for p in procs], os.SCHED_OTHER]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", in_a_real_time_process], capture_output=True, text=True, cwd=CONFIG_DIR.parents[3]
+    )
+    assert out.returncode == 0, out.stderr
+    why_not, policies, ended, sched_other = json.loads(out.stdout)
+    assert policies == [sched_other] * 2 and ended == [True, True], (why_not, policies)
+    freeze_gc()
+    try:
+        with gc_pauses() as pauses:
+            for _ in range(5000):
+                np.zeros(3) + {"a": [1.0]}["a"][0]
+        assert pauses["gc_collections"] == 0
+        with gc_pauses() as pauses:
+            kept = [[i] for i in range(5000)]  # a loop that keeps what it allocates: the collector runs
+        assert pauses["gc_collections"] >= 1 and pauses["gc_max_pause_us"] > 0 and len(kept) == 5000
+    finally:
+        gc.unfreeze()
+
+
 def test_guard_refuses_what_it_cannot_make_safe():
     ctrl = joint_controller(soft_start_s=0.0)
     t = running(ctrl)
