@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import os
+import resource
 
 
 def _thread_ids() -> list[int]:
@@ -44,7 +45,18 @@ def set_process_realtime(priority: int) -> str:
     a real-time thread that waits for the GIL. Returns '' when done for all, else why not."""
     if not hasattr(os, "sched_setscheduler"):
         return "this system has no SCHED_FIFO"
-    return _for_every_thread(lambda tid: os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority)))
+    why_not = _for_every_thread(lambda tid: os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority)))
+    return why_not and f"{why_not}: {_missing_permission(priority)}"
+
+
+def _missing_permission(priority: int) -> str:
+    """What the system lacks for SCHED_FIFO at `priority`, by name: the rtprio limit, the capability."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_RTPRIO)
+    limit = "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+    return (
+        f"this user's rtprio limit (RLIMIT_RTPRIO, ulimit -r) is {limit}, below priority {priority}, "
+        "and the process lacks CAP_SYS_NICE: raise the limit in /etc/security/limits.d, or run with that capability"
+    )
 
 
 def set_process_affinity(cpus: list[int]) -> str:

@@ -517,6 +517,28 @@ def test_a_real_time_loop_keeps_its_burners_ordinary_and_its_collector_idle():
         gc.unfreeze()
 
 
+def test_refused_real_time_names_the_missing_permission():
+    """A user without the privilege (here: root turned into 'nobody', rtprio limit 0) is told which limit and
+    which capability are missing, not only EPERM."""
+    import subprocess
+    import sys
+
+    as_nobody = (
+        "import os\n"
+        "import deploy.realtime as rt\n"
+        "if os.geteuid() == 0:\n"
+        "    os.setgid(65534)\n"
+        "    os.setuid(65534)\n"
+        "print(rt.set_process_realtime(50))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", as_nobody], capture_output=True, text=True, cwd=CONFIG_DIR.parents[3])
+    assert out.returncode == 0, out.stderr
+    if not out.stdout.strip():
+        pytest.skip("this user may use SCHED_FIFO 50 without root (an rtprio limit): nothing is refused")
+    assert "Operation not permitted: this user's rtprio limit (RLIMIT_RTPRIO, ulimit -r) is 0" in out.stdout
+    assert "CAP_SYS_NICE" in out.stdout
+
+
 def test_guard_refuses_what_it_cannot_make_safe():
     ctrl = joint_controller(soft_start_s=0.0)
     t = running(ctrl)

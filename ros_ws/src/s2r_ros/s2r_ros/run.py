@@ -42,8 +42,7 @@ def go_realtime(node) -> str:
         why_not = set_process_realtime(priority)
         refused |= bool(why_not)
         got.append(
-            f"SCHED_FIFO {priority} not permitted ({why_not}; needs root, CAP_SYS_NICE or an rtprio limit: "
-            "the README's robot computer set-up)"
+            f"SCHED_FIFO {priority} not permitted ({why_not}; README: the robot's computer)"
             if why_not
             else f"SCHED_FIFO {priority}"
         )
