@@ -8,6 +8,8 @@ from typing import cast
 import torch
 from torch import nn
 
+from policies.distributed import Ranks
+
 ACTIVATIONS = {"elu": nn.ELU, "silu": nn.SiLU, "tanh": nn.Tanh, "relu": nn.ReLU}
 
 
@@ -34,15 +36,19 @@ class EmpiricalNormalization(nn.Module):
         return (x - self.mean) / self.std
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> None:
-        """Merge the batch `(n, dim)` into the running statistics (Chan et al. parallel update)."""
-        n = x.shape[0]
-        total = self.count + n
-        # Moments of x centred on the running mean: column reductions of a row-major batch are ~10x
-        # faster as plain means than as torch.var, and centring keeps E[d^2] - E[d]^2 precise.
+    def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch `(n, dim)`'s first two moments about the running mean, `(dim,)` each: what `merge`
+        takes (averaged over the ranks first in data-parallel training, whose batches are equal in size)."""
+        # Column reductions of a row-major batch are ~10x faster as plain means than as torch.var, and
+        # centring on the running mean keeps E[d^2] - E[d]^2 precise.
         d = x - self.mean
-        delta = d.mean(0)  # batch mean - running mean
-        batch_var = ((d * d).mean(0) - delta.square()).clamp_min(0.0)
+        return d.mean(0), (d * d).mean(0)
+
+    @torch.no_grad()
+    def merge(self, n: int, delta: torch.Tensor, square: torch.Tensor) -> None:
+        """Merge `n` samples with `moments` (delta, square) into the running statistics (Chan et al.)."""
+        total = self.count + n
+        batch_var = (square - delta.square()).clamp_min(0.0)  # delta: batch mean - running mean
         w = float(n / total)
         self.mean += w * delta
         self.var.mul_(1 - w).add_(w * batch_var + w * (1 - w) * delta.square())
@@ -113,9 +119,13 @@ class ActorCritic(nn.Module):
     def distribution(self, policy_obs: torch.Tensor) -> DiagonalGaussian:
         return DiagonalGaussian(self.action_mean(policy_obs), self.log_std)
 
-    def update_normalizers(self, obs: dict[str, torch.Tensor]) -> None:
-        self.policy_normalizer.update(obs["policy"])
-        self.critic_normalizer.update(obs["critic"])
+    def update_normalizers(self, obs: dict[str, torch.Tensor], ranks: Ranks) -> None:
+        """Both normalizers take the batch (every rank's, averaged in one collective)."""
+        moments = [*self.policy_normalizer.moments(obs["policy"]), *self.critic_normalizer.moments(obs["critic"])]
+        ranks.mean_(moments, "the observation normalizers' update")
+        n = obs["policy"].shape[0] * ranks.world_size
+        self.policy_normalizer.merge(n, *moments[:2])
+        self.critic_normalizer.merge(n, *moments[2:])
 
 
 class ExportedActor(nn.Module):

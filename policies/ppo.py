@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from config.validate import nonnegative, positive
+from policies.distributed import Ranks
 from policies.networks import ActorCritic
 from policies.storage import RolloutStorage
 
@@ -45,18 +46,29 @@ class PPOCfg:
 
 
 class PPO:
-    def __init__(self, model: ActorCritic, storage: RolloutStorage, cfg: PPOCfg, generator: torch.Generator):
+    """`ranks`: in data-parallel training, the normalizer updates, gradients and KL are averaged across them."""
+
+    def __init__(
+        self,
+        model: ActorCritic,
+        storage: RolloutStorage,
+        cfg: PPOCfg,
+        generator: torch.Generator,
+        ranks: Ranks,
+    ):
         self.model = model
         self.storage = storage
         self.cfg = cfg
         self.generator = generator
+        self.ranks = ranks
+        self.params = list(model.parameters())
         self.learning_rate = cfg.learning_rate
         self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, foreach=True)
 
     @torch.no_grad()
     def act(self, obs: dict[str, torch.Tensor]):
         """Sample actions for a batch of envs; returns (actions, what the storage needs of this step)."""
-        self.model.update_normalizers(obs)
+        self.model.update_normalizers(obs, self.ranks)
         dist = self.model.distribution(obs["policy"])
         actions = dist.sample(self.generator)
         record = (obs, actions, dist.mean, dist.stddev, dist.log_prob(actions), self.model.value(obs["critic"]))
@@ -85,7 +97,7 @@ class PPO:
             entropy = dist.entropy().mean()
             values = model.value(batch["obs/critic"])
 
-            # KL(old || new) between diagonal Gaussians, then adapt the learning rate.
+            # KL(old || new) between diagonal Gaussians: it adapts the learning rate below.
             with torch.no_grad():
                 old_mu, old_sigma = batch["action_mean"], batch["action_std"]
                 kl = (
@@ -97,12 +109,6 @@ class PPO:
                     .sum(-1)
                     .mean()
                 )
-                if kl > 2 * cfg.desired_kl:
-                    self.learning_rate = max(1e-5, self.learning_rate / 1.5)
-                elif 0 < kl < cfg.desired_kl / 2:
-                    self.learning_rate = min(cfg.max_learning_rate, self.learning_rate * 1.5)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = self.learning_rate
 
             # Clipped surrogate objective.
             ratio = torch.exp(log_prob - batch["log_prob"])
@@ -117,13 +123,24 @@ class PPO:
             loss = surrogate + cfg.value_loss_coef * value_loss - cfg.entropy_coef * entropy
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # Every rank steps the same weights at the same rate: the gradients and the KL are averaged
+            # across the ranks (one collective; the losses ride along for the log) before either is used.
+            scalars = torch.stack((kl, surrogate.detach(), value_loss.detach(), entropy.detach()))
+            self.ranks.mean_([p.grad for p in self.params if p.grad is not None] + [scalars], "the gradient average")
+            kl_mean, surrogate_mean, value_mean, entropy_mean = scalars.tolist()
+            if kl_mean > 2 * cfg.desired_kl:
+                self.learning_rate = max(1e-5, self.learning_rate / 1.5)
+            elif 0 < kl_mean < cfg.desired_kl / 2:
+                self.learning_rate = min(cfg.max_learning_rate, self.learning_rate * 1.5)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm, foreach=True)
             self.optimizer.step()
 
-            sums["loss/surrogate"] += surrogate.item()
-            sums["loss/value"] += value_loss.item()
-            sums["loss/entropy"] += entropy.item()
-            sums["kl"] += kl.item()
+            sums["loss/surrogate"] += surrogate_mean
+            sums["loss/value"] += value_mean
+            sums["loss/entropy"] += entropy_mean
+            sums["kl"] += kl_mean
             n += 1
         self.storage.clear()
         stats = {k: v / n for k, v in sums.items()}

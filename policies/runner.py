@@ -16,6 +16,7 @@ import torch
 
 from config import validate as C
 from policies.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from policies.distributed import DistCfg, Ranks
 from policies.networks import ActorCritic
 from policies.ppo import PPO, PPOCfg
 from policies.storage import RolloutStorage
@@ -37,6 +38,7 @@ class TrainCfg:
     # seconds of training between checkpoints (model_last.pt), so a kill loses at most this much
     checkpoint_interval_s: float = field(default=60.0, metadata=C.positive())
     ppo: PPOCfg = PPOCfg()
+    dist: DistCfg = DistCfg()  # data-parallel training under torchrun (s2r train --distributed)
 
 
 def default_train_cfg(task: str) -> TrainCfg:
@@ -66,24 +68,39 @@ def check_writable(run_dir: Path) -> None:
 
 class Runner:
     """Trains `cfg.task` into `run_dir`: config.json, metrics.csv, TensorBoard events, checkpoints
-    (`model_<iteration>.pt`, `model_last.pt`), learning_curve.png. `resume`: a checkpoint file to continue."""
+    (`model_<iteration>.pt`, `model_last.pt`), learning_curve.png. `resume`: a checkpoint file to continue.
+    `ranks` (policies.distributed.start): data-parallel training, `cfg.num_envs` envs on each rank; rank 0
+    alone writes the run directory."""
 
-    def __init__(self, cfg: TrainCfg, task_cfg, run_dir: str | Path, resume: str | Path | None = None):
+    def __init__(
+        self,
+        cfg: TrainCfg,
+        task_cfg,
+        run_dir: str | Path,
+        resume: str | Path | None = None,
+        ranks: Ranks | None = None,
+    ):
         C.validate(cfg, prefix="train.")
         task_entry(cfg.task)
+        self.ranks = ranks = ranks or Ranks()
         self.device = check_device(cfg.device)
+        if self.device.type == "cuda" and ranks.world_size > 1:
+            self.device = torch.device("cuda", ranks.local_rank)
         self.run_dir = Path(run_dir)
-        check_writable(self.run_dir)
+        if ranks.is_main:
+            check_writable(self.run_dir)
         self.cfg, self.task_cfg = cfg, task_cfg
 
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # the same initial weights on every rank
+        env_seed, ppo_seed = ranks.seeds(cfg.seed)
         self.env = make_env(
             cfg.task,
             cfg.num_envs,
             task_cfg,
             device=self.device,
-            seed=cfg.seed,
+            seed=env_seed,
         )
+        self.env.num_envs_total = cfg.num_envs * ranks.world_size  # the curricula count every rank's episodes
         dims = self.env.obs_dims
         p = cfg.ppo
         self.model = ActorCritic(
@@ -97,8 +114,8 @@ class Runner:
         ).to(self.device)
         self.storage = RolloutStorage(p.num_steps, cfg.num_envs, dims, self.env.spec.action_dim, self.device)
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(cfg.seed + 1)
-        self.ppo = PPO(self.model, self.storage, p, self.generator)
+        self.generator.manual_seed(ppo_seed)
+        self.ppo = PPO(self.model, self.storage, p, self.generator, ranks)
         self.iteration = 0
         self.obs = None  # the envs' current observations, between iterations
         self.env_steps = 0
@@ -106,6 +123,7 @@ class Runner:
         self.stopped = "running"  # in checkpoints: how the run stood (running, completed, interrupted, time_limit)
         if resume is not None:
             self._restore(Path(resume))
+        ranks.broadcast_(list(self.model.state_dict().values()), "the initial weights' broadcast")
 
     # --- checkpoints -----------------------------------------------------------------------------
     def config_dict(self) -> dict:
@@ -141,15 +159,28 @@ class Runner:
             self.ppo.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"{path} does not match this task and network: {e}") from e
+        # One rank continues exactly: the checkpoint holds its random generators and, with as many envs,
+        # their state. Data-parallel ranks share one checkpoint (rank 0's envs): each starts fresh
+        # episodes, its generators re-seeded from seed + rank (Ranks.seeds), whatever the rank count
+        # that wrote it. The curricula's levels are shared by all ranks and carry on either way.
+        same_envs = self.ranks.world_size == 1 and ckpt["obs"] and ckpt["obs"]["policy"].shape[0] == self.cfg.num_envs
         try:
-            self.generator.set_state(ckpt["rng"]["ppo"])
+            if self.ranks.world_size == 1:
+                self.generator.set_state(ckpt["rng"]["ppo"])
+            else:
+                env_seed, ppo_seed = self.ranks.seeds(self.cfg.seed, ckpt["iteration"])
+                self.env.generator.manual_seed(env_seed)
+                self.generator.manual_seed(ppo_seed)
         except (RuntimeError, TypeError) as e:  # e.g. "Invalid mt19937 state"
             raise CheckpointError(f"{path}: its PPO random generator state is invalid ({e})") from e
-        if ckpt["obs"] and ckpt["obs"]["policy"].shape[0] == self.cfg.num_envs:
-            try:
+        try:
+            if same_envs:
                 self.env.load_state_dict(ckpt["env"])  # same envs: continue exactly where it stopped
-            except (RuntimeError, TypeError, KeyError) as e:
-                raise CheckpointError(f"{path}: its env state does not fit this task or is invalid ({e})") from e
+            else:
+                self.env.load_curricula(ckpt["env"])
+        except (RuntimeError, TypeError, KeyError) as e:
+            raise CheckpointError(f"{path}: its env state does not fit this task or is invalid ({e})") from e
+        if same_envs:
             self.obs = {k: v.to(self.device) for k, v in ckpt["obs"].items()}
         self.ppo.learning_rate = ckpt["learning_rate"]
         self.iteration = ckpt["iteration"]
@@ -158,34 +189,20 @@ class Runner:
 
     # --- the loop --------------------------------------------------------------------------------
     def learn(self, progress: bool = True) -> Path:
-        from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
-
-        cfg, env, ppo = self.cfg, self.env, self.ppo
-        config = json.dumps(self.config_dict(), indent=2).encode()
-        atomic_write(self.run_dir / "config.json", lambda f: f.write(config))
-        if self.iteration == 0:  # a new run in a used folder: its logs must not continue the old run's
-            (self.run_dir / "metrics.csv").unlink(missing_ok=True)
-            shutil.rmtree(self.run_dir / "tensorboard", ignore_errors=True)
-        metrics = MetricsCsv(self.run_dir / "metrics.csv")
-        # A resume drops what was logged after its checkpoint (a killed run logs past its last checkpoint;
-        # a resume from an older one trains those iterations again): rows here, scalars (logged by env
-        # steps) in TensorBoard, which hides every event at or after purge_step written before this one.
-        metrics.keep_through(self.iteration)
-        purge_step = self.env_steps + 1 if self.iteration else None
-        writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
-
+        cfg, env, ppo, ranks = self.cfg, self.env, self.ppo, self.ranks
+        log = RunLog(self, progress) if ranks.is_main else None
         interrupted = []
-        previous_handler = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
+        # torchrun passes what it gets (Ctrl-C, a scheduler's SIGTERM) on to every rank: they stop together, saving
+        signals = [signal.SIGINT] + ([signal.SIGTERM] if ranks.world_size > 1 else [])
+        previous_handlers = {s: signal.signal(s, lambda *_: interrupted.append(True)) for s in signals}
         start = time.perf_counter() - self.elapsed_s
         saved_at_s = self.elapsed_s  # training time of the last checkpoint
-        bar = tqdm(
-            total=cfg.max_iterations, initial=self.iteration, disable=not progress, unit="it", dynamic_ncols=True
-        )
         obs = self.obs if self.obs is not None else env.reset()
+        stop = ""  # why the loop stops early: interrupted, time_limit
         try:
-            while self.iteration < cfg.max_iterations and not interrupted:
+            while self.iteration < cfg.max_iterations and not stop:
                 t0 = time.perf_counter()
+                ranks.phase = f"iteration {self.iteration + 1}, collecting"
                 episodes = EpisodeStats()
                 self.model.eval()
                 with one_torch_thread():  # collect; the update below uses every thread
@@ -199,60 +216,116 @@ class Runner:
                 self.obs = obs
                 collect_s = time.perf_counter() - t0
 
+                ranks.phase = f"iteration {self.iteration + 1}, updating"
                 self.model.train()
                 stats = ppo.update()
                 self.iteration += 1
-                self.env_steps += cfg.num_envs * cfg.ppo.num_steps
+                samples = cfg.num_envs * cfg.ppo.num_steps * ranks.world_size
+                self.env_steps += samples
                 self.elapsed_s = time.perf_counter() - start
 
-                ep = episodes.means()
+                # The curricula and the decision to stop take every rank's episodes and signals: the ranks agree.
+                timed_out = cfg.time_limit_s is not None and self.elapsed_s >= cfg.time_limit_s
+                reports = ranks.gather((episodes, env.nan_resets, bool(interrupted), timed_out), "the iteration's end")
+                stop = (
+                    "interrupted" if any(r[2] for r in reports) else "time_limit" if any(r[3] for r in reports) else ""
+                )
+                ep = EpisodeStats.merged([r[0] for r in reports]).means()
                 env_stats = env._after_iteration(ep)
+                if cfg.dist.check_sync:  # weights, normalizers, learning rate and curriculum levels
+                    scalars = {**env_stats, "learning_rate": ppo.learning_rate}
+                    ranks.check_same(
+                        {
+                            **self.model.state_dict(),
+                            **{k: torch.tensor(v, device=self.device) for k, v in scalars.items()},
+                        },
+                        f"after iteration {self.iteration}",
+                    )
                 iter_s = time.perf_counter() - t0
                 row = {
                     "iteration": self.iteration,
                     "env_steps": self.env_steps,
                     "time_s": round(self.elapsed_s, 3),
-                    "steps_per_s": round(cfg.num_envs * cfg.ppo.num_steps / iter_s),
+                    "steps_per_s": round(samples / iter_s),
                     "collect_s": round(collect_s, 4),
                     "update_s": round(iter_s - collect_s, 4),
                     **{f"episode/{k}": v for k, v in ep.items()},
                     **stats,
                     **env_stats,
-                    "nan_resets": env.nan_resets,
+                    "nan_resets": sum(r[1] for r in reports),
                 }
-                metrics.write(row)
-                for k, v in row.items():
-                    if k != "iteration":
-                        writer.add_scalar(k, v, self.env_steps)
-                bar.update(1)
-                bar.set_postfix(
-                    steps_per_s=row["steps_per_s"],
-                    ret=f"{ep.get('return', float('nan')):.1f}",
-                    survive=f"{ep.get('end/timeout', float('nan')):.2f}",
-                )
+                if log is None:
+                    continue
+                log.write(row)
                 # By iteration a numbered file; by time only model_last.pt, overwritten, so disk use stays
                 # bounded however long the run. Checked once an iteration: a kill loses at most one
                 # interval plus the iteration in progress.
                 by_iteration = self.iteration % cfg.save_interval == 0
                 if by_iteration or self.elapsed_s - saved_at_s >= cfg.checkpoint_interval_s:
-                    writer.flush()  # TensorBoard on disk up to the checkpoint, like metrics.csv
+                    log.flush()  # TensorBoard on disk up to the checkpoint, like metrics.csv
                     self.save(f"model_{self.iteration}.pt" if by_iteration else None)
                     saved_at_s = self.elapsed_s
-                if cfg.time_limit_s is not None and self.elapsed_s >= cfg.time_limit_s:
-                    break
         finally:
-            signal.signal(signal.SIGINT, previous_handler)
-            bar.close()
-            writer.close()
-        if self.iteration >= cfg.max_iterations:
-            self.stopped = "completed"
-        else:
-            self.stopped = "interrupted" if interrupted else "time_limit"
+            for s, handler in previous_handlers.items():
+                signal.signal(s, handler)
+            if log is not None:
+                log.close()
+        self.stopped = "completed" if self.iteration >= cfg.max_iterations else stop
+        if log is None:
+            return self.run_dir / "model_last.pt"  # rank 0 writes it
         final = self.save()
         plot_learning_curve(self.run_dir / "metrics.csv", self.run_dir / "learning_curve.png")
-        if interrupted:
+        if self.stopped == "interrupted":
             print(f"interrupted: checkpoint saved to {final}")
         return final
+
+
+class RunLog:
+    """What training writes as it goes (rank 0 only): config.json, metrics.csv, TensorBoard, progress bar."""
+
+    def __init__(self, runner: Runner, progress: bool):
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        run_dir = runner.run_dir
+        config = json.dumps(runner.config_dict(), indent=2).encode()
+        atomic_write(run_dir / "config.json", lambda f: f.write(config))
+        if runner.iteration == 0:  # a new run in a used folder: its logs must not continue the old run's
+            (run_dir / "metrics.csv").unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        self.metrics = MetricsCsv(run_dir / "metrics.csv")
+        # A resume drops what was logged after its checkpoint (a killed run logs past its last checkpoint;
+        # a resume from an older one trains those iterations again): rows here, scalars (logged by env
+        # steps) in TensorBoard, which hides every event at or after purge_step written before this one.
+        self.metrics.keep_through(runner.iteration)
+        purge_step = runner.env_steps + 1 if runner.iteration else None
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+        self.bar = tqdm(
+            total=runner.cfg.max_iterations,
+            initial=runner.iteration,
+            disable=not progress,
+            unit="it",
+            dynamic_ncols=True,
+        )
+
+    def write(self, row: dict) -> None:
+        self.metrics.write(row)
+        for k, v in row.items():
+            if k != "iteration":
+                self.writer.add_scalar(k, v, row["env_steps"])
+        self.bar.update(1)
+        self.bar.set_postfix(
+            steps_per_s=row["steps_per_s"],
+            ret=f"{row.get('episode/return', float('nan')):.1f}",
+            survive=f"{row.get('episode/end/timeout', float('nan')):.2f}",
+        )
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
 
 
 class EpisodeStats:
@@ -271,6 +344,16 @@ class EpisodeStats:
         self.sums["return"] = self.sums.get("return", 0.0) + n * sum(
             v for k, v in stats.items() if k.startswith("reward/")
         )
+
+    @classmethod
+    def merged(cls, parts: list[EpisodeStats]) -> EpisodeStats:
+        """The ranks' statistics as one, summed in rank order so every rank gets the same floats."""
+        out = cls()
+        for p in parts:
+            out.count += p.count
+            for k, v in p.sums.items():
+                out.sums[k] = out.sums.get(k, 0.0) + v
+        return out
 
     def means(self) -> dict[str, float]:
         if not self.count:

@@ -9,6 +9,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -19,6 +20,7 @@ def _known_errors():
     from deploy.onnx_policy import PolicyLoadError
     from deploy.spec import SpecError
     from policies.checkpoint import CheckpointError
+    from policies.distributed import RankError
     from policies.export import ExportError
     from replay.bag import BagError
     from replay.candidates import ReplayError
@@ -41,6 +43,7 @@ def _known_errors():
         BagError,
         ReplayError,
         MappingError,
+        RankError,
     )
 
 
@@ -111,6 +114,7 @@ def _print_export_warning(onnx_path: Path) -> None:
 
 def cmd_train(args) -> None:
     from config import validate as C
+    from policies import distributed
     from policies.checkpoint import load_checkpoint
     from policies.export import export_checkpoint
     from policies.runner import Runner, TrainCfg, default_train_cfg
@@ -134,12 +138,18 @@ def cmd_train(args) -> None:
     C.validate(train_cfg)
     C.validate(task_cfg, prefix="task.")
 
-    runner = Runner(train_cfg, task_cfg, run_dir, resume=ckpt_path)
-    print(f"training {train_cfg.task}: {train_cfg.num_envs} envs on {train_cfg.device}, run dir {run_dir}")
+    ranks = distributed.start(train_cfg.dist, train_cfg.device, args.distributed)
+    runner = Runner(train_cfg, task_cfg, run_dir, resume=ckpt_path, ranks=ranks)
+    if ranks.is_main:
+        on = train_cfg.device if ranks.world_size == 1 else f"each of {ranks.world_size} ranks ({train_cfg.device})"
+        print(f"training {train_cfg.task}: {train_cfg.num_envs} envs on {on}, run dir {run_dir}")
     t0 = time.perf_counter()
     ckpt = runner.learn(progress=not args.no_progress)
     train_s = time.perf_counter() - t0
+    ranks.close()
     runner.env.close()
+    if not ranks.is_main:  # rank 0 alone reports and exports
+        return
     print(f"trained {runner.iteration} iterations, {runner.env_steps} env steps in {train_s:.1f} s")
     print(f"  checkpoint     {ckpt}")
     print(f"  metrics        {run_dir / 'metrics.csv'}  (TensorBoard: {run_dir / 'tensorboard'})")
@@ -211,6 +221,26 @@ def cmd_bench(args) -> None:
     print(
         f"  python thread pool       {r['python_thread_pool_mj_step_per_s']:12,.0f} physics steps/s "
         "(mj_step per env per call; not used)"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2))
+
+
+def cmd_bench_train(args) -> None:
+    from policies.bench import bench_train
+
+    r = bench_train(args.task, args.num_envs, args.nproc, args.iterations, args.repeats, args.device)
+    print(
+        f"s2r bench train --task {r['task']} --num-envs {r['num_envs_per_rank']} --nproc {r['nproc']} "
+        f"--device {r['device']}  "
+        f"({r['num_envs_per_rank']} envs per rank, {r['iterations']} iterations, {args.repeats} alternate pairs)"
+    )
+    for k, rates in r["samples_per_s"].items():
+        label = "1 rank (s2r train)" if k == "1" else f"{k} ranks (torchrun)"
+        print(f"  {label:26s} {statistics.median(rates):12,.0f} samples/s (env steps of all ranks)")
+    print(
+        f"  ratio {r['nproc']} ranks / 1 rank    {r['ratio']:12.2f}  (median of {args.repeats}; "
+        f"range {r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f})"
     )
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2))
@@ -555,6 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--fields", action="store_true", help="list every config field an override can set, then exit")
     t.add_argument("--no-export", action="store_true")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel across the processes torchrun starts: torchrun --nproc_per_node K -m s2r.cli train "
+        "--distributed ... (--num-envs is per rank; README: Training on several processes)",
+    )
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="export a checkpoint's actor to ONNX with its PolicySpec")
@@ -581,6 +617,18 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--repeats", type=int, default=7, help="alternate env / ceiling timings")
     bs.add_argument("--json", help="also write the figures to this file")
     bs.set_defaults(func=cmd_bench)
+
+    bt = bsub.add_parser(
+        "train", help="training samples/s of 1 rank against --nproc ranks under torchrun, same envs per rank"
+    )
+    bt.add_argument("--task", default="quadrotor-hover")
+    bt.add_argument("--num-envs", type=int, default=512, help="per rank")
+    bt.add_argument("--nproc", type=int, default=2, help="ranks torchrun starts on this machine")
+    bt.add_argument("--device", default="cpu", help="cuda: a GPU per rank (nccl)")
+    bt.add_argument("--iterations", type=int, default=10, help="per run; the first is left out of the rate")
+    bt.add_argument("--repeats", type=int, default=3, help="alternate 1-rank / nproc-rank runs")
+    bt.add_argument("--json", help="also write the figures to this file")
+    bt.set_defaults(func=cmd_bench_train)
 
     bd = bsub.add_parser("deploy", help="ONNX inference, control-loop jitter and DDS latency of the robot-side runtime")
     bd.add_argument(

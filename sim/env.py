@@ -65,6 +65,9 @@ class BatchedEnv(ABC):
 
     def __init__(self, num_envs: int, device: str | torch.device, seed: int):
         self.num_envs = num_envs
+        # the envs whose episodes the curricula's statistics count: the runner multiplies it by the
+        # number of ranks in data-parallel training, where each rank's curricula see every rank's episodes
+        self.num_envs_total = num_envs
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
@@ -400,24 +403,25 @@ class BatchedEnv(ABC):
         return {k: v.clone() for k, v in state.items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        def sub(prefix):
-            return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-
         for name in ("action", "prev_action", "latency_steps", "params", "episode_step"):
             getattr(self, name).copy_(state[name])
         self._command_queue.copy_(state["command_queue"])
         self.nan_resets = int(state["nan_resets"])
         self.generator.set_state(state["generator"])
         self._episode_sums.copy_(state["episode_sums"])
-        self.policy_obs.load_state_dict(sub("policy_obs/"))
-        self.backend.load_state_dict(sub("backend/"))
-        for name, c in self.curricula.items():
-            c.load_state_dict(sub(f"curriculum/{name}/"))
+        self.policy_obs.load_state_dict(_under(state, "policy_obs/"))
+        self.backend.load_state_dict(_under(state, "backend/"))
+        self.load_curricula(state)
         for name, c in self.commands.items():
             c.value.copy_(state[f"command/{name}/value"])
             c.steps_since.copy_(state[f"command/{name}/steps_since"])
         self.apply_params(self.env_ids)
-        self._load_task_state(sub("task/"))
+        self._load_task_state(_under(state, "task/"))
+
+    def load_curricula(self, state: dict[str, torch.Tensor]) -> None:
+        """The curricula's levels and windows from a `state_dict` (also of another number of envs)."""
+        for name, c in self.curricula.items():
+            c.load_state_dict(_under(state, f"curriculum/{name}/"))
 
     @property
     def obs_dims(self) -> dict[str, int]:
@@ -429,3 +433,8 @@ class BatchedEnv(ABC):
 
     def close(self) -> None:  # noqa: B027 a hook: only backends with threads or devices hold anything
         """Release what the env holds."""
+
+
+def _under(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of `state` under `prefix`, without it."""
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

@@ -80,7 +80,8 @@ class MujocoCpuBackend:
         self.model: mujoco.MjModel = model if isinstance(model, mujoco.MjModel) else load_model(model)
         self.model.opt.disableflags |= mujoco.mjtDisableBit.mjDSBL_AUTORESET
         self.num_envs = num_envs
-        self.nthread = nthread or os.cpu_count() or 1
+        # torchrun's LOCAL_WORLD_SIZE: the training processes on this machine share its cores
+        self.nthread = nthread or max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         m = self.model
         self._datas = [mujoco.MjData(m) for _ in range(self.nthread)]
         # Model fields (friction, masses, armature) are randomized through a pool of model variants,

@@ -30,7 +30,7 @@ class Curriculum:
 class timeout_rate(Curriculum):
     """Up by `step` while at least `promote_timeout_rate` of the episodes run to the time limit, down
     (not below the start) while fewer than `demote_timeout_rate` do, over `window_fraction * num_envs`
-    episodes."""
+    episodes (num_envs of every rank, in data-parallel training)."""
 
     def __init__(
         self,
@@ -48,7 +48,7 @@ class timeout_rate(Curriculum):
     def update(self, stats: dict) -> None:
         self.window += torch.tensor([stats["end/timeout"] * stats["count"], stats["count"]], dtype=torch.float64)
         timeouts, count = self.window.tolist()
-        if count >= self.env.num_envs * self.window_fraction:
+        if count >= self.env.num_envs_total * self.window_fraction:
             rate = timeouts / count
             if rate >= self.promote:
                 self.level = min(1.0, self.level + self.step)
@@ -84,7 +84,7 @@ class reward_share(Curriculum):
             [stats[f"reward/{self.reward}"] * n, best, stats["end/timeout"] * n, n], dtype=torch.float64
         )
         earned, best, timeouts, count = self.window.tolist()
-        if count >= self.env.num_envs:
+        if count >= self.env.num_envs_total:
             if best > 0 and earned / best >= self.promote_share and timeouts / count >= self.promote_timeout_rate:
                 self.level = min(1.0, self.level + self.step)
             self.window.zero_()
