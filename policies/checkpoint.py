@@ -109,8 +109,15 @@ def _contents_problem(ckpt: dict) -> str | None:
         return f"'config' is not JSON ({e})"
     if not (isinstance(config, dict) and isinstance(config.get("train"), dict) and "task" in config):
         return "'config' lacks the training and task configs"
+    # PPO's optimizer state, or the off-policy learner's by name (actor, critic, alpha)
+    optimizer = ckpt["optimizer"]
+    by_name = {"": optimizer} if "state" in optimizer else {f"{n}/": o for n, o in optimizer.items()}
     moments = [
-        (f"optimizer state {i}/{k}", t) for i, s in ckpt["optimizer"].get("state", {}).items() for k, t in s.items()
+        (f"optimizer state {n}{i}/{k}", t)
+        for n, o in by_name.items()
+        if isinstance(o, dict)
+        for i, s in o.get("state", {}).items()
+        for k, t in s.items()
     ]
     for name, t in [*(("model " + k, t) for k, t in ckpt["model"].items()), *moments]:
         if not isinstance(t, torch.Tensor):

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from config import validate as C
 from deploy.onnx_policy import (
     CHECKPOINT_KEY,
     INPUT_NAME,
@@ -22,7 +23,8 @@ from deploy.onnx_policy import (
 )
 from deploy.spec import PolicySpec
 from policies.checkpoint import CheckpointError, atomic_write, load_checkpoint
-from policies.networks import ActorCritic, ExportedActor
+from policies.networks import ActorCritic, AsymmetricModel, ExportedActor
+from policies.sac import OffPolicyModel, SACCfg
 
 OPSET = 17
 PARITY_ATOL = 1e-5
@@ -36,30 +38,37 @@ class ExportError(RuntimeError):
     pass
 
 
-def model_from_checkpoint(ckpt: dict) -> tuple[ActorCritic, PolicySpec, dict]:
+def model_from_checkpoint(ckpt: dict) -> tuple[AsymmetricModel, PolicySpec, dict]:
     """The network a loaded checkpoint holds, built from its own config; CheckpointError if they disagree."""
     config = json.loads(ckpt["config"])
     spec = PolicySpec.from_json(ckpt["spec"])
     try:
-        ppo = config["train"]["ppo"]
         sd = ckpt["model"]
-        model = ActorCritic(
-            spec.obs_dim,
-            sd["critic_normalizer.mean"].shape[0],
-            spec.action_dim,
-            tuple(ppo["actor_hidden"]),
-            tuple(ppo["critic_hidden"]),
-            ppo["activation"],
-            ppo["init_std"],
-        )
+        critic_obs_dim = sd["critic_normalizer.mean"].shape[0]
+        algo = config["train"].get("algo", "ppo")  # checkpoints older than the off-policy learner: PPO
+        model: AsymmetricModel
+        if algo == "ppo":
+            ppo = config["train"]["ppo"]
+            model = ActorCritic(
+                spec.obs_dim,
+                critic_obs_dim,
+                spec.action_dim,
+                tuple(ppo["actor_hidden"]),
+                tuple(ppo["critic_hidden"]),
+                ppo["activation"],
+                ppo["init_std"],
+            )
+        else:
+            sac = C.from_dict(SACCfg, config["train"]["sac"])
+            model = OffPolicyModel(spec.obs_dim, critic_obs_dim, spec.action_dim, spec.action.clip, algo, sac)
         model.load_state_dict(sd)
-    except (KeyError, RuntimeError) as e:
+    except (KeyError, RuntimeError, C.ConfigError) as e:
         raise CheckpointError(f"its weights do not match the network its config describes ({e})") from e
     return model.eval(), spec, config
 
 
 def export_onnx(
-    model: ActorCritic,
+    model: AsymmetricModel,
     spec: PolicySpec,
     out_path: str | Path,
     parity_obs: np.ndarray | None = None,
@@ -124,7 +133,7 @@ def export_onnx(
 
 
 def rollout_observations(
-    model: ActorCritic, task: str, task_cfg, steps: int = 100, num_envs: int = 32, seed: int = 123
+    model: AsymmetricModel, task: str, task_cfg, steps: int = 100, num_envs: int = 32, seed: int = 123
 ) -> np.ndarray:
     """Policy observations from a short rollout of the deterministic policy in the training env."""
     from sim.tasks import make_env
@@ -176,7 +185,6 @@ def export_warning(ckpt_path: Path, ckpt: dict) -> str | None:
 def export_checkpoint(ckpt_path: str | Path, out_path: str | Path | None = None) -> tuple[Path, dict]:
     """Export a checkpoint's actor beside it (or to `out_path`). Where it came from goes into the ONNX
     metadata, with export_warning's text if any (the command line prints it)."""
-    from config import validate as C
     from sim.tasks import task_entry
 
     ckpt_path = Path(ckpt_path)

@@ -86,7 +86,31 @@ def mlp(in_dim: int, hidden: tuple[int, ...], out_dim: int, activation: str) -> 
     return nn.Sequential(*layers)
 
 
-class ActorCritic(nn.Module):
+class AsymmetricModel(nn.Module):
+    """What every learner's model shares: a normalizer per observation group, and the `actor` that ships
+    (`normalized policy obs -> the deterministic action`, what ExportedActor exports)."""
+
+    actor: nn.Module
+
+    def __init__(self, policy_obs_dim: int, critic_obs_dim: int):
+        super().__init__()
+        self.policy_normalizer = EmpiricalNormalization(policy_obs_dim)
+        self.critic_normalizer = EmpiricalNormalization(critic_obs_dim)
+
+    def action_mean(self, policy_obs: torch.Tensor) -> torch.Tensor:
+        """The deterministic action: what the exported policy computes."""
+        return self.actor(self.policy_normalizer(policy_obs))
+
+    def update_normalizers(self, obs: dict[str, torch.Tensor], ranks: Ranks) -> None:
+        """Both normalizers take the batch (every rank's, averaged in one collective)."""
+        moments = [*self.policy_normalizer.moments(obs["policy"]), *self.critic_normalizer.moments(obs["critic"])]
+        ranks.mean_(moments, "the observation normalizers' update")
+        n = obs["policy"].shape[0] * ranks.world_size
+        self.policy_normalizer.merge(n, *moments[:2])
+        self.critic_normalizer.merge(n, *moments[2:])
+
+
+class ActorCritic(AsymmetricModel):
     """Separate actor (policy obs) and critic (critic obs) MLPs; Gaussian policy, state-independent std."""
 
     def __init__(
@@ -99,9 +123,7 @@ class ActorCritic(nn.Module):
         activation: str = "silu",
         init_std: float = 0.3,
     ):
-        super().__init__()
-        self.policy_normalizer = EmpiricalNormalization(policy_obs_dim)
-        self.critic_normalizer = EmpiricalNormalization(critic_obs_dim)
+        super().__init__(policy_obs_dim, critic_obs_dim)
         self.actor = mlp(policy_obs_dim, actor_hidden, action_dim, activation)
         self.critic = mlp(critic_obs_dim, critic_hidden, 1, activation)
         self.log_std = nn.Parameter(torch.full((action_dim,), float(init_std)).log())
@@ -110,28 +132,17 @@ class ActorCritic(nn.Module):
         nn.init.uniform_(head.weight, -1e-3, 1e-3)
         nn.init.zeros_(head.bias)
 
-    def action_mean(self, policy_obs: torch.Tensor) -> torch.Tensor:
-        return self.actor(self.policy_normalizer(policy_obs))
-
     def value(self, critic_obs: torch.Tensor) -> torch.Tensor:
         return self.critic(self.critic_normalizer(critic_obs)).squeeze(-1)
 
     def distribution(self, policy_obs: torch.Tensor) -> DiagonalGaussian:
         return DiagonalGaussian(self.action_mean(policy_obs), self.log_std)
 
-    def update_normalizers(self, obs: dict[str, torch.Tensor], ranks: Ranks) -> None:
-        """Both normalizers take the batch (every rank's, averaged in one collective)."""
-        moments = [*self.policy_normalizer.moments(obs["policy"]), *self.critic_normalizer.moments(obs["critic"])]
-        ranks.mean_(moments, "the observation normalizers' update")
-        n = obs["policy"].shape[0] * ranks.world_size
-        self.policy_normalizer.merge(n, *moments[:2])
-        self.critic_normalizer.merge(n, *moments[2:])
-
 
 class ExportedActor(nn.Module):
     """What ships to the robot: normalizer + actor, `obs (batch, obs_dim) -> action (batch, action_dim)`."""
 
-    def __init__(self, model: ActorCritic):
+    def __init__(self, model: AsymmetricModel):
         super().__init__()
         self.normalizer = model.policy_normalizer
         self.actor = model.actor

@@ -575,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a policy headless, then export it to ONNX",
         epilog="Any config field is set by its dotted name: --num-envs N, --max-iterations N, --seed S, "
         "--device cuda:0, --time-limit-s S (stop after S seconds of training), --ppo.num-steps 32, "
+        "--algo ppo|sac|td3 (the learner; SAC's and TD3's settings: --sac.FIELD), "
         "--task.rewards.tilt.weight -0.2, --task.events.mass.params.scale 0.8 1.2. "
         "All of them, typed, with defaults: s2r train --task T --fields",
     )

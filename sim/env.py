@@ -84,6 +84,9 @@ class BatchedEnv(ABC):
         self.force_scale = torch.ones(num_envs, 1, device=self.device)  # on forces the env applies (events.mass_scale)
         self.nan_resets = 0  # envs reset because the physics produced NaN/inf
         self.record_metrics = False  # evaluation sets it: extras["metrics"] every step
+        # An off-policy learner sets it: extras["final_obs"] on steps where an episode hits its time limit
+        # (the learner bootstraps from where the episode was cut, not from the next episode's start).
+        self.keep_final_obs = False
         # Called before each physics step with the command about to be applied; returns the command to
         # apply. A simulated robot swaps in the newest command there, paces real time and publishes
         # its sensors at the physics rate. Training leaves it None.
@@ -323,11 +326,24 @@ class BatchedEnv(ABC):
         done_ids = (terminated | truncated).nonzero().squeeze(-1)
         if self.record_metrics:
             extras["reasons"] = reasons
+        final_obs = self._final_observations() if self.keep_final_obs and bool(truncated.any()) else None
         if done_ids.numel():
             extras["episode"] = self._episode_stats(done_ids, reasons, truncated)
             self.nan_resets += int(reasons["nan"].sum())
             self._reset(done_ids)
-        return self._observations(), reward, terminated, truncated, extras
+        obs = self._observations()
+        if final_obs is not None:
+            # the observation each env's action led to: before the reset where the time limit cut an episode
+            extras["final_obs"] = {k: torch.where(truncated[:, None], final_obs[k], v) for k, v in obs.items()}
+        return obs, reward, terminated, truncated, extras
+
+    def _final_observations(self) -> dict[str, torch.Tensor]:
+        """The observations of the current state, leaving the policy's history as it was (the step's own
+        observations, after the resets, advance it)."""
+        history = {k: v.clone() for k, v in self.policy_obs.state_dict().items()}
+        obs = self._observations()
+        self.policy_obs.load_state_dict(history)
+        return obs
 
     def _reset(self, env_ids: torch.Tensor) -> None:
         self._randomize(env_ids)
