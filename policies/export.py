@@ -23,8 +23,10 @@ from deploy.onnx_policy import (
 )
 from deploy.spec import PolicySpec
 from policies.checkpoint import CheckpointError, atomic_write, load_checkpoint
-from policies.networks import ActorCritic, AsymmetricModel, ExportedActor
-from policies.sac import OffPolicyModel, SACCfg
+from policies.models import build_model
+from policies.networks import AsymmetricModel, ExportedActor
+from policies.ppo import PPOCfg
+from policies.sac import SACCfg
 
 OPSET = 17
 PARITY_ATOL = 1e-5
@@ -45,22 +47,16 @@ def model_from_checkpoint(ckpt: dict) -> tuple[AsymmetricModel, PolicySpec, dict
     try:
         sd = ckpt["model"]
         critic_obs_dim = sd["critic_normalizer.mean"].shape[0]
-        algo = config["train"].get("algo", "ppo")  # checkpoints older than the off-policy learner: PPO
-        model: AsymmetricModel
-        if algo == "ppo":
-            ppo = config["train"]["ppo"]
-            model = ActorCritic(
-                spec.obs_dim,
-                critic_obs_dim,
-                spec.action_dim,
-                tuple(ppo["actor_hidden"]),
-                tuple(ppo["critic_hidden"]),
-                ppo["activation"],
-                ppo["init_std"],
-            )
-        else:
-            sac = C.from_dict(SACCfg, config["train"]["sac"])
-            model = OffPolicyModel(spec.obs_dim, critic_obs_dim, spec.action_dim, spec.action.clip, algo, sac)
+        train = config["train"]
+        model = build_model(
+            train.get("algo", "ppo"),  # checkpoints older than the off-policy learner: PPO
+            C.from_dict(PPOCfg, train["ppo"]),
+            C.from_dict(SACCfg, train.get("sac", {})),
+            spec.obs_dim,
+            critic_obs_dim,
+            spec.action_dim,
+            spec.action.clip,
+        )
         model.load_state_dict(sd)
     except (KeyError, RuntimeError, C.ConfigError) as e:
         raise CheckpointError(f"its weights do not match the network its config describes ({e})") from e

@@ -19,6 +19,7 @@ import torch
 from config import validate as C
 from policies.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from policies.distributed import DistCfg, Ranks
+from policies.models import build_model
 from policies.networks import ActorCritic
 from policies.ppo import PPO, PPOCfg
 from policies.sac import OffPolicy, OffPolicyModel, ReplayBuffer, SACCfg, check_sac_cfg
@@ -118,25 +119,23 @@ class Runner:
         dims, action_dim = self.env.obs_dims, self.env.spec.action_dim
         self.generator = torch.Generator(device=self.device)  # the learner's (its state: rng/ppo in checkpoints)
         self.generator.manual_seed(ppo_seed)
-        self.model: ActorCritic | OffPolicyModel
         self.learner: PPO | OffPolicy
-        if cfg.algo == "ppo":
+        model = build_model(
+            cfg.algo, cfg.ppo, cfg.sac, dims["policy"], dims["critic"], action_dim, self.env.spec.action.clip
+        ).to(self.device)
+        if isinstance(model, ActorCritic):
             p = cfg.ppo
-            self.model = ActorCritic(
-                dims["policy"], dims["critic"], action_dim, p.actor_hidden, p.critic_hidden, p.activation, p.init_std
-            ).to(self.device)
             storage = RolloutStorage(p.num_steps, cfg.num_envs, dims, action_dim, self.device)
-            self.learner = PPO(self.model, storage, p, self.generator, ranks)
+            self.learner = PPO(model, storage, p, self.generator, ranks)
             self.num_steps = p.num_steps
         else:
+            assert isinstance(model, OffPolicyModel)
             s = cfg.sac
-            self.model = OffPolicyModel(
-                dims["policy"], dims["critic"], action_dim, self.env.spec.action.clip, cfg.algo, s
-            ).to(self.device)
             buffer = ReplayBuffer(s.buffer_size, dims, action_dim, self.device)
-            self.learner = OffPolicy(self.model, buffer, s, self.generator, ranks)
+            self.learner = OffPolicy(model, buffer, s, self.generator, ranks)
             self.num_steps = s.num_steps
             self.env.keep_final_obs = True  # to bootstrap from where the time limit cut an episode
+        self.model: ActorCritic | OffPolicyModel = model
         self.iteration = 0
         self.obs = None  # the envs' current observations, between iterations
         self.env_steps = 0
