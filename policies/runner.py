@@ -3,7 +3,6 @@ top to bottom."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -24,7 +23,8 @@ from policies.networks import ActorCritic
 from policies.ppo import PPO, PPOCfg
 from policies.sac import OffPolicy, OffPolicyModel, ReplayBuffer, SACCfg, check_sac_cfg
 from policies.storage import RolloutStorage
-from sim.env import one_torch_thread
+from policies.threads import UpdateThreads
+from sim.env import one_torch_thread, torch_threads
 from sim.tasks import make_env, task_entry
 
 ALGOS = ("ppo", "sac", "td3")
@@ -43,6 +43,8 @@ class TrainCfg:
     save_interval: int = field(default=50, metadata=C.positive())  # iterations between numbered checkpoints
     # seconds of training between checkpoints (model_last.pt), so a kill loses at most this much
     checkpoint_interval_s: float = field(default=60.0, metadata=C.positive())
+    # torch threads of the update: 0 = the faster of one and all, timed as it trains (policies/threads.py)
+    update_threads: int = field(default=0, metadata=C.nonnegative())
     algo: str = field(default="ppo", metadata={"check": (lambda v: v in ALGOS, f"must be one of {', '.join(ALGOS)}")})
     ppo: PPOCfg = PPOCfg()
     sac: SACCfg = SACCfg()  # SAC's and TD3's settings
@@ -218,6 +220,7 @@ class Runner:
         start = time.perf_counter() - self.elapsed_s
         saved_at_s = self.elapsed_s  # training time of the last checkpoint
         obs = self.obs if self.obs is not None else env.reset()
+        update_threads = UpdateThreads(cfg.update_threads)
         stop = ""  # why the loop stops early: interrupted, time_limit
         try:
             while self.iteration < cfg.max_iterations and not stop:
@@ -239,10 +242,10 @@ class Runner:
 
                 ranks.phase = f"iteration {self.iteration + 1}, updating"
                 self.model.train()
-                # The off-policy updates' small batches run faster on one thread, and far faster on a busy
-                # machine (measured 2026-12-06: 33 ms against 1.1 s per SAC update beside another process)
-                with one_torch_thread() if isinstance(learner, OffPolicy) else contextlib.nullcontext():
+                t_update = time.perf_counter()
+                with torch_threads(update_threads.next()):
                     stats = learner.update()
+                update_threads.record(time.perf_counter() - t_update)
                 self.iteration += 1
                 samples = cfg.num_envs * self.num_steps * ranks.world_size
                 self.env_steps += samples
@@ -273,6 +276,7 @@ class Runner:
                     "steps_per_s": round(samples / iter_s),
                     "collect_s": round(collect_s, 4),
                     "update_s": round(iter_s - collect_s, 4),
+                    "update_threads": update_threads.current,
                     **{f"episode/{k}": v for k, v in ep.items()},
                     **stats,
                     **env_stats,

@@ -38,15 +38,20 @@ if TYPE_CHECKING:
 
 
 @contextmanager
-def one_torch_thread():
-    """Step envs with one torch thread: their tensors are small, so one thread is fastest and leaves
-    the cores to MuJoCo's threads. Training collects, evaluation and the sim benchmark all step so."""
+def torch_threads(n: int):
+    """Run the block on `n` torch threads, then restore the count."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def one_torch_thread():
+    """Step envs with one torch thread: their tensors are small, so one thread is fastest and leaves
+    the cores to MuJoCo's threads. Training collects, evaluation and the sim benchmark all step so."""
+    return torch_threads(1)
 
 
 class BatchedEnv(ABC):

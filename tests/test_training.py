@@ -13,6 +13,7 @@ from deploy.spec import SpecError
 from policies.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from policies.export import WARNING_KEY, ExportError, export_checkpoint, export_onnx, model_from_checkpoint
 from policies.runner import Runner, TrainCfg
+from policies.threads import UpdateThreads
 from sim.evaluate import evaluate
 from sim.tasks import default_cfg
 
@@ -59,6 +60,46 @@ def test_resume_continues_exactly(tmp_path):
         assert torch.equal(a[k], b[k]), k
     straight.env.close()
     resumed.env.close()
+
+
+def test_the_update_gives_the_same_weights_on_one_thread_or_all(tmp_path):
+    """The runner picks the update's thread count by timing it (policies/threads.py): the choice must not
+    change what is learned. The walk task's networks, on hover's env (cheaper to build)."""
+    weights = []
+    for threads in (1, 2):
+        cfg = TrainCfg(**{**SMALL, "max_iterations": 2, "num_envs": 256, "update_threads": threads})
+        for key, value in (("num_steps", 8), ("actor_hidden", (128, 128, 128)), ("critic_hidden", (256, 128, 128))):
+            cfg = override(cfg, f"ppo.{key}", value)
+        r = Runner(cfg, default_cfg(cfg.task), tmp_path / f"threads{threads}")
+        r.learn(progress=False)
+        r.env.close()
+        weights.append(r.model.state_dict())
+        rows = list(csv.DictReader((tmp_path / f"threads{threads}" / "metrics.csv").open()))
+        assert [row["update_threads"] for row in rows] == [str(threads)] * 2
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
+
+
+def test_the_faster_thread_count_is_kept_and_the_slower_retimed_at_growing_intervals():
+    choice = UpdateThreads(0)
+    cores = choice.candidates[-1]
+    if cores == 1:
+        pytest.skip("one core: nothing to choose")
+    seconds = {1: 1.0, cores: 2.0}  # one thread is faster
+    picked = []
+    for _ in range(40):
+        picked.append(choice.next())
+        choice.record(seconds[choice.current])
+    assert picked[:2] == [1, cores]  # each timed once
+    retimed = [i for i, n in enumerate(picked) if n == cores][1:]
+    gaps = np.diff(retimed).tolist()
+    assert gaps == sorted(gaps) and gaps[-1] > gaps[0], picked  # ever rarer
+    seconds = {1: 3.0, cores: 2.0}  # the machine changed: one thread became slower
+    picked = []
+    for _ in range(10):
+        picked.append(choice.next())
+        choice.record(seconds[choice.current])
+    assert picked[-5:] == [cores] * 5, picked
 
 
 def test_resume_with_another_env_count_starts_fresh_episodes(tmp_path):
