@@ -43,8 +43,7 @@ class TrainCfg:
     save_interval: int = field(default=50, metadata=C.positive())  # iterations between numbered checkpoints
     # seconds of training between checkpoints (model_last.pt), so a kill loses at most this much
     checkpoint_interval_s: float = field(default=60.0, metadata=C.positive())
-    # torch threads of the update: 0 = the faster of one and all, timed as it trains (policies/threads.py)
-    update_threads: int = field(default=0, metadata=C.nonnegative())
+    update_threads: int = field(default=0, metadata=C.nonnegative())  # 0: timed while training (policies/threads.py)
     algo: str = field(default="ppo", metadata={"check": (lambda v: v in ALGOS, f"must be one of {', '.join(ALGOS)}")})
     ppo: PPOCfg = PPOCfg()
     sac: SACCfg = SACCfg()  # SAC's and TD3's settings
