@@ -1,7 +1,7 @@
 """Sim-in-the-loop through ROS 2: sim_robot_node and policy_node as separate processes, started with
-the arguments deploy.launch.py gives them, talking over Fast DDS, three robots at a time. Each shipped policy does its task
-through the whole robot-side stack and scores as `s2r eval` does on the same policy, within the spread
-of the few episodes the test can afford, with the CPU saturated: two CPU-bound processes per core at
+the arguments deploy.launch.py gives them, talking over Fast DDS, three robots at a time. Each shipped
+policy does its task through the whole robot-side stack and scores as `s2r eval` does on the same policy,
+within the spread of the few episodes the test can afford, with the CPU saturated: two CPU-bound processes per core at
 normal priority run beside the nodes (issue 14), as perception and logging do on a robot's computer. The
 nodes hold real time by running real-time (SCHED_FIFO); where the system does not permit it, the test runs
 on a quiet machine and says so."""
