@@ -24,6 +24,7 @@ from policies.ppo import PPO, PPOCfg
 from policies.sac import OffPolicy, OffPolicyModel, ReplayBuffer, SACCfg, check_sac_cfg
 from policies.storage import RolloutStorage
 from policies.threads import UpdateThreads
+from sim.backends import BACKEND_NAMES, check_backend_name
 from sim.env import one_torch_thread, torch_threads
 from sim.tasks import make_env, task_entry
 
@@ -36,6 +37,10 @@ class TrainCfg:
     num_envs: int = field(default=512, metadata=C.positive())
     seed: int = 0
     device: str = "cpu"
+    # the physics (sim.backends): cpu (native MuJoCo), warp (MuJoCo Warp), auto (warp where torch sees CUDA)
+    backend: str = field(
+        default="auto", metadata={"check": (check_backend_name, f"must be one of {', '.join(BACKEND_NAMES)}")}
+    )
     max_iterations: int = field(default=150, metadata=C.positive())
     time_limit_s: float | None = field(
         default=None, metadata={"check": (lambda v: v is None or v > 0, "must be > 0 (or unset: no limit)")}
@@ -115,6 +120,7 @@ class Runner:
             task_cfg,
             device=self.device,
             seed=env_seed,
+            backend=cfg.backend,
         )
         self.env.num_envs_total = cfg.num_envs * ranks.world_size  # the curricula count every rank's episodes
         dims, action_dim = self.env.obs_dims, self.env.spec.action_dim

@@ -182,7 +182,7 @@ def cmd_eval(args) -> None:
         path = path / "policy.onnx"
     if not path.is_file():
         raise PolicyLoadError(f"no exported policy at {path} (run `s2r export RUN_DIR` first)")
-    result = evaluate(path, episodes=args.episodes, seed=args.seed)
+    result = evaluate(path, episodes=args.episodes, seed=args.seed, backend=args.backend)
     out = Path(args.out) if args.out else path.parent / "eval.json"
     write_eval(result, out)
     print(f"{result['task']}: {result['episodes']} episodes under domain randomization, policy {path}")
@@ -201,47 +201,117 @@ def cmd_eval(args) -> None:
 def cmd_bench(args) -> None:
     from sim.bench import bench_sim
 
-    r = bench_sim(args.task, args.num_envs, steps=args.steps, repeats=args.repeats, robot=args.robot)
+    r = bench_sim(
+        args.task, args.num_envs, steps=args.steps, repeats=args.repeats, robot=args.robot, backend=args.backend
+    )
+    warp = r["backend"] == "warp"
+    where = f"MuJoCo Warp on {r['device']}" if warp else f"{r['threads']} MuJoCo threads"
     print(
-        f"s2r bench sim --task {r['task']} --robot {r['robot']} --num-envs {r['num_envs']}  "
-        f"({r['threads']} MuJoCo threads)"
+        f"s2r bench sim --task {r['task']} --robot {r['robot']} --num-envs {r['num_envs']} --backend {r['backend']}  "
+        f"({where})"
     )
     print(
         f"  training env             {r['env_steps_per_s']:12,.0f} env steps/s "
         f"({r['env_physics_steps_per_s']:,.0f} physics steps/s)"
     )
-    print(
-        f"  raw mj_step ceiling      {r['mj_step_ceiling_per_s']:12,.0f} physics steps/s "
-        "(mujoco.rollout: the env's worlds, threads, no task code)"
-    )
+    if warp:
+        print(
+            f"  raw mjw.step ceiling     {r['mj_step_ceiling_per_s']:12,.0f} physics steps/s "
+            "(MuJoCo Warp's step on the env's worlds, one CUDA graph on a GPU, no task code)"
+        )
+    else:
+        print(
+            f"  raw mj_step ceiling      {r['mj_step_ceiling_per_s']:12,.0f} physics steps/s "
+            "(mujoco.rollout: the env's worlds, threads, no task code)"
+        )
     print(
         f"  ratio env / ceiling      {r['ratio']:12.2f}  (median of {args.repeats} alternate timings; "
         f"range {r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f})"
     )
-    print(
-        f"  python thread pool       {r['python_thread_pool_mj_step_per_s']:12,.0f} physics steps/s "
-        "(mj_step per env per call; not used)"
-    )
+    if not warp:
+        print(
+            f"  python thread pool       {r['python_thread_pool_mj_step_per_s']:12,.0f} physics steps/s "
+            "(mj_step per env per call; not used)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2))
 
 
+# `s2r bench train`'s options of one mode only, None unless given: --nproc selects the ranks mode
+RANKS_OPTIONS = ("iterations", "repeats")
+LEARNERS_OPTIONS = ("algos", "time_budget_s", "eval_every", "episodes", "seed", "backend", "run_dir")
+
+
 def cmd_bench_train(args) -> None:
+    from config.validate import ConfigError
     from policies.bench import bench_train
 
-    r = bench_train(args.task, args.num_envs, args.nproc, args.iterations, args.repeats, args.device)
+    ranks = args.nproc is not None
+    wrong = [
+        f"--{k.replace('_', '-')}" for k in (LEARNERS_OPTIONS if ranks else RANKS_OPTIONS) if vars(args)[k] is not None
+    ]
+    if wrong:
+        mode = "with --nproc (ranks)" if ranks else "without --nproc (learners)"
+        raise ConfigError(f"{', '.join(wrong)}: not an option of s2r bench train {mode}")
+    if not ranks:
+        return _bench_learners(args)
+    given = {k: vars(args)[k] for k in ("num_envs", *RANKS_OPTIONS) if vars(args)[k] is not None}
+    r = bench_train(args.task, nproc=args.nproc, device=args.device, **given)
     print(
         f"s2r bench train --task {r['task']} --num-envs {r['num_envs_per_rank']} --nproc {r['nproc']} "
         f"--device {r['device']}  "
-        f"({r['num_envs_per_rank']} envs per rank, {r['iterations']} iterations, {args.repeats} alternate pairs)"
+        f"({r['num_envs_per_rank']} envs per rank, {r['iterations']} iterations, {r['repeats']} alternate pairs)"
     )
     for k, rates in r["samples_per_s"].items():
         label = "1 rank (s2r train)" if k == "1" else f"{k} ranks (torchrun)"
         print(f"  {label:26s} {statistics.median(rates):12,.0f} samples/s (env steps of all ranks)")
     print(
-        f"  ratio {r['nproc']} ranks / 1 rank    {r['ratio']:12.2f}  (median of {args.repeats}; "
+        f"  ratio {r['nproc']} ranks / 1 rank    {r['ratio']:12.2f}  (median of {r['repeats']}; "
         f"range {r['ratio_range'][0]:.2f}-{r['ratio_range'][1]:.2f})"
     )
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2))
+
+
+def _bench_learners(args) -> None:
+    """`s2r bench train` without --nproc: each learner's training time to the task's success bar."""
+    from policies.bench import LearnersBenchCfg, bench_learners
+
+    given = {k: vars(args)[k] for k in ("task", "num_envs", "device", *LEARNERS_OPTIONS) if vars(args)[k] is not None}
+    r = bench_learners(LearnersBenchCfg(**{**given, "algos": tuple(given.get("algos", LearnersBenchCfg.algos))}))
+    before, after = r["ceiling_before"], r["ceiling_after"]
+    print(
+        f"s2r bench train --task {r['task']} --algos {' '.join(r['algos'])} --time-budget-s {r['time_budget_s']:g} "
+        f"--num-envs {r['num_envs']} --episodes {r['episodes']} --seed {r['seed']} --device {r['device']} "
+        f"--backend {after['backend']}"
+    )
+    ceiling = r["goal_ceiling_per_s"]
+    goal = f"{r['goal_s']:g} s" + (f" at a {ceiling:,.0f} physics steps/s ceiling" if ceiling else "")
+    print(f"  bar: {r['bar']} on {r['episodes']} episodes (s2r eval); issue 17's goal: within {goal}")
+    print(
+        f"  MuJoCo ceiling (s2r bench sim, {before['num_envs']} envs, {before['backend']}): "
+        f"{before['mj_step_ceiling_per_s']:,.0f} physics steps/s before the runs, "
+        f"{after['mj_step_ceiling_per_s']:,.0f} after"
+    )
+    scaled = r["scale_to_goal_ceiling"] is not None
+    at_goal = f"at {ceiling / 1000:,.0f} k ceiling" if scaled else ""
+    print(f"  {'learner':8s} {'time to bar':22s} {at_goal:18s} {'iteration':>9s} {'env steps':>11s}  figures")
+    for algo, x in r["learners"].items():
+        at = x["at"]
+        figures = " ".join(f"{b} {at[b]:.3f}" for b in r["bar_metrics"])
+        if x["met"]:
+            when = f"{at['time_s']:.1f} s"
+            scaled_s = "{:.1f}-{:.1f} s".format(*sorted(x["time_s_at_goal_ceiling"])) if scaled else ""
+        else:
+            when, scaled_s = f"not within {r['time_budget_s']:g} s", "-" if scaled else ""
+            figures = f"best: {figures} at {at['time_s']:.1f} s"
+        print(f"  {algo:8s} {when:22s} {scaled_s:18s} {at['iteration']:9d} {at['env_steps']:11,d}  {figures}")
+    for algo, x in r["learners"].items():
+        print(
+            f"  {algo}: trained {x['trained_iterations']} iterations, {x['trained_env_steps']:,} env steps in "
+            f"{x['trained_s']:.1f} s ({x['run_wall_s']:.1f} s with start-up); checkpoints every "
+            f"{r['eval_every'][algo]} iterations, {len(x['evaluated'])} evaluated in {x['eval_wall_s']:.1f} s"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2))
 
@@ -467,7 +537,8 @@ def cmd_tasks(args) -> None:
     from sim.tasks import TASKS
 
     for name in sorted(TASKS):
-        print(f"{name:18s} robot kind: {TASKS[name].kind:10s} default robot: {TASKS[name].cfg().robot}")
+        entry = TASKS[name]
+        print(f"{name:18s} robot kind: {entry.kind:10s} default robot: {entry.cfg().robot:10s} bar: {entry.bar}")
         if args.terms:
             cfg = TASKS[name].cfg()
             for group in ("rewards", "terminations", "events", "commands", "curricula"):
@@ -566,6 +637,15 @@ def cmd_hw_scan(args) -> None:
         print(sentence)
 
 
+def _add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """`--backend`, checked by sim.backends when the env is built (importing it here would slow every command)."""
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="the physics: cpu (native MuJoCo), warp (MuJoCo Warp), auto (warp where torch sees CUDA, else cpu)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="s2r", description="sim-to-real robot control")
     sub = p.add_subparsers(dest="command", required=True)
@@ -574,7 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a policy headless, then export it to ONNX",
         epilog="Any config field is set by its dotted name: --num-envs N, --max-iterations N, --seed S, "
-        "--device cuda:0, --time-limit-s S (stop after S seconds of training), --ppo.num-steps 32, "
+        "--device cuda:0, --backend cpu|warp|auto (the physics: native MuJoCo, MuJoCo Warp, or warp where CUDA is), "
+        "--time-limit-s S (stop after S seconds of training), --ppo.num-steps 32, "
         "--algo ppo|sac|td3 (the learner; SAC's and TD3's settings: --sac.FIELD), "
         "--task.rewards.tilt.weight -0.2, --task.events.mass.params.scale 0.8 1.2. "
         "All of them, typed, with defaults: s2r train --task T --fields",
@@ -606,30 +687,48 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="default: eval.json beside the policy")
     v.add_argument("--video", help="also render one rollout offscreen to this .mp4 or .gif")
     v.add_argument("--video-seconds", type=float, default=10.0)
+    _add_backend_argument(v)
     v.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="benchmarks")
     bsub = b.add_subparsers(dest="bench", required=True)
-    bs = bsub.add_parser("sim", help="training-env steps/s against the raw mj_step ceiling")
+    bs = bsub.add_parser("sim", help="training-env steps/s against the raw physics step ceiling (mj_step or mjw.step)")
     bs.add_argument("--task", default="quadrotor-hover")
     bs.add_argument("--robot", help="built-in robot name or robot YAML path; default: the task's own")
     bs.add_argument("--num-envs", type=int, default=4096)
     bs.add_argument("--steps", type=int, default=100, help="physics steps per env in each timing")
     bs.add_argument("--repeats", type=int, default=7, help="alternate env / ceiling timings")
     bs.add_argument("--json", help="also write the figures to this file")
+    _add_backend_argument(bs)
     bs.set_defaults(func=cmd_bench)
 
     bt = bsub.add_parser(
-        "train", help="training samples/s of 1 rank against --nproc ranks under torchrun, same envs per rank"
+        "train",
+        help="each learner's training time to the task's success bar beside the MuJoCo ceiling; with --nproc K: "
+        "training samples/s of 1 rank against K ranks under torchrun",
+        epilog="Learners mode (no --nproc): s2r train --algo A --time-limit-s S per learner, then its checkpoints "
+        "exported and evaluated in order until one meets the task's bar (s2r tasks lists them); the time to it is "
+        "that iteration's training time_s in metrics.csv. Ranks mode: --nproc, --iterations, --repeats.",
     )
     bt.add_argument("--task", default="quadrotor-hover")
-    bt.add_argument("--num-envs", type=int, default=512, help="per rank")
-    bt.add_argument("--nproc", type=int, default=2, help="ranks torchrun starts on this machine")
+    bt.add_argument("--num-envs", type=int, help="learners: default the task's; ranks: per rank, default 512")
     bt.add_argument("--device", default="cpu", help="cuda: a GPU per rank (nccl)")
-    bt.add_argument("--iterations", type=int, default=10, help="per run; the first is left out of the rate")
-    bt.add_argument("--repeats", type=int, default=3, help="alternate 1-rank / nproc-rank runs")
+    bt.add_argument("--algos", nargs="+", help="learners, in order (default: ppo td3 sac)")
+    bt.add_argument("--time-budget-s", type=float, help="training seconds per learner (default 300)")
+    bt.add_argument(
+        "--eval-every",
+        type=int,
+        help="iterations between evaluated checkpoints (default: ppo 25, td3 and sac 250)",
+    )
+    bt.add_argument("--episodes", type=int, help="evaluation episodes per checkpoint (default 200)")
+    bt.add_argument("--seed", type=int, help="training seed (default 0)")
+    bt.add_argument("--run-dir", help="keep each learner's run (checkpoints, metrics.csv) in RUN_DIR/ALGO")
+    _add_backend_argument(bt)
+    bt.add_argument("--nproc", type=int, help="ranks mode: ranks torchrun starts on this machine, e.g. 2")
+    bt.add_argument("--iterations", type=int, help="ranks mode: per run, the first left out of the rate (default 10)")
+    bt.add_argument("--repeats", type=int, help="ranks mode: alternate 1-rank / nproc-rank runs (default 3)")
     bt.add_argument("--json", help="also write the figures to this file")
-    bt.set_defaults(func=cmd_bench_train)
+    bt.set_defaults(func=cmd_bench_train, backend=None)
 
     bd = bsub.add_parser("deploy", help="ONNX inference, control-loop jitter and DDS latency of the robot-side runtime")
     bd.add_argument(

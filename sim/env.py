@@ -35,6 +35,7 @@ from sim.terms.terminations import TERMINATIONS
 
 if TYPE_CHECKING:
     from sim.backends.mujoco_cpu import MujocoCpuBackend
+    from sim.backends.mujoco_warp import MujocoWarpBackend
 
 
 @contextmanager
@@ -63,7 +64,7 @@ class BatchedEnv(ABC):
 
     cfg: Any  # the task's config: its terms (rewards, terminations, events, curricula, critic) and noise
     spec: PolicySpec
-    backend: MujocoCpuBackend  # the task's physics (sim.backends), set before BatchedEnv.__init__
+    backend: MujocoCpuBackend | MujocoWarpBackend  # the task's physics (sim.backends), set before BatchedEnv.__init__
     max_episode_steps: int
     decimation: int = 1  # physics steps per control step
     curriculum_levels: tuple[str, ...] = ()  # the curriculum levels the task reads (`level(name)`)

@@ -33,11 +33,12 @@ def load_policy(policy_path: str | Path, task_cfg=None):
     return policy, cfg
 
 
-def evaluate(policy_path: str | Path, episodes: int = 200, seed: int = 1, task_cfg=None) -> dict:
+def evaluate(policy_path: str | Path, episodes: int = 200, seed: int = 1, task_cfg=None, backend: str = "cpu") -> dict:
+    """`backend`: the physics (sim.backends: cpu, warp or auto)."""
     policy, cfg = load_policy(policy_path, task_cfg)
     task = policy.spec.task
     with one_torch_thread():
-        return _run_episodes(policy, task, cfg, episodes, seed, policy_path)
+        return _run_episodes(policy, task, cfg, episodes, seed, policy_path, backend)
 
 
 class EpisodeRecorder:
@@ -97,8 +98,8 @@ class EpisodeRecorder:
         return {**self.summarize(crashed=crashed, **series), "terminations": self.reasons_count}
 
 
-def _run_episodes(policy: OnnxPolicy, task: str, cfg, episodes: int, seed: int, policy_path) -> dict:
-    env = make_env(task, episodes, cfg, seed=seed)
+def _run_episodes(policy: OnnxPolicy, task: str, cfg, episodes: int, seed: int, policy_path, backend: str) -> dict:
+    env = make_env(task, episodes, cfg, seed=seed, backend=backend)
     policy.spec.check_compatible(env.spec)
     env.record_metrics = True
     obs = env.reset()

@@ -39,7 +39,7 @@ class JointPositionEnv(BatchedEnv):
         joints = robot.cfg.joints
         assert joints is not None and robot.joint_low is not None and robot.joint_high is not None
         self.joint_names = joints.names
-        self.backend = make_backend(backend, robot.model, num_envs, model_variants=cfg.model_variants)
+        self.backend = make_backend(backend, robot.model, num_envs, model_variants=cfg.model_variants, device=device)
         self.decimation = robot.decimation
         self.physics_dt_s = float(robot.model.opt.timestep)
         self.control_hz = robot.cfg.control_hz

@@ -177,7 +177,10 @@ def test_eval_without_policy_says_what_is_missing(tmp_path):
 
 def test_bench_sim_prints_ratio_to_ceiling(tmp_path):
     out = tmp_path / "bench.json"
-    r = s2r("bench", "sim", "--task", "quadrotor-hover", "--num-envs", "256", "--steps", "20", "--json", str(out))
+    r = s2r(
+        "bench", "sim", "--task", "quadrotor-hover", "--num-envs", "256", "--steps", "20", "--backend", "cpu",
+        "--json", str(out),
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "raw mj_step ceiling" in r.stdout and "ratio env / ceiling" in r.stdout
     figures = json.loads(out.read_text())

@@ -224,7 +224,7 @@ def test_bad_distributed_settings_are_named_before_anything_runs(tmp_path, monke
 def test_bench_train_reports_one_rank_against_two(tmp_path):
     out = tmp_path / "bench.json"
     r = subprocess.run(
-        [sys.executable, "-m", "s2r.cli", "bench", "train", "--num-envs", "16", "--iterations", "3"]
+        [sys.executable, "-m", "s2r.cli", "bench", "train", "--nproc", "2", "--num-envs", "16", "--iterations", "3"]
         + ["--repeats", "1", "--json", str(out)],
         cwd=REPO,
         capture_output=True,

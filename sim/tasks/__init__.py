@@ -1,9 +1,11 @@
-"""Task registry: a task is a config dataclass, the env class that reads it, its training defaults, and
-its measures from a logged rollout."""
+"""Task registry: a task is a config dataclass, the env class that reads it, its training defaults, its
+measures from a logged rollout, and the success bar a trained policy must reach."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import operator
 from typing import NamedTuple
 
 import torch
@@ -14,6 +16,45 @@ from sim.tasks.arm_reach import ArmReachCfg, ArmReachEnv, ReachLogMetrics
 from sim.tasks.quadrotor_hover import HoverLogMetrics, QuadrotorHoverCfg, QuadrotorHoverEnv
 from sim.tasks.quadruped_walk import QuadrupedWalkCfg, QuadrupedWalkEnv, WalkLogMetrics
 
+_COMPARE = {">=": operator.ge, "<=": operator.le, "<": operator.lt}
+
+
+class Bound(NamedTuple):
+    metric: str  # a figure of the task's evaluation summary (sim.evaluate.evaluate)
+    op: str  # ">=", "<=" or "<"
+    threshold: float
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.threshold:g}"
+
+
+class SuccessBar(NamedTuple):
+    """When a trained policy counts as having learned its task (issue 17's numbers): every bound holds on
+    its evaluation summary. `s2r bench train` times each learner to it. `goal_s`: the training time issue 17
+    asks for, stated at a MuJoCo ceiling of `ceiling_per_s` physics steps/s (None: at whatever this machine's is)."""
+
+    bounds: tuple[Bound, ...]
+    goal_s: float
+    ceiling_per_s: float | None = None
+
+    def met(self, summary: dict) -> bool:
+        return all(_COMPARE[b.op](summary[b.metric], b.threshold) for b in self.bounds)
+
+    def shortfall(self, summary: dict) -> float:
+        """How far `summary` is from the bar: each bound's miss as a fraction of its threshold, summed (0 on
+        the bar; NaN figures: infinitely far). Ranks the checkpoints that miss it."""
+        total = 0.0
+        for b in self.bounds:
+            value = summary[b.metric]
+            if math.isnan(value):
+                return math.inf
+            miss = b.threshold - value if b.op == ">=" else value - b.threshold
+            total += max(0.0, miss) / (abs(b.threshold) or 1.0)
+        return total
+
+    def __str__(self) -> str:
+        return " and ".join(map(str, self.bounds))
+
 
 class Task(NamedTuple):
     cfg: type
@@ -23,11 +64,17 @@ class Task(NamedTuple):
     # the task's measures from a logged rollout and its sim_score, for replay: log_metrics(spec, cfg, stats)
     # .add(frames) / .summary(), log_metrics.score(eval result) (the shape: quadrotor_hover.HoverLogMetrics)
     log_metrics: type
+    bar: SuccessBar
 
 
 TASKS = {
     "quadrotor-hover": Task(
-        QuadrotorHoverCfg, QuadrotorHoverEnv, "multirotor", {"ppo": {"critic_hidden": (32, 32)}}, HoverLogMetrics
+        QuadrotorHoverCfg,
+        QuadrotorHoverEnv,
+        "multirotor",
+        {"ppo": {"critic_hidden": (32, 32)}},
+        HoverLogMetrics,
+        SuccessBar((Bound("success_rate", ">=", 0.95),), goal_s=20.0, ceiling_per_s=700_000.0),
     ),
     "quadruped-walk": Task(
         QuadrupedWalkCfg,
@@ -52,6 +99,7 @@ TASKS = {
             },
         },
         WalkLogMetrics,
+        SuccessBar((Bound("mean_lin_vel_error_mps", "<=", 0.15), Bound("fall_rate", "<", 0.02)), goal_s=900.0),
     ),
     "arm-reach": Task(
         ArmReachCfg,
@@ -76,6 +124,7 @@ TASKS = {
             },
         },
         ReachLogMetrics,
+        SuccessBar((Bound("success_rate", ">=", 0.95),), goal_s=300.0),  # success: within 2 cm
     ),
 }
 
@@ -108,11 +157,14 @@ def robot_overrides(name: str, cfg):
     return cfg
 
 
-def make_env(name: str, num_envs: int, cfg=None, device: str | torch.device = "cpu", seed: int = 0):
+def make_env(
+    name: str, num_envs: int, cfg=None, device: str | torch.device = "cpu", seed: int = 0, backend: str = "cpu"
+):
+    """The task's env of `num_envs` envs on `backend` (sim.backends: cpu, warp or auto)."""
     entry = task_entry(name)
     cfg_cls, env_cls = entry.cfg, entry.env
     cfg = cfg_cls() if cfg is None else cfg
     if not isinstance(cfg, cfg_cls):
         raise ConfigError(f"task '{name}' takes a {cfg_cls.__name__}, got {type(cfg).__name__}")
     validate(cfg, prefix="task.")
-    return env_cls(cfg, num_envs=num_envs, device=device, seed=seed)
+    return env_cls(cfg, num_envs=num_envs, device=device, seed=seed, backend=backend)

@@ -107,7 +107,7 @@ def make_spec(cfg: ArmReachCfg, robot: RobotModel) -> PolicySpec:
 class ArmReachEnv(JointPositionEnv):
     video_camera = "front"
 
-    def __init__(self, cfg: ArmReachCfg, num_envs: int, device="cpu", seed: int = 0, backend="mujoco"):
+    def __init__(self, cfg: ArmReachCfg, num_envs: int, device="cpu", seed: int = 0, backend="cpu"):
         self.cfg = cfg
         self._setup(cfg, "arm", make_spec, num_envs, device, seed, backend)
         self._read_state()

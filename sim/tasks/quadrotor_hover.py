@@ -172,12 +172,12 @@ def hover_summary(
 class QuadrotorHoverEnv(BatchedEnv):
     curriculum_levels = ("init_state",)
 
-    def __init__(self, cfg: QuadrotorHoverCfg, num_envs: int, device="cpu", seed: int = 0, backend="mujoco"):
+    def __init__(self, cfg: QuadrotorHoverCfg, num_envs: int, device="cpu", seed: int = 0, backend="cpu"):
         self.cfg = cfg
         self.robot = robot = robot_model(find_robot(cfg.robot), kind="multirotor")
         rotors = robot.cfg.rotors
         assert rotors is not None and robot.rotor_ctrl is not None
-        self.backend = make_backend(backend, robot.model, num_envs)
+        self.backend = make_backend(backend, robot.model, num_envs, device=device)
         self.decimation = robot.decimation
         self.mass_kg = robot.mass_kg
         self.num_rotors = len(rotors.names)

@@ -133,7 +133,7 @@ def make_spec(cfg: QuadrupedWalkCfg, robot: RobotModel) -> PolicySpec:
 class QuadrupedWalkEnv(JointPositionEnv):
     video_camera = "track"
 
-    def __init__(self, cfg: QuadrupedWalkCfg, num_envs: int, device="cpu", seed: int = 0, backend="mujoco"):
+    def __init__(self, cfg: QuadrupedWalkCfg, num_envs: int, device="cpu", seed: int = 0, backend="cpu"):
         self.cfg = cfg
         self._setup(cfg, "legged", make_spec, num_envs, device, seed, backend)
         self._base_q = self.robot.base_qadr
