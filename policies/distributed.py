@@ -110,8 +110,11 @@ class Ranks:
                     raise RankError(f"{when}: rank {r}'s {name} differs from rank 0's (max |diff| {diff:.3g})")
 
     def close(self) -> None:
-        """Leave the process group; the others stop watching this rank's heartbeat."""
+        """Leave the process group; the others stop watching this rank's heartbeat. The ranks leave together:
+        a rank that tears down its connections while a peer still finishes a collective on them aborts that
+        peer (gloo: "terminate called without an active exception")."""
         if self._heartbeat is not None:
+            self._collective("leaving the process group", dist.barrier)
             self._heartbeat.stop()
             self._heartbeat = None
             dist.destroy_process_group()
