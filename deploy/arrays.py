@@ -37,3 +37,8 @@ def stack(arrays: list, axis: int = -1):
 
         return torch.stack(arrays, dim=axis)
     return np.stack(arrays, axis=axis)
+
+
+def step_toward(value, target, max_step):
+    """`value` moved toward `target` by at most `max_step` per element (a rate limiter's one step)."""
+    return value + (target - value).clip(-max_step, max_step)

@@ -19,6 +19,7 @@ from enum import StrEnum
 import numpy as np
 
 from deploy.action_mapper import ActionMapper
+from deploy.arrays import step_toward
 from deploy.obs_builder import PolicyInput
 from deploy.robot_config import RobotConfig, check_against_spec
 from deploy.safety import Fault, SafeCommand, SafetyError, SafetyGuard
@@ -232,6 +233,10 @@ class Controller:
         self._ramp_done = False
         self._start_requested = False
         self.fault_reason: str | None = None
+        # the operator's command reaches the policy at the rate it did in training (spec.extra.command_max_rate)
+        rate = spec.extra.command_max_rate
+        self._command_max_step = np.asarray(rate, dtype=np.float64) / spec.control_hz if rate else None
+        self._command: np.ndarray | None = None  # what the policy last observed of it
 
     @property
     def mode(self) -> Mode:
@@ -296,6 +301,7 @@ class Controller:
 
     def _enter_running(self) -> None:
         self.policy_input.reset()  # first frame fills the history, as after a training reset
+        self._command = None  # and the command starts where the operator's is, as an episode's does
         self._mode = Mode.RUNNING
 
     def _enter_damping(self, fault: Fault) -> None:
@@ -347,6 +353,11 @@ class Controller:
     def _run(self, now_ns: int, sensors: dict) -> Command:
         g = self.guard
         try:
+            if self._command_max_step is not None and "command" in sensors:
+                wanted = np.asarray(sensors["command"], dtype=np.float64)
+                prev = self._command
+                self._command = wanted.copy() if prev is None else step_toward(prev, wanted, self._command_max_step)
+                sensors = {**sensors, "command": self._command}
             obs = self.policy_input(sensors)
             bad = np.flatnonzero(~np.isfinite(obs[0]))
             if bad.size:

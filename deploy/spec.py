@@ -66,13 +66,16 @@ class ActionSpec:
 
 @dataclass(frozen=True)
 class SpecExtra:
-    """What a task records beside the seam, for people and tools (not needed to run the policy)."""
+    """What a task records beside the seam, for people and tools; of it, deploy uses only `command_max_rate`."""
 
     physics_hz: float = 0.0  # the simulation's physics rate during training
     kp: tuple[float, ...] = ()  # joint drive gains during training (one for all, or one per joint)
     kd: tuple[float, ...] = ()
     target_pos_m: tuple[float, ...] = ()  # a fixed task target (hover), world frame
     success: str = ""  # the task's success criterion, in words
+    # per second, per element of the `command` reading: how fast the command the policy observes may follow the
+    # operator's (a velocity smoother), as in training; empty: at once
+    command_max_rate: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,14 @@ class PolicySpec:
             fail("action.low exceeds action.high")
         if not a.clip > 0:
             fail(f"action.clip must be positive, got {a.clip}")
+        rate = self.extra.command_max_rate
+        if rate:
+            command = next((t for t in self.obs if t.name == "command"), None)
+            if command is None or len(rate) != command.size or not all(r > 0 for r in rate):
+                fail(
+                    f"extra.command_max_rate {list(rate)}: one positive rate per element of the 'command' obs term "
+                    f"({command.size if command else 'no such term'})"
+                )
 
     # --- serialization -------------------------------------------------------------------------
     def to_dict(self) -> dict:

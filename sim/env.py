@@ -11,6 +11,7 @@ mapped by deploy's ActionMapper: the same code the robot runs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -164,9 +165,19 @@ class BatchedEnv(ABC):
         self.max_latency_steps = max((e.max_latency_steps for e in self.reset_events.values()), default=0)
         self.params = torch.zeros(self.num_envs, len(self.param_names), device=dev)
         self._variant_tables = {n: e.sample_variants() for n, e in self.startup_events.items()}
-        self.commands = {
-            name: bind(COMMANDS, "command", "commands", name, t)(self, **t.params) for name, t in cfg.commands.items()
-        }
+        self.commands = {}
+        for name, t in cfg.commands.items():
+            make = bind(COMMANDS, "command", "commands", name, t)
+            try:
+                self.commands[name] = make(self, **t.params)
+            except ConfigError:
+                raise
+            except ValueError as e:  # a parameter's value the term refuses
+                raise ConfigError(f"task.commands.{name}.params.{e}") from None
+            if self.commands[name].max_rate is not None:  # the robot's side rate-limits it alike
+                rate = tuple(float(r) for r in self.commands[name].max_rate)
+                extra = dataclasses.replace(self.spec.extra, command_max_rate=rate)
+                self.spec = dataclasses.replace(self.spec, extra=extra)
         levels = self.curriculum_levels + tuple(c.level for c in self.commands.values() if c.level)
         self.curricula = {
             name: bind(CURRICULA, "curriculum", "curricula", name, t)(self, **t.params)
@@ -303,7 +314,7 @@ class BatchedEnv(ABC):
         queue[:, 0] = command
         self._apply_command(queue[self.env_ids, self.latency_steps])
         for c in self.commands.values():
-            c.steps_since += 1
+            c.advance()
             n = c.resample_steps
             ids = (self.episode_step % n == n - 1).nonzero().squeeze(-1) if n else ()
             if len(ids):
@@ -355,7 +366,7 @@ class BatchedEnv(ABC):
         self._randomize(env_ids)
         self._reset_envs(env_ids)
         for command in self.commands.values():
-            command.resample(env_ids)
+            command.resample(env_ids, at_reset=True)
         self.episode_step[env_ids] = 0
         self.action[env_ids] = 0.0
         self.prev_action[env_ids] = 0.0
@@ -417,6 +428,7 @@ class BatchedEnv(ABC):
             "episode_sums": self._episode_sums,
             **{f"curriculum/{n}/{k}": v for n, c in self.curricula.items() for k, v in c.state_dict().items()},
             **{f"command/{n}/value": c.value for n, c in self.commands.items()},
+            **{f"command/{n}/target": c.target for n, c in self.commands.items()},
             **{f"command/{n}/steps_since": c.steps_since for n, c in self.commands.items()},
             **{f"policy_obs/{k}": v for k, v in self.policy_obs.state_dict().items()},
             **{f"backend/{k}": v for k, v in self.backend.state_dict().items()},
@@ -436,6 +448,7 @@ class BatchedEnv(ABC):
         self.load_curricula(state)
         for name, c in self.commands.items():
             c.value.copy_(state[f"command/{name}/value"])
+            c.target.copy_(state.get(f"command/{name}/target", c.value))  # older checkpoints: no ramp under way
             c.steps_since.copy_(state[f"command/{name}/steps_since"])
         self.apply_params(self.env_ids)
         self._load_task_state(_under(state, "task/"))

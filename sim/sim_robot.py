@@ -122,9 +122,10 @@ class SimRobot:
         return {k: v[0].numpy().copy() for k, v in r.items() if k != "base_rotmat"}
 
     def operator(self) -> dict[str, np.ndarray]:
-        """What the operator asks of the robot in this episode (the task's command or target)."""
-        r = self.env.readings
-        return {k: r[k][0].double().numpy() for k in ("command", "target_pos_w") if k in r}
+        """What the operator asks of the robot now (the task's command or target, as drawn: the policy's side
+        rate-limits a command as training did, PolicySpec.extra.command_max_rate)."""
+        r, drawn = self.env.readings, {c.reading: c.target for c in self.env.commands.values()}
+        return {k: drawn.get(k, r[k])[0].double().numpy() for k in ("command", "target_pos_w") if k in r}
 
     def close(self) -> None:
         self.env.close()

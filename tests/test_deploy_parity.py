@@ -65,9 +65,10 @@ def test_deploy_runtime_reproduces_the_training_envs_observations_and_actions(ro
     last_action = np.zeros((1, spec.action_dim), np.float32)
     worst_obs = worst_action = 0.0
     for _ in range(80):
-        frame = {
-            k: v.reshape(1, -1).astype(np.float32) for k, v in signals({**robot.readings(), **robot.operator()}).items()
-        }
+        # the operator's reading as the policy observed it (a rate-limited command: the Controller's ramp,
+        # tests/test_deploy_runtime.py)
+        observed = {k: env.readings[k][0].double().numpy() for k in robot.operator()}
+        frame = {k: v.reshape(1, -1).astype(np.float32) for k, v in signals({**robot.readings(), **observed}).items()}
         obs_dep = builder({**frame, "last_action": last_action})
         a_env, a_dep = policy(obs_env), policy(obs_dep)
         worst_obs = max(worst_obs, float(np.abs(obs_env - obs_dep).max()))

@@ -15,7 +15,7 @@ import pytest
 from deploy.control_loop import Command, Controller, Mode, RateLoop, TransitionError
 from deploy.robot_config import ConfigError, RobotConfig, check_against_spec, load_robot_config
 from deploy.safety import SafetyError, SafetyGuard
-from deploy.spec import SPEC_VERSION, ActionSpec, ObsTerm, PolicySpec, SpecError
+from deploy.spec import SPEC_VERSION, ActionSpec, ObsTerm, PolicySpec, SpecError, SpecExtra
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "ros_ws" / "src" / "s2r_ros" / "config"
 MS = 1_000_000  # ns
@@ -547,3 +547,33 @@ def test_guard_refuses_what_it_cannot_make_safe():
     torque_cfg = dataclasses.replace(joint_cfg(), command_type="joint_torque")
     with pytest.raises(ConfigError, match="joint_torque robots are not supported"):
         SafetyGuard(torque_cfg)
+
+
+def test_the_operator_command_reaches_the_policy_at_the_trained_rate():
+    """A command step reaches the policy's observation ramped at spec.extra.command_max_rate, as in
+    training; re-entering running starts at the operator's command, as an episode starts at its draw."""
+    spec = joint_spec(
+        obs=(ObsTerm("command", ("vx", "vy", "wz"), (1.0,) * 3), ObsTerm("joint_pos_rel", JOINTS, (1.0,) * 3)),
+        extra=SpecExtra(command_max_rate=(2.0, 1.0, 4.0)),
+    )
+    signals = lambda s: {**rel_signals(s), "command": s["command"]}  # noqa: E731
+    ctrl = Controller(joint_cfg(soft_start_s=0.0), spec, lambda obs: np.zeros((1, 3), np.float32), signals)
+    t = running(ctrl)
+
+    def step(command):
+        nonlocal t
+        t += 20 * MS
+        s = {**sensors(), "command": np.asarray(command, dtype=np.float64)}
+        return ctrl.step(t, s, {"joint_state": t}).obs[:3]
+
+    np.testing.assert_allclose(step((0.5, 0.0, 0.0)), (0.5, 0.0, 0.0))  # the first command as given
+    seen = [step((-0.5, 0.3, 1.0)) for _ in range(30)]
+    np.testing.assert_allclose(seen[0], (0.46, 0.02, 0.08), atol=1e-6)  # 50 Hz: 0.04, 0.02, 0.08 a step
+    np.testing.assert_allclose(seen[-1], (-0.5, 0.3, 1.0), atol=1e-6)
+    assert (np.abs(np.diff(np.array(seen), axis=0)) <= np.array([0.04, 0.02, 0.08]) + 1e-6).all()  # float32 obs
+    ctrl.stop()
+    ctrl.reset(t)
+    running(ctrl, t)
+    np.testing.assert_allclose(step((1.0, 0.0, 0.0)), (1.0, 0.0, 0.0))
+    with pytest.raises(SpecError, match="command_max_rate"):
+        dataclasses.replace(spec, extra=SpecExtra(command_max_rate=(2.0, 1.0))).validate()

@@ -98,3 +98,32 @@ def test_sensor_bias_event_offsets_what_the_policy_sees_not_the_critic():
     true = obs["critic"][:, env.spec.obs_dim : env.spec.obs_dim + n_j]
     assert torch.allclose(sensed - true, env.params, atol=1e-6) and env.params.abs().max() > 0.02
     env.close()
+
+
+def test_a_rate_limited_command_ramps_to_each_draw_and_starts_episodes_at_it():
+    """The walk's command follows a new draw at max_rate (what the policy observes and the rewards track),
+    starts each episode at its draw, and a bad max_rate is named before anything runs."""
+    cfg = dataclasses.replace(default_cfg("quadruped-walk"), model_variants=1, curricula={})
+    velocity = cfg.commands["base_velocity"]
+    rate = torch.tensor(velocity.params["max_rate"])
+    env = make_env("quadruped-walk", 8, cfg)
+    env.reset()
+    c = env.commands["base_velocity"]
+    assert torch.equal(c.value, c.target)  # an episode starts at its draw
+    max_step = rate / env.spec.control_hz
+    prev, ramped = c.value.clone(), 0
+    for _ in range(c.resample_steps + 10):
+        env.step(torch.zeros(8, 12))
+        started = env.episode_step == 0
+        moved = (c.value - prev).abs()[~started]
+        assert (moved <= max_step + 1e-6).all(), moved.max(0)
+        ramped += int(((c.value - c.target).abs() > 1e-6).any(-1).sum())
+        prev = c.value.clone()
+    assert ramped > 0  # some draws took more than a step to reach
+    assert env.spec.extra.command_max_rate == tuple(rate.tolist())  # the robot's side ramps it alike
+    env.close()
+    for bad in ((2.0, 2.0), (2.0, 0.0, 2.0)):
+        params = {**velocity.params, "max_rate": bad}
+        broken = dataclasses.replace(cfg, commands={"base_velocity": CommandTerm("velocity_command", params)})
+        with pytest.raises(ConfigError, match=r"task\.commands\.base_velocity\.params\.max_rate"):
+            make_env("quadruped-walk", 2, broken)

@@ -41,7 +41,8 @@ class QuadrupedWalkCfg:
     eval_settle_s: float = field(default=1.0, metadata=nonnegative())  # after a command change
     model_variants: int = field(default=64, metadata=positive())  # worlds with their own startup-event values
     noise: NoiseCfg = NoiseCfg()
-    # (lin_vel_x, lin_vel_y, yaw_rate) at full curriculum level, resampled every 5 s, 10 % standing still
+    # (lin_vel_x, lin_vel_y, yaw_rate) at full curriculum level, resampled every 5 s, 10 % standing still;
+    # the observed command follows a new draw at up to 2 m/s^2 and 2 rad/s^2 (a full reversal in 1 s), on the robot too
     commands: dict[str, CommandTerm] = field(
         default_factory=lambda: {
             "base_velocity": CommandTerm(
@@ -52,6 +53,7 @@ class QuadrupedWalkCfg:
                     "yaw_rate_radps": (-1.0, 1.0),
                     "standing_fraction": 0.1,
                     "resample_s": 5.0,
+                    "max_rate": (2.0, 2.0, 2.0),
                 },
             )
         }
