@@ -14,6 +14,7 @@ the backend (a NCCL collective that times out would only abort, naming nobody).
 from __future__ import annotations
 
 import datetime
+import importlib
 import os
 import sys
 import threading
@@ -260,6 +261,12 @@ def start(cfg: DistCfg, device: str, requested: bool) -> Ranks:
     # The process group waits a little longer than the heartbeat, which names the silent rank (a NCCL
     # collective that times out aborts the process without a word about who is missing).
     timeout = datetime.timedelta(seconds=cfg.timeout_s + 5 * BEAT_S)
+    # torch._dynamo, first imported lazily by the first optimizer, keeps a reference to every process group that
+    # exists at its import, so destroy_process_group would leave gloo's threads running into interpreter teardown,
+    # where they abort the process now and then ("terminate called without an active exception", exit -6).
+    # Imported before the group exists, it holds none.
+    importlib.import_module("torch._dynamo")
+
     store, _, _ = next(rendezvous("env://", rank, world_size, timeout=timeout))
     dist.init_process_group(
         backend,

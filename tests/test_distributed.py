@@ -77,7 +77,10 @@ def test_two_ranks_train_in_step_resume_across_rank_counts_and_rank_0_alone_writ
 
 
 WORKER = """
+import os
 import sys
+from pathlib import Path
+
 import torch
 from policies import distributed
 from policies.distributed import DistCfg, RankError, Ranks
@@ -133,6 +136,10 @@ except RankError as e:
     assert "after a nudge: rank 1's critic.0.bias differs from rank 0's" in str(e), e
 print(f"rank {ranks.rank} matches one process")
 ranks.close()
+# nothing of the group is left running (an optimizer made after it must not keep it): gloo threads alive into
+# interpreter teardown abort the process now and then
+threads = [Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task")]
+assert not [t for t in threads if "gloo" in t], threads
 """
 
 
