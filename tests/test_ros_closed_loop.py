@@ -1,5 +1,5 @@
 """Sim-in-the-loop through ROS 2: sim_robot_node and policy_node as separate processes, started with
-the arguments deploy.launch.py gives them, talking over Fast DDS, three robots at a time. Each shipped
+the arguments deploy.launch.py gives them, talking over Fast DDS, two robots at a time. Each shipped
 policy does its task through the whole robot-side stack and scores as `s2r eval` does on the same policy,
 within the spread of the few episodes the test can afford, with the CPU saturated: two CPU-bound processes per core at
 normal priority run beside the nodes (issue 14), as perception and logging do on a robot's computer. The
@@ -38,9 +38,11 @@ CASES = {
 }
 
 
-# Robots run in waves, each pair of nodes on its own ROS domain: three pairs of real-time nodes share the
-# cores with the burners and the references, and the file takes half the time of one robot after another.
-WAVES = (("quadrotor", "quadruped", "arm"), ("f450", "go2", "open_manipulator_x"))
+# Robots run in waves, each pair of nodes on its own ROS domain, sharing the cores with the burners and the
+# references. Three pairs at a time starved a pair now and then on 2 cores (a stale-sensor fault early on leaves
+# its robot passive for the remaining episodes: 3 of 5 runs on 2026-12-07 lost one or two robots); two pairs, a
+# walking robot's heavy sim with a light one, do not.
+WAVES = (("quadrotor", "quadruped"), ("arm", "go2"), ("f450", "open_manipulator_x"))
 assert sorted(r for w in WAVES for r in w) == sorted(CASES)
 
 
