@@ -40,8 +40,8 @@ CASES = {
 
 # Robots run in waves, each pair of nodes on its own ROS domain, sharing the cores with the burners and the
 # references. Three pairs at a time starved a pair now and then on 2 cores (a stale-sensor fault early on leaves
-# its robot passive for the remaining episodes: 3 of 5 runs on 2026-12-07 lost one or two robots); two pairs, a
-# walking robot's heavy sim with a light one, do not.
+# its robot passive for the remaining episodes: 3 of 4 runs of the file on 2026-12-07 lost one or two robots);
+# two pairs, a walking robot's heavy sim with a light one, do not.
 WAVES = (("quadrotor", "quadruped"), ("arm", "go2"), ("f450", "open_manipulator_x"))
 assert sorted(r for w in WAVES for r in w) == sorted(CASES)
 
