@@ -122,7 +122,6 @@ class Runner:
             seed=env_seed,
             backend=cfg.backend,
         )
-        self.env.num_envs_total = cfg.num_envs * ranks.world_size  # the curricula count every rank's episodes
         dims, action_dim = self.env.obs_dims, self.env.spec.action_dim
         self.generator = torch.Generator(device=self.device)  # the learner's (its state: rng/ppo in checkpoints)
         self.generator.manual_seed(ppo_seed)

@@ -72,9 +72,6 @@ class BatchedEnv(ABC):
 
     def __init__(self, num_envs: int, device: str | torch.device, seed: int):
         self.num_envs = num_envs
-        # the envs whose episodes the curricula's statistics count: the runner multiplies it by the
-        # number of ranks in data-parallel training, where each rank's curricula see every rank's episodes
-        self.num_envs_total = num_envs
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)

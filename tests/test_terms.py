@@ -66,22 +66,27 @@ def test_a_term_needing_a_reading_the_robot_lacks_is_named_before_anything_runs(
 
 
 def test_curriculum_moves_and_evaluation_runs_without_it():
+    """A level decides once `window_episodes` episodes have ended, however many envs ran them."""
     cfg = override(default_cfg("quadrotor-hover"), "curricula.init_state.params.step", 0.25)
+    cfg = override(cfg, "curricula.init_state.params.window_episodes", 16)
     env = make_env("quadrotor-hover", 8, cfg)
     env.reset()
     assert env.level("init_state") == 0.3
+    assert env._after_iteration({"count": 8, "end/timeout": 1.0}) == {"curriculum/init_state": 0.3}  # 8 of 16
     logged = env._after_iteration({"count": 8, "end/timeout": 1.0})
     assert logged == {"curriculum/init_state": 0.55} and env.level("init_state") == 0.55
-    env._after_iteration({"count": 8, "end/timeout": 0.0})
+    env._after_iteration({"count": 20, "end/timeout": 0.0})
     assert env.level("init_state") == pytest.approx(0.3)  # back down, and not below the start
     state = env.state_dict()
-    env._after_iteration({"count": 8, "end/timeout": 1.0})
+    env._after_iteration({"count": 16, "end/timeout": 1.0})
     env.load_state_dict(state)
     assert env.level("init_state") == pytest.approx(0.3)
     env.close()
     no_curriculum = make_env("quadrotor-hover", 2, dataclasses.replace(cfg, curricula={}))
     assert no_curriculum.level("init_state") == 1.0
     no_curriculum.close()
+    with pytest.raises(ConfigError, match="timeout_rate: window_episodes must be >= 1"):
+        make_env("quadrotor-hover", 2, override(cfg, "curricula.init_state.params.window_episodes", 0))
 
 
 def test_sensor_bias_event_offsets_what_the_policy_sees_not_the_critic():

@@ -72,7 +72,8 @@ TASKS = {
         QuadrotorHoverCfg,
         QuadrotorHoverEnv,
         "multirotor",
-        {"ppo": {"critic_hidden": (32, 32)}},
+        # 16 steps (not the runner's 32): an update per 8192 samples reached 95 % in fewer samples (README)
+        {"max_iterations": 200, "ppo": {"critic_hidden": (32, 32), "num_steps": 16}},
         HoverLogMetrics,
         SuccessBar((Bound("success_rate", ">=", 0.95),), goal_s=20.0, ceiling_per_s=700_000.0),
     ),
@@ -107,10 +108,11 @@ TASKS = {
         "arm",
         {
             "num_envs": 1024,
-            "max_iterations": 300,
-            "save_interval": 50,
+            "max_iterations": 400,
+            "save_interval": 100,
             "ppo": {
-                "num_steps": 24,
+                # 12 steps and ReLU (not 24 and ELU): updates twice as often, each 30 % cheaper (README)
+                "num_steps": 12,
                 "num_epochs": 5,
                 "num_minibatches": 4,
                 "gamma": 0.98,
@@ -119,7 +121,7 @@ TASKS = {
                 "entropy_coef": 0.005,
                 "actor_hidden": (128, 128),
                 "critic_hidden": (256, 128),
-                "activation": "elu",
+                "activation": "relu",
                 "init_std": 0.5,
             },
         },

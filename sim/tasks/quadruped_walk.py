@@ -95,7 +95,9 @@ class QuadrupedWalkCfg:
     # the command ranges widen while the robot tracks well (track_lin_vel over its maximum) and stays up
     curricula: dict[str, CurriculumTerm] = field(
         default_factory=lambda: {
-            "command_range": CurriculumTerm("reward_share", {"reward": "track_lin_vel", "start_level": 0.4})
+            "command_range": CurriculumTerm(
+                "reward_share", {"reward": "track_lin_vel", "start_level": 0.4, "window_episodes": 1024}
+            )
         }
     )
     critic: tuple[str, ...] = ("base_lin_vel_b", "base_height", "foot_force")

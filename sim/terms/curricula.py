@@ -1,8 +1,11 @@
 """Curricula: a level in [start_level, 1] that scales one of the task's ranges (the task says which
 levels it reads: `curriculum_levels`, e.g. the hover's initial-state ranges, the walk's command ranges).
 The runner calls `update` once per training iteration with the means over the episodes that ended in
-it (BatchedEnv._episode_stats); a level moves only once enough episodes have ended since its last move,
-as a rate over a few episodes is noise. Evaluation runs with no curricula: every level at 1."""
+it (BatchedEnv._episode_stats); a level moves only once `window_episodes` episodes have ended since its
+last decision, as a rate over a few episodes is noise. The window is a count of episodes, not a share of
+the envs: its noise is the same at any env count, and more envs reach a decision sooner (as a share of
+512 envs, 256 episodes, the hover's curriculum took 120 of its 175 iterations; README). Evaluation runs
+with no curricula: every level at 1."""
 
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ from sim.terms import registry
 
 
 class Curriculum:
-    def __init__(self, env, start_level: float, step: float):
+    def __init__(self, env, start_level: float, step: float, window_episodes: int, sums: int):
+        if window_episodes < 1:
+            raise ConfigError(f"{type(self).__name__}: window_episodes must be >= 1 (got {window_episodes})")
         self.env = env
-        self.start_level, self.step = start_level, step
+        self.start_level, self.step, self.window_episodes = start_level, step, window_episodes
         self.level = start_level
-        self.window = torch.zeros(0, dtype=torch.float64)
+        self.window = torch.zeros(sums, dtype=torch.float64)  # sums since the last decision; the last: episodes
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"level": torch.tensor(self.level, dtype=torch.float64), "window": self.window}
@@ -26,11 +31,19 @@ class Curriculum:
         self.level = float(state["level"])
         self.window.copy_(state["window"])
 
+    def _add(self, *sums: float) -> list[float] | None:
+        """Add this iteration's sums; once the window is full, return them (and empty it) for a decision."""
+        self.window += torch.tensor(sums, dtype=torch.float64)
+        if self.window[-1] < self.window_episodes:
+            return None
+        full = self.window.tolist()
+        self.window.zero_()
+        return full
+
 
 class timeout_rate(Curriculum):
     """Up by `step` while at least `promote_timeout_rate` of the episodes run to the time limit, down
-    (not below the start) while fewer than `demote_timeout_rate` do, over `window_fraction * num_envs`
-    episodes (num_envs of every rank, in data-parallel training)."""
+    (not below the start) while fewer than `demote_timeout_rate` do."""
 
     def __init__(
         self,
@@ -39,28 +52,26 @@ class timeout_rate(Curriculum):
         step: float = 0.1,
         promote_timeout_rate: float = 0.8,
         demote_timeout_rate: float = 0.4,
-        window_fraction: float = 0.5,
+        window_episodes: int = 64,
     ):
-        super().__init__(env, start_level, step)
-        self.promote, self.demote, self.window_fraction = promote_timeout_rate, demote_timeout_rate, window_fraction
-        self.window = torch.zeros(2, dtype=torch.float64)  # (timeouts, episodes) since the last move
+        super().__init__(env, start_level, step, window_episodes, sums=2)  # (timeouts, episodes)
+        self.promote, self.demote = promote_timeout_rate, demote_timeout_rate
 
     def update(self, stats: dict) -> None:
-        self.window += torch.tensor([stats["end/timeout"] * stats["count"], stats["count"]], dtype=torch.float64)
-        timeouts, count = self.window.tolist()
-        if count >= self.env.num_envs_total * self.window_fraction:
-            rate = timeouts / count
-            if rate >= self.promote:
-                self.level = min(1.0, self.level + self.step)
-            elif rate < self.demote:
-                self.level = max(self.start_level, self.level - self.step)
-            self.window.zero_()
+        full = self._add(stats["end/timeout"] * stats["count"], stats["count"])
+        if full is None:
+            return
+        rate = full[0] / full[1]
+        if rate >= self.promote:
+            self.level = min(1.0, self.level + self.step)
+        elif rate < self.demote:
+            self.level = max(self.start_level, self.level - self.step)
 
 
 class reward_share(Curriculum):
-    """Up by `step` once `num_envs` episodes have ended, if they earned at least `promote_share` of the
-    reward term `reward`'s maximum (its weight times the episode length) and at least
-    `promote_timeout_rate` of them ran to the time limit."""
+    """Up by `step` if the episodes earned at least `promote_share` of the reward term `reward`'s maximum
+    (its weight times the episode length) and at least `promote_timeout_rate` of them ran to the time
+    limit."""
 
     def __init__(
         self,
@@ -70,24 +81,22 @@ class reward_share(Curriculum):
         step: float = 0.1,
         promote_share: float = 0.7,
         promote_timeout_rate: float = 0.8,
+        window_episodes: int = 256,
     ):
-        super().__init__(env, start_level, step)
+        super().__init__(env, start_level, step, window_episodes, sums=4)  # (earned, best, timeouts, episodes)
         if reward not in env.reward_weights:
             raise ConfigError(f"reward_share: no reward term '{reward}' (terms: {', '.join(env.reward_weights)})")
         self.reward, self.promote_share, self.promote_timeout_rate = reward, promote_share, promote_timeout_rate
-        self.window = torch.zeros(4, dtype=torch.float64)  # (earned, best, timeouts, episodes) since the last decision
 
     def update(self, stats: dict) -> None:
         n = stats["count"]
         best = self.env.reward_weights[self.reward] * stats["length_s"] * n
-        self.window += torch.tensor(
-            [stats[f"reward/{self.reward}"] * n, best, stats["end/timeout"] * n, n], dtype=torch.float64
-        )
-        earned, best, timeouts, count = self.window.tolist()
-        if count >= self.env.num_envs_total:
-            if best > 0 and earned / best >= self.promote_share and timeouts / count >= self.promote_timeout_rate:
-                self.level = min(1.0, self.level + self.step)
-            self.window.zero_()
+        full = self._add(stats[f"reward/{self.reward}"] * n, best, stats["end/timeout"] * n, n)
+        if full is None:
+            return
+        earned, best, timeouts, count = full
+        if best > 0 and earned / best >= self.promote_share and timeouts / count >= self.promote_timeout_rate:
+            self.level = min(1.0, self.level + self.step)
 
 
 CURRICULA = registry(timeout_rate, reward_share)
