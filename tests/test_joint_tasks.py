@@ -114,7 +114,7 @@ def test_arm_learns_to_reach_and_eval_and_video_write_files(tmp_path):
     untrained = _train(tmp_path / "u", "arm-reach", 1, 64)
     onnx0, _ = export_checkpoint(untrained)
     before = evaluate(onnx0, episodes=64)
-    ckpt = _train(tmp_path, "arm-reach", 40, 256)
+    ckpt = _train(tmp_path, "arm-reach", 80, 256)  # 80 iterations of 12 steps
     onnx, _ = export_checkpoint(ckpt)
     after = evaluate(onnx, episodes=64)
     assert after["mean_final_distance_m"] < 0.6 * before["mean_final_distance_m"], (before, after)
