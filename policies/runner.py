@@ -332,6 +332,7 @@ class RunLog:
         self.metrics.keep_through(runner.iteration)
         purge_step = runner.env_steps + 1 if runner.iteration else None
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+        self.episodes: dict[str, float] = {}
         self.bar = tqdm(
             total=runner.cfg.max_iterations,
             initial=runner.iteration,
@@ -346,10 +347,12 @@ class RunLog:
             if k != "iteration":
                 self.writer.add_scalar(k, v, row["env_steps"])
         self.bar.update(1)
+        # the latest episodes' figures: with short rollouts many iterations end no episode
+        self.episodes.update({k: row[k] for k in ("episode/return", "episode/end/timeout") if k in row})
         self.bar.set_postfix(
             steps_per_s=row["steps_per_s"],
-            ret=f"{row.get('episode/return', float('nan')):.1f}",
-            survive=f"{row.get('episode/end/timeout', float('nan')):.2f}",
+            ret=f"{self.episodes.get('episode/return', float('nan')):.1f}",
+            survive=f"{self.episodes.get('episode/end/timeout', float('nan')):.2f}",
         )
 
     def flush(self) -> None:
