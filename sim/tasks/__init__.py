@@ -73,8 +73,8 @@ TASKS = {
         QuadrotorHoverEnv,
         "multirotor",
         # 16 steps (not the runner's 32): an update per 8192 samples reached 95 % in fewer samples; a wider
-        # first spread (0.5, not 0.3) learns to stay up sooner; gamma 0.99 (not 0.98) steadies it sooner (README)
-        {"max_iterations": 200, "ppo": {"critic_hidden": (32, 32), "num_steps": 16, "init_std": 0.5, "gamma": 0.99}},
+        # first spread (0.5, not 0.3) learns to stay up sooner (README; gamma 0.99 was tried and dropped)
+        {"max_iterations": 200, "ppo": {"critic_hidden": (32, 32), "num_steps": 16, "init_std": 0.5}},
         HoverLogMetrics,
         SuccessBar((Bound("success_rate", ">=", 0.95),), goal_s=20.0, ceiling_per_s=700_000.0),
     ),
