@@ -96,8 +96,9 @@ def bench_train(
 
 # --- learners to the task's success bar ------------------------------------------------------------
 # Iterations between evaluated checkpoints when --eval-every is not given: each learner's iterations differ
-# in length (hover, 512 envs: PPO ~0.4 s, TD3 and SAC ~0.07 s), so about 10-20 s of training apart.
-EVAL_EVERY = {"ppo": 25, "td3": 250, "sac": 250}
+# in length (hover, 512 envs: PPO ~0.2 s, TD3 and SAC ~0.07 s), so about 2 s (PPO) to 20 s apart: a time to
+# the bar is late by up to that much.
+EVAL_EVERY = {"ppo": 10, "td3": 250, "sac": 250}
 NO_ITERATION_LIMIT = 10**9  # the time budget alone stops a learner
 NUMBERED = re.compile(r"model_(\d+)\.pt")
 

@@ -72,9 +72,10 @@ TASKS = {
         QuadrotorHoverCfg,
         QuadrotorHoverEnv,
         "multirotor",
-        # 16 steps (not the runner's 32): an update per 8192 samples reached 95 % in fewer samples; a wider
-        # first spread (0.5, not 0.3) learns to stay up sooner (README; gamma 0.99 was tried and dropped)
-        {"max_iterations": 200, "ppo": {"critic_hidden": (32, 32), "num_steps": 16, "init_std": 0.5}},
+        # 16 steps (not the runner's 32): an update per 8192 samples reached 95 % in fewer samples. A 1 s
+        # horizon (gamma 0.99) with a critic of 64-64 to learn it, steps half as large (KL 0.01) and a wide
+        # first spread (0.7) reach the bar on every seed and stay above it (README, "Steadier")
+        {"max_iterations": 200, "ppo": {"num_steps": 16, "init_std": 0.7, "gamma": 0.99, "desired_kl": 0.01}},
         HoverLogMetrics,
         SuccessBar((Bound("success_rate", ">=", 0.95),), goal_s=20.0, ceiling_per_s=700_000.0),
     ),
