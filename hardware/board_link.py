@@ -153,12 +153,12 @@ class BoardLink:
                 raise LinkError(f"board on {self.port} speaks another protocol version: {self._version_error}")
             err = self.last_board_error
             if err is not None and err.code in PROTOCOL_ERRORS:
-                raise LinkError(f"board on {self.port} cannot read our messages: {_describe(err)}")
+                raise LinkError(f"board on {self.port} cannot read our messages: {describe_error(err)}")
             if self._rejected is not None:
                 rejected_at_s = rejected_at_s or now
                 why_err = self._rejection_error
                 if why_err is not None or now - rejected_at_s > REJECTION_GRACE_S:
-                    why = _describe(why_err) if why_err is not None else "it sent no ERROR saying why"
+                    why = describe_error(why_err) if why_err is not None else "it sent no ERROR saying why"
                     raise LinkError(f"board on {self.port} rejected {_describe_config(self.config)}: {why}")
             elif now - start_s > self.answer_timeout_s:
                 raise LinkError(self._no_answer(settled))
@@ -434,7 +434,8 @@ def _port_cause(e: Exception) -> str:
     return "the port cannot be opened"
 
 
-def _describe(err: ErrorReport) -> str:
+def describe_error(err: ErrorReport) -> str:
+    """An ERROR as the logs name it: code, its name, the board's text."""
     name = err.code.name if isinstance(err.code, ErrorCode) else "unknown to this host"
     return f"ERROR {int(err.code)} ({name}): {err.text!r}"
 

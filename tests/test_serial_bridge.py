@@ -287,6 +287,10 @@ def test_quadruped_walks_over_the_motor_board(operator, tmp_path):
         )
         assert lowest_up > min_up_cos  # never tilted as far as the task's fall
         assert got <= 1.5 * reference["mean_yaw_rate_error_radps"] + 0.05, (got, reference)
+        # The controller stops: the board's own command timeout turns its outputs off, and the bridge's log says so.
+        stop(procs.pop("policy"))
+        bridge_log = tmp_path / "serial_bridge_node.log"
+        wait_for(lambda: "COMMAND_TIMEOUT" in bridge_log.read_text(), 10.0, what="the timeout in the bridge log")
     finally:
         stop(*(p for k, p in procs.items() if k != "hil"))
         stop(procs["hil"])

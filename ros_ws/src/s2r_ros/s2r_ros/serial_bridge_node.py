@@ -30,7 +30,8 @@ watchdog time; it reopens the port every `reconnect_period_s` (the board link re
 same schedule), logging why it cannot (the port named), and publishes again from the first good read.
 policy_node then needs its operator's ~/reset, ~/arm and ~/start, which succeed as soon as sensors are
 fresh again. Link health goes to diagnostics (diagnostic_msgs/DiagnosticArray, `diagnostics_hz`):
-frames, CRC errors, timeouts, link losses, reconnects, round-trip p50/p99, the longest gap between two
+frames, CRC errors, timeouts, link losses, reconnects, the board's ERRORs (each also logged as it comes: a
+command timeout that turned the outputs off says so), round-trip p50/p99, the longest gap between two
 published states while the link was up.
 
 The node runs with real-time scheduling (`realtime_priority`, deploy/realtime.py) where the system
@@ -229,6 +230,7 @@ class _BoardLink:
         self.link = None
         self._was_up = False
         self.link_losses = 0
+        self._board_error_logged = None  # the last board ERROR put in the log
 
     @property
     def is_up(self) -> bool:
@@ -281,6 +283,7 @@ class _BoardLink:
         elif up and not self._was_up:
             self.node.get_logger().info(f"serial link on {self.node.port} is back")
         self._was_up = up
+        self._log_board_error(link)
         if state is None:
             return None
         r = {
@@ -292,10 +295,22 @@ class _BoardLink:
             r["imu"] = state.imu
         return r
 
+    def _log_board_error(self, link) -> None:
+        """The board's newest ERROR (a command timeout that turned its outputs off, a refused COMMAND), in the
+        log as it comes: the robot's own account of why it stopped. (The count is in the diagnostics.)"""
+        err = link.last_board_error
+        if err is not None and err is not self._board_error_logged:
+            from hardware.board_link import describe_error
+
+            self.node.get_logger().warning(f"board on {self.node.port}: {describe_error(err)}")
+        self._board_error_logged = err
+
     def counters(self) -> dict:
         if self.link is None:
             return {"link_losses": self.link_losses}
-        c = self.link.counters
+        from hardware.board_link import describe_error
+
+        c, last = self.link.counters, self.link.last_board_error
         return {
             "frames_in": c.frames_in,
             "frames_out": c.frames_out,
@@ -307,6 +322,7 @@ class _BoardLink:
             "reconnects": c.reconnects,
             "board_resets": c.board_resets,
             "board_errors": c.board_errors,
+            "last_board_error": "" if last is None else describe_error(last),
             "rtt_samples": c.rtt_samples,
             "rtt_p50_ms": c.rtt_p50_ms,
             "rtt_p99_ms": c.rtt_p99_ms,
