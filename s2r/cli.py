@@ -718,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument(
         "--eval-every",
         type=int,
-        help="iterations between evaluated checkpoints (default: ppo 25, td3 and sac 250)",
+        help="iterations between evaluated checkpoints (default: ppo 10, td3 and sac 250)",
     )
     bt.add_argument("--episodes", type=int, help="evaluation episodes per checkpoint (default 200)")
     bt.add_argument("--seed", type=int, help="training seed (default 0)")
