@@ -45,6 +45,8 @@ class TrainCfg:
     time_limit_s: float | None = field(
         default=None, metadata={"check": (lambda v: v is None or v > 0, "must be > 0 (or unset: no limit)")}
     )
+    # start the envs at random steps of their first episodes (BatchedEnv.reset)
+    spread_episodes: bool = False
     save_interval: int = field(default=50, metadata=C.positive())  # iterations between numbered checkpoints
     # seconds of training between checkpoints (model_last.pt), so a kill loses at most this much
     checkpoint_interval_s: float = field(default=60.0, metadata=C.positive())
@@ -223,7 +225,7 @@ class Runner:
         previous_handlers = {s: signal.signal(s, lambda *_: interrupted.append(True)) for s in signals}
         start = time.perf_counter() - self.elapsed_s
         saved_at_s = self.elapsed_s  # training time of the last checkpoint
-        obs = self.obs if self.obs is not None else env.reset()
+        obs = self.obs if self.obs is not None else env.reset(spread_episodes=cfg.spread_episodes)
         update_threads = UpdateThreads(cfg.update_threads)
         stop = ""  # why the loop stops early: interrupted, time_limit
         try:

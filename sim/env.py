@@ -271,8 +271,15 @@ class BatchedEnv(ABC):
         return {f"curriculum/{name}": c.level for name, c in self.curricula.items()}
 
     # --- the shared loop -----------------------------------------------------------------------
-    def reset(self) -> dict[str, torch.Tensor]:
+    def reset(self, spread_episodes: bool = False) -> dict[str, torch.Tensor]:
+        """`spread_episodes`: start each env at a random step of its first episode, so that episodes end
+        (and commands and pushes come) spread over time rather than all at once, every episode length,
+        as legged_gym and rsl_rl's `init_at_random_ep_len` do: each iteration then sees falls and time
+        limits in their true shares, which is what the curricula decide on. Those first, cut episodes
+        report their full length in the episode stats."""
         self._reset(self.env_ids)
+        if spread_episodes:
+            self.episode_step.random_(self.max_episode_steps, generator=self.generator)
         self._check_terms()
         return self._observations()
 

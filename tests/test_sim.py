@@ -152,6 +152,22 @@ def test_nan_in_simulation_resets_that_env_and_is_counted():
     env.close()
 
 
+def test_spread_episodes_end_over_time_not_at_once():
+    """Started at random steps of their first episode, envs reach the time limit one by one; started
+    together (as evaluation starts them), all at one step."""
+    cfg = dataclasses.replace(default_cfg("quadrotor-hover"), episode_s=0.2)  # 10 steps at 50 Hz
+    for spread in (False, True):
+        env = make_env("quadrotor-hover", 64, cfg, seed=1)
+        env.reset(spread_episodes=spread)
+        start = env.episode_step.clone()
+        assert (start == 0).all() != spread and int(start.max()) < env.max_episode_steps
+        env.backend.model.opt.gravity[:] = 0  # nothing falls: every episode ends at the time limit
+        ends = [int(env.step(torch.zeros(64, 4))[3].sum()) for _ in range(env.max_episode_steps)]
+        assert sum(ends) == 64
+        assert (max(ends) == 64) != spread and (sum(e > 0 for e in ends) >= 5) == spread, ends
+        env.close()
+
+
 def test_crash_and_out_of_bounds_terminate():
     env = make_env("quadrotor-hover", 2)
     env.reset()

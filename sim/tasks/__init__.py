@@ -86,6 +86,7 @@ TASKS = {
         {
             "num_envs": 1024,
             "max_iterations": 1500,
+            "spread_episodes": True,  # its curriculum's 256-episode windows need them (sim/terms/curricula.py)
             "save_interval": 100,
             "ppo": {
                 "num_steps": 24,

@@ -92,11 +92,19 @@ class QuadrupedWalkCfg:
             "push": EventTerm("push_base", {"vel_mps": 0.5, "interval_s": 8.0}),
         }
     )
-    # the command ranges widen while the robot tracks well (track_lin_vel over its maximum) and stays up
+    # the command ranges widen while the robot tracks well (track_lin_vel over its maximum) and stays up;
+    # decided every 256 episodes (~10 iterations), which needs training's spread episodes (curricula.py)
     curricula: dict[str, CurriculumTerm] = field(
         default_factory=lambda: {
             "command_range": CurriculumTerm(
-                "reward_share", {"reward": "track_lin_vel", "start_level": 0.4, "window_episodes": 1024}
+                "reward_share",
+                {
+                    "reward": "track_lin_vel",
+                    "start_level": 0.4,
+                    "promote_share": 0.7,
+                    "promote_timeout_rate": 0.8,
+                    "window_episodes": 256,
+                },
             )
         }
     )
