@@ -96,7 +96,16 @@ class QuadrotorHoverCfg:
     # the initial-state ranges grow while most episodes survive to the time limit
     curricula: dict[str, CurriculumTerm] = field(
         default_factory=lambda: {
-            "init_state": CurriculumTerm("timeout_rate", {"start_level": 0.3, "step": 0.1, "window_episodes": 64})
+            "init_state": CurriculumTerm(
+                "timeout_rate",
+                {
+                    "start_level": 0.3,
+                    "step": 0.1,
+                    "promote_timeout_rate": 0.8,
+                    "demote_timeout_rate": 0.4,
+                    "window_episodes": 64,
+                },
+            )
         }
     )
     commands: dict[str, CommandTerm] = field(
