@@ -83,7 +83,8 @@ class BatchedEnv(ABC):
         n_act = self.spec.action_dim
         self.action = torch.zeros(num_envs, n_act, device=self.device)  # last raw policy action
         self.prev_action = self.action.clone()
-        self.episode_step = torch.zeros(num_envs, dtype=torch.long, device=self.device)
+        self.episode_step = torch.zeros(num_envs, dtype=torch.long, device=self.device)  # the time limit's clock
+        self.episode_start_step = torch.zeros_like(self.episode_step)  # its value when the episode began
         self.terminated = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
         self.force_scale = torch.ones(num_envs, 1, device=self.device)  # on forces the env applies (events.mass_scale)
         self.nan_resets = 0  # envs reset because the physics produced NaN/inf
@@ -275,11 +276,12 @@ class BatchedEnv(ABC):
         """`spread_episodes`: start each env at a random step of its first episode, so that episodes end
         (and commands and pushes come) spread over time rather than all at once, every episode length,
         as legged_gym and rsl_rl's `init_at_random_ep_len` do: each iteration then sees falls and time
-        limits in their true shares, which is what the curricula decide on. Those first, cut episodes
-        report their full length in the episode stats."""
+        limits in their true shares, which is what the curricula decide on. The episode stats count the
+        steps each episode really ran."""
         self._reset(self.env_ids)
         if spread_episodes:
             self.episode_step.random_(self.max_episode_steps, generator=self.generator)
+            self.episode_start_step.copy_(self.episode_step)
         self._check_terms()
         return self._observations()
 
@@ -372,6 +374,7 @@ class BatchedEnv(ABC):
         for command in self.commands.values():
             command.resample(env_ids, at_reset=True)
         self.episode_step[env_ids] = 0
+        self.episode_start_step[env_ids] = 0
         self.action[env_ids] = 0.0
         self.prev_action[env_ids] = 0.0
         self._command_queue[env_ids] = cast(torch.Tensor, self.action_mapper(self.action[env_ids]))[:, None]
@@ -414,7 +417,8 @@ class BatchedEnv(ABC):
         names = [f"reward/{n}" for n in self.reward_terms] + [f"end/{n}" for n in reasons]
         names += ["end/timeout", "length_s"]
         columns = [m.float() for m in reasons.values()]
-        columns += [truncated.float(), self.episode_step.float() / self.spec.control_hz]
+        steps_run = self.episode_step - self.episode_start_step
+        columns += [truncated.float(), steps_run.float() / self.spec.control_hz]
         means = torch.cat((self._episode_sums, torch.stack(columns, dim=-1)), dim=-1)[done_ids].mean(0).tolist()
         return dict(zip(names, means, strict=True), count=int(done_ids.numel()))
 
@@ -427,6 +431,7 @@ class BatchedEnv(ABC):
             "command_queue": self._command_queue,
             "params": self.params,
             "episode_step": self.episode_step,
+            "episode_start_step": self.episode_start_step,
             "nan_resets": torch.tensor(self.nan_resets),
             "generator": self.generator.get_state(),
             "episode_sums": self._episode_sums,
@@ -443,6 +448,8 @@ class BatchedEnv(ABC):
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for name in ("action", "prev_action", "latency_steps", "params", "episode_step"):
             getattr(self, name).copy_(state[name])
+        # checkpoints from before spread episodes: every episode began at step 0
+        self.episode_start_step.copy_(state.get("episode_start_step", torch.zeros_like(self.episode_start_step)))
         self._command_queue.copy_(state["command_queue"])
         self.nan_resets = int(state["nan_resets"])
         self.generator.set_state(state["generator"])

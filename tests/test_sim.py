@@ -161,9 +161,17 @@ def test_spread_episodes_end_over_time_not_at_once():
         env.reset(spread_episodes=spread)
         start = env.episode_step.clone()
         assert (start == 0).all() != spread and int(start.max()) < env.max_episode_steps
+        assert torch.equal(env.episode_start_step, start)
         env.backend.model.opt.gravity[:] = 0  # nothing falls: every episode ends at the time limit
-        ends = [int(env.step(torch.zeros(64, 4))[3].sum()) for _ in range(env.max_episode_steps)]
+        ends, lengths_s = [], []
+        for _ in range(env.max_episode_steps):
+            _, _, _, truncated, extras = env.step(torch.zeros(64, 4))
+            ends.append(int(truncated.sum()))
+            if ends[-1]:
+                lengths_s.append(extras["episode"]["length_s"])
         assert sum(ends) == 64
+        # the stats count the steps an episode ran: the cut first episodes are shorter, on average
+        assert (min(lengths_s) > 0.19) != spread and min(lengths_s) > 0 and max(lengths_s) < 0.21, lengths_s
         assert (max(ends) == 64) != spread and (sum(e > 0 for e in ends) >= 5) == spread, ends
         env.close()
 
