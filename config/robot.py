@@ -63,6 +63,20 @@ class FeetCfg:
 
 
 @dataclass(frozen=True)
+class MirrorCfg:
+    """The robot's left-right mirror image (y -> -y in the base frame), for training with symmetry
+    augmentation (`--ppo.symmetry`). A joint's or foot's mirror is its name with each `swap` pair
+    exchanged, token by token between underscores (FR_hip_joint <-> FL_hip_joint)."""
+
+    swap: tuple[tuple[str, str], ...]  # name tokens that trade places, e.g. [[FR, FL], [RR, RL]]
+    negate: tuple[str, ...] = ()  # joints whose angle changes sign in the mirror (hip abduction)
+
+    def image(self, name: str) -> str:
+        pairs = {a: b for a, b in self.swap} | {b: a for a, b in self.swap}
+        return "_".join(pairs.get(token, token) for token in name.split("_"))
+
+
+@dataclass(frozen=True)
 class RotorsCfg:
     names: tuple[str, ...]  # motor names in wire order (the policy's action order)
     sites: tuple[str, ...]  # MJCF sites; thrust acts along each site's z axis
@@ -88,6 +102,7 @@ class RobotCfg:
     end_effector_site: str = ""  # arm
     payload_body: str = ""  # arm: the body whose mass stands in for a payload; empty: one is added at the end effector
     rotors: RotorsCfg | None = None  # multirotor
+    mirror: MirrorCfg | None = None  # legged: its left-right mirror image, for symmetry augmentation
     # per-task config overrides for this robot, by dotted field name
     # (e.g. arm-reach: {commands.target.params.center_m: [..]})
     task_overrides: dict[str, dict[str, typing.Any]] = field(default_factory=dict)
@@ -141,6 +156,8 @@ class RobotCfg:
                 out.append(f"joints.drive: '{j.drive}' is not one of {DRIVES}")
         if self.feet is not None and len(self.feet.names) != len(self.feet.geoms):
             out.append(f"feet: {len(self.feet.names)} names but {len(self.feet.geoms)} geoms")
+        if self.mirror is not None:
+            out += self._mirror_problems(self.mirror)
         if self.rotors is not None:
             r = self.rotors
             n = len(r.names)
@@ -154,6 +171,27 @@ class RobotCfg:
                 out.append(f"rotors.max_thrust_N: must be > 0, got {r.max_thrust_N}")
             if r.torque_per_thrust_m < 0 or r.thrust_coef_N_per_radps2 < 0:
                 out.append("rotors: torque_per_thrust_m and thrust_coef_N_per_radps2 must be >= 0")
+        return out
+
+    def _mirror_problems(self, m: MirrorCfg) -> list[str]:
+        out = [f"mirror.swap[{i}]: a pair is two names, got {list(p)}" for i, p in enumerate(m.swap) if len(p) != 2]
+        tokens = [t for p in m.swap for t in p]
+        if len(set(tokens)) != len(tokens):
+            out.append(f"mirror.swap: a name may be in one pair only, got {[list(p) for p in m.swap]}")
+        if out:
+            return out
+        joints = self.joints.names if self.joints else ()
+        for group, names in (("joints.names", joints), ("feet.names", self.feet.names if self.feet else ())):
+            lost = [f"{n} -> {m.image(n)}" for n in names if m.image(n) not in names]
+            if lost:
+                lost_text = ", ".join(lost)
+                out.append(f"mirror.swap: the mirror image of each of {group} must be one of them, not: {lost_text}")
+        unknown = [n for n in m.negate if n not in joints]
+        if unknown:
+            out.append(f"mirror.negate: not joints of this robot: {unknown}")
+        odd = [f"{n} / {m.image(n)}" for n in m.negate if m.image(n) not in m.negate]
+        if odd:
+            out.append(f"mirror.negate: a joint and its mirror image change sign together: {', '.join(odd)}")
         return out
 
 

@@ -43,10 +43,13 @@ class PPOCfg:
         metadata={"check": (lambda v: v in ("elu", "silu", "tanh", "relu"), "must be elu, silu, tanh or relu")},
     )
     init_std: float = field(default=0.3, metadata=positive())
+    # also learn from each sample's left-right mirror image (the robot config's `mirror`; Mittal et al. 2024)
+    symmetry: bool = False
 
 
 class PPO:
-    """`ranks`: in data-parallel training, the normalizer updates, gradients and KL are averaged across them."""
+    """`ranks`: in data-parallel training, the normalizer updates, gradients and KL are averaged across them.
+    `mirror` (BatchedEnv.mirror, with `cfg.symmetry`): every update also learns from the mirrored samples."""
 
     def __init__(
         self,
@@ -55,8 +58,10 @@ class PPO:
         cfg: PPOCfg,
         generator: torch.Generator,
         ranks: Ranks,
+        mirror: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ):
         self.model = model
+        self.mirror = mirror
         self.storage = storage
         self.cfg = cfg
         self.generator = generator
@@ -68,7 +73,11 @@ class PPO:
     @torch.no_grad()
     def act(self, obs: dict[str, torch.Tensor]):
         """Sample actions for a batch of envs; returns (actions, what the storage needs of this step)."""
-        self.model.update_normalizers(obs, self.ranks)
+        if self.mirror is None:
+            self.model.update_normalizers(obs, self.ranks)
+        else:  # from the mirror images too: the normalization of a mirrored sample is then the mirrored one's
+            both = {k: torch.cat((v, v[:, self.mirror[k][0]] * self.mirror[k][1])) for k, v in obs.items()}
+            self.model.update_normalizers(both, self.ranks)
         dist = self.model.distribution(obs["policy"])
         actions = dist.sample(self.generator)
         record = (obs, actions, dist.mean, dist.stddev, dist.log_prob(actions), self.model.value(obs["critic"]))
@@ -91,7 +100,7 @@ class PPO:
         cfg, model = self.cfg, self.model
         sums = {"loss/surrogate": 0.0, "loss/value": 0.0, "loss/entropy": 0.0, "kl": 0.0}
         n = 0
-        for batch in self.storage.minibatches(cfg.num_minibatches, cfg.num_epochs, self.generator):
+        for batch in self.storage.minibatches(cfg.num_minibatches, cfg.num_epochs, self.generator, self.mirror):
             dist = model.distribution(batch["obs/policy"])
             log_prob = dist.log_prob(batch["actions"])
             entropy = dist.entropy().mean()

@@ -134,7 +134,7 @@ class Runner:
         if isinstance(model, ActorCritic):
             p = cfg.ppo
             storage = RolloutStorage(p.num_steps, cfg.num_envs, dims, action_dim, self.device)
-            self.learner = PPO(model, storage, p, self.generator, ranks)
+            self.learner = PPO(model, storage, p, self.generator, ranks, self.env.mirror() if p.symmetry else None)
             self.num_steps = p.num_steps
         else:
             assert isinstance(model, OffPolicyModel)

@@ -50,13 +50,16 @@ class RolloutStorage:
         self.returns = self.advantages + self.values
         self.advantages = (self.advantages - self.advantages.mean()) / (self.advantages.std() + 1e-8)
 
-    def minibatches(self, num_minibatches: int, num_epochs: int, generator: torch.Generator):
+    def minibatches(self, num_minibatches: int, num_epochs: int, generator: torch.Generator, mirror=None):
         """Yield dicts of flat `(batch, ...)` tensors: shuffled, each sample once per epoch.
 
         All fields are packed side by side in one matrix so each minibatch is a single row gather.
+        `mirror` (BatchedEnv.mirror: each group's column index and sign) adds every sample's mirror image,
+        so each minibatch is twice as large: the mirrored observations, actions and action means, with
+        the same returns, advantages and log-probability (a Gaussian's density is the same at the
+        mirrored action under the mirrored mean).
         """
         n = self.num_steps * self.num_envs
-        size = n // num_minibatches
         fields = {
             **{f"obs/{k}": v for k, v in self.obs.items()},
             "actions": self.actions,
@@ -70,6 +73,10 @@ class RolloutStorage:
         columns = [v.reshape(n, -1) for v in fields.values()]
         packed = torch.cat(columns, dim=1)
         splits = [c.shape[1] for c in columns]
+        if mirror is not None:
+            packed = torch.cat((packed, _mirrored(packed, list(fields), splits, mirror)))
+            n *= 2
+        size = n // num_minibatches
         for _ in range(num_epochs):
             perm = torch.randperm(n, generator=generator, device=self.actions.device)
             for i in range(num_minibatches):
@@ -79,3 +86,20 @@ class RolloutStorage:
 
     def clear(self) -> None:
         self.step = 0
+
+
+def _mirrored(packed: torch.Tensor, names: list[str], widths: list[int], mirror) -> torch.Tensor:
+    """The mirror image of every packed row: each field's columns by its group's (index, sign)."""
+    groups = {"obs/policy": "policy", "obs/critic": "critic", "actions": "action", "action_mean": "action"}
+    index, sign, start = [], [], 0
+    for name, width in zip(names, widths, strict=True):
+        if name in groups:
+            i, s = mirror[groups[name]]
+        elif name == "action_std":  # trades places, never changes sign
+            i, s = mirror["action"][0], torch.ones_like(mirror["action"][1])
+        else:
+            i, s = torch.arange(width, device=packed.device), torch.ones(width, device=packed.device)
+        index.append(i + start)
+        sign.append(s)
+        start += width
+    return packed.index_select(1, torch.cat(index)) * torch.cat(sign)

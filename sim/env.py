@@ -26,6 +26,7 @@ from deploy.arrays import constant_like
 from deploy.obs_builder import ObsBuilder
 from deploy.signals import default_joint_pos, term_functions
 from deploy.spec import PolicySpec
+from sim.symmetry import mirror_maps
 from sim.terms import lookup
 from sim.terms.commands import COMMANDS
 from sim.terms.curricula import CURRICULA
@@ -37,6 +38,7 @@ from sim.terms.terminations import TERMINATIONS
 if TYPE_CHECKING:
     from sim.backends.mujoco_cpu import MujocoCpuBackend
     from sim.backends.mujoco_warp import MujocoWarpBackend
+    from sim.robots import RobotModel
 
 
 @contextmanager
@@ -66,6 +68,7 @@ class BatchedEnv(ABC):
     cfg: Any  # the task's config: its terms (rewards, terminations, events, curricula, critic) and noise
     spec: PolicySpec
     backend: MujocoCpuBackend | MujocoWarpBackend  # the task's physics (sim.backends), set before BatchedEnv.__init__
+    robot: RobotModel  # the task's robot (sim.robots), set with the backend
     max_episode_steps: int
     decimation: int = 1  # physics steps per control step
     curriculum_levels: tuple[str, ...] = ()  # the curriculum levels the task reads (`level(name)`)
@@ -476,6 +479,21 @@ class BatchedEnv(ABC):
             "policy": self.spec.obs_dim,
             "critic": self.spec.obs_dim + true.shape[-1] + self._privileged().shape[-1],
         }
+
+    def mirror(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The left-right mirror of the policy, critic and action columns (sim.symmetry), for symmetry
+        augmentation; ConfigError, naming what is missing, where the robot has no mirror or a column no rule."""
+        robot = self.robot.cfg
+        if robot.mirror is None:
+            raise ConfigError(
+                f"train.ppo.symmetry: robot '{robot.name}' has no `mirror` in its config "
+                "(the joint and foot pairs that trade places, and the joints that change sign)"
+            )
+        feet = robot.feet.names if robot.feet else ()
+        maps = mirror_maps(self.spec, self._noisy_terms, self.cfg.critic, self.param_names, feet, robot.mirror)
+        for group, dim in self.obs_dims.items():
+            assert len(maps[group][0]) == dim, f"the {group}'s mirror has {len(maps[group][0])} columns for {dim}"
+        return {k: (index.to(self.device), sign.to(self.device)) for k, (index, sign) in maps.items()}
 
     def close(self) -> None:  # noqa: B027 a hook: only backends with threads or devices hold anything
         """Release what the env holds."""
