@@ -106,18 +106,17 @@ class PPO:
             entropy = dist.entropy().mean()
             values = model.value(batch["obs/critic"])
 
-            # KL(old || new) between diagonal Gaussians: it adapts the learning rate below.
+            # KL(old || new) between diagonal Gaussians: it adapts the learning rate below. Over the samples
+            # collected only: at a mirror image it would also measure how asymmetric the policy still is
+            # (the old mean there is the mirrored one), and hold the learning rate at its floor.
             with torch.no_grad():
                 old_mu, old_sigma = batch["action_mean"], batch["action_std"]
-                kl = (
-                    (
-                        torch.log(dist.stddev / old_sigma)
-                        + (old_sigma.square() + (old_mu - dist.mean).square()) / (2 * dist.stddev.square())
-                        - 0.5
-                    )
-                    .sum(-1)
-                    .mean()
-                )
+                kl_each = (
+                    torch.log(dist.stddev / old_sigma)
+                    + (old_sigma.square() + (old_mu - dist.mean).square()) / (2 * dist.stddev.square())
+                    - 0.5
+                ).sum(-1)
+                kl = kl_each[~batch["mirrored"]].mean() if "mirrored" in batch else kl_each.mean()
 
             # Clipped surrogate objective.
             ratio = torch.exp(log_prob - batch["log_prob"])

@@ -57,7 +57,7 @@ class RolloutStorage:
         `mirror` (BatchedEnv.mirror: each group's column index and sign) adds every sample's mirror image,
         so each minibatch is twice as large: the mirrored observations, actions and action means, with
         the same returns, advantages and log-probability (a Gaussian's density is the same at the
-        mirrored action under the mirrored mean).
+        mirrored action under the mirrored mean), and `mirrored` (bool) telling the two apart.
         """
         n = self.num_steps * self.num_envs
         fields = {
@@ -75,6 +75,9 @@ class RolloutStorage:
         splits = [c.shape[1] for c in columns]
         if mirror is not None:
             packed = torch.cat((packed, _mirrored(packed, list(fields), splits, mirror)))
+            fields["mirrored"] = torch.cat((torch.zeros(n), torch.ones(n))).to(packed)
+            packed = torch.cat((packed, fields["mirrored"][:, None]), dim=1)
+            splits.append(1)
             n *= 2
         size = n // num_minibatches
         for _ in range(num_epochs):
@@ -82,7 +85,10 @@ class RolloutStorage:
             for i in range(num_minibatches):
                 rows = packed.index_select(0, perm[i * size : (i + 1) * size])
                 parts = rows.split(splits, dim=1)
-                yield {k: p if f.dim() > 2 else p.squeeze(1) for (k, f), p in zip(fields.items(), parts, strict=True)}
+                batch = {k: p if f.dim() > 2 else p.squeeze(1) for (k, f), p in zip(fields.items(), parts, strict=True)}
+                if mirror is not None:
+                    batch["mirrored"] = batch["mirrored"] > 0.5
+                yield batch
 
     def clear(self) -> None:
         self.step = 0

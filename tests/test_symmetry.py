@@ -79,6 +79,7 @@ def test_the_update_learns_from_each_sample_and_its_mirror_image():
     plain = next(storage.minibatches(1, 1, torch.Generator().manual_seed(1)))
     both = next(storage.minibatches(1, 1, torch.Generator().manual_seed(1), mirror))
     assert len(both["actions"]) == 2 * len(plain["actions"]) == 24
+    assert int(both["mirrored"].sum()) == 12 and "mirrored" not in plain  # the KL is taken on the collected ones
     # every sample is there with its mirror image, whose advantage, return and log-probability are its own
     key = {tuple(row.tolist()): i for i, row in enumerate(both["obs/policy"])}
     for i, row in enumerate(plain["obs/policy"]):
