@@ -487,7 +487,8 @@ class BatchedEnv(ABC):
         if robot.mirror is None:
             raise ConfigError(
                 f"train.ppo.symmetry: robot '{robot.name}' has no `mirror` in its config "
-                "(the joint and foot pairs that trade places, and the joints that change sign)"
+                "(the joint and foot pairs that trade places, and the joints that change sign); "
+                "give it one, or train without: --ppo.no-symmetry"
             )
         feet = robot.feet.names if robot.feet else ()
         maps = mirror_maps(self.spec, self._noisy_terms, self.cfg.critic, self.param_names, feet, robot.mirror)

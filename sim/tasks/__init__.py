@@ -90,7 +90,9 @@ TASKS = {
             "save_interval": 100,
             "ppo": {
                 "num_steps": 24,
-                "num_epochs": 5,
+                # every sample also as its mirror image, 3 epochs over both (README: Symmetry augmentation)
+                "symmetry": True,
+                "num_epochs": 3,
                 "num_minibatches": 4,
                 "gamma": 0.99,
                 "lam": 0.95,
