@@ -14,6 +14,7 @@ from config.validate import nonnegative, positive
 from policies.distributed import Ranks
 from policies.networks import ActorCritic
 from policies.storage import RolloutStorage
+from sim.symmetry import mirrored
 
 
 def discount():
@@ -76,7 +77,7 @@ class PPO:
         if self.mirror is None:
             self.model.update_normalizers(obs, self.ranks)
         else:  # from the mirror images too: the normalization of a mirrored sample is then the mirrored one's
-            both = {k: torch.cat((v, v[:, self.mirror[k][0]] * self.mirror[k][1])) for k, v in obs.items()}
+            both = {k: torch.cat((v, mirrored(v, self.mirror[k]))) for k, v in obs.items()}
             self.model.update_normalizers(both, self.ranks)
         dist = self.model.distribution(obs["policy"])
         actions = dist.sample(self.generator)

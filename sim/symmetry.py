@@ -18,6 +18,7 @@ import torch
 from config.robot import MirrorCfg
 from config.validate import ConfigError
 from deploy.spec import PolicySpec
+from sim.terms.events import XYZ
 
 Rule = Callable[[str, MirrorCfg], tuple[str, float]]  # component -> (its mirror image, sign)
 
@@ -60,13 +61,19 @@ SIGNALS: dict[str, Rule] = {
     "foot_force": feet,
     **dict.fromkeys(("friction", "payload_kg", "kp_scale", "kd_scale", "motor_strength", "latency_steps"), even),
 }
-XYZ = ("x", "y", "z")
 CRITIC_COMPONENTS: dict[str, Callable[[tuple[str, ...]], tuple[str, ...]]] = {  # foot names -> components
     "base_lin_vel_b": lambda _feet: XYZ,
     "base_height": lambda _feet: ("z",),
     "foot_force": lambda feet: feet,
 }
 _VECTOR_PARAM = re.compile(r"(payload_com|disturbance)_([xyz])_(m|N)")  # events' per-axis columns
+
+
+def mirrored(x: torch.Tensor, group: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """`(n, k)` rows `x` of one group as their mirror images, by the group's `(index, sign)`."""
+    index, sign = group
+    return x[:, index] * sign
+
 
 Column = tuple[Rule, str, str]  # (rule, component, key pattern: {} stands for the component)
 
@@ -84,8 +91,9 @@ def _param(name: str) -> Column:
     if vector:
         return polar, vector.group(2), f"param/{vector.group(1)}_{{}}_{vector.group(3)}"
     for signal in SIGNALS:
-        if name.startswith(f"{signal}_bias_"):
-            return SIGNALS[signal], name[len(signal) + 6 :], f"param/{signal}_bias_{{}}"
+        prefix = f"{signal}_bias_"
+        if name.startswith(prefix):
+            return SIGNALS[signal], name.removeprefix(prefix), f"param/{prefix}{{}}"
     return _signal(name, "randomized parameters"), "", f"param/{name}"
 
 

@@ -13,13 +13,9 @@ from config.validate import ConfigError
 from policies.runner import Runner, default_train_cfg
 from policies.storage import RolloutStorage
 from sim.robots import ROBOTS_DIR
+from sim.symmetry import mirrored
 from sim.tasks import default_cfg, make_env
 from sim.tasks.quadruped_walk import NoiseCfg
-
-
-def mirrored(x: torch.Tensor, group) -> torch.Tensor:
-    index, sign = group
-    return x[:, index] * sign
 
 
 @pytest.mark.parametrize("robot", ["go1", "go2"])
